@@ -1,0 +1,33 @@
+"""ABACUS adapter: INPUT/STRU/KPT, NAO .orb files, sparse H(R)/S(R) of every generation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from nextham_dft.core.system import System
+
+from .run import find_steps, read_run
+
+
+class AbacusAdapter:
+    """Registered as ``abacus`` in the ``nextham_dft.adapters`` entry-point group."""
+
+    name = "abacus"
+
+    def detect(self, path: Path) -> bool:
+        path = Path(path)
+        if not path.is_dir():
+            return False
+        if (path / "STRU").is_file():
+            return True
+        return any(p.is_dir() and p.name.startswith("OUT.") for p in path.iterdir())
+
+    def read_run(self, path: Path, **options: Any) -> System:
+        return read_run(path, **options)
+
+    def steps(self, path: Path):
+        return find_steps(path)
+
+
+__all__ = ["AbacusAdapter", "read_run", "find_steps"]

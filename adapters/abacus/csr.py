@@ -1,0 +1,284 @@
+"""ABACUS sparse real-space matrices (H(R), S(R), DM(R)) in every file generation.
+
+Generations (see docs/compatibility.md):
+
+* ``old``: ``STEP: 0`` / ``Matrix Dimension of H(R): N`` / ``Matrix number of H(R): nR``
+  header, then per R a line ``Rx Ry Rz nnz`` and, when nnz > 0, the values, the
+  column indices and the N + 1 row pointers (file names ``data-HR-sparse_SPIN0.csr``
+  up to 3.10, and ``hrs1_nao.csr``/``srs1_nao.csr`` in 3.10.x LTS);
+* ``2025``: a commented header (``# number of localized basis``, lattice and atoms)
+  and ``# CSR values`` / ``# CSR column indices`` / ``# CSR row pointers`` sections
+  (3.11 and develop, ``hrs1_nao.csr``).
+
+Values are real, or complex ``(re,im)`` for nspin 4 (spinor-interleaved rows
+2μ+s). Units are ABACUS's (Ry for H); conversion happens in the adapter.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nextham_dft.errors import ParseError
+
+from .textio import read_text
+
+_COMPLEX_CHARS = str.maketrans({"(": " ", ")": " ", ",": " "})
+
+
+@dataclass
+class CsrFile:
+    """Contents of one sparse-matrix file, in the file's own units and orbital order.
+
+    R: (nR, 3) int; rows, cols: (nnz,) int orbital indices (spinor-interleaved for
+    nspin 4); Ridx: (nnz,) index into R; values: (nnz,) float or complex.
+    """
+
+    path: str
+    generation: str  # "old" | "2025"
+    dim: int
+    R: np.ndarray
+    rows: np.ndarray
+    cols: np.ndarray
+    Ridx: np.ndarray
+    values: np.ndarray
+    header: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_complex(self) -> bool:
+        return np.iscomplexobj(self.values)
+
+
+def _ints(line: str) -> list[int] | None:
+    toks = line.split()
+    try:
+        return [int(t) for t in toks]
+    except ValueError:
+        return None
+
+
+def _parse_values(tokens_text: str, path: str, lineno: int) -> np.ndarray:
+    if "(" in tokens_text:
+        try:
+            flat = np.array(tokens_text.translate(_COMPLEX_CHARS).split(), dtype=np.float64)
+        except ValueError:
+            raise ParseError(path, "non-numeric matrix value", lineno) from None
+        if len(flat) % 2:
+            raise ParseError(path, "odd number of components in complex values", lineno)
+        return flat[0::2] + 1j * flat[1::2]
+    try:
+        return np.array(tokens_text.split(), dtype=np.float64)
+    except ValueError:
+        raise ParseError(path, "non-numeric matrix value", lineno) from None
+
+
+def read_csr(path: str | Path) -> CsrFile:
+    """Read an ABACUS sparse-matrix file of any generation (plain, .xz or .gz)."""
+    path = Path(path)
+    text = read_text(path)
+    lines = text.splitlines()
+    p = str(path)
+    if not lines:
+        raise ParseError(p, "empty file")
+    header: dict[str, str] = {}
+    # ---- header
+    i = 0
+    while i < len(lines) and not lines[i].strip():
+        i += 1
+    if i < len(lines) and lines[i].strip().startswith("STEP:"):
+        generation = "old"
+        m_dim = re.search(r"Matrix Dimension of .*?:\s*(\d+)", "\n".join(lines[i : i + 4]))
+        m_num = re.search(r"Matrix number of .*?:\s*(\d+)", "\n".join(lines[i : i + 4]))
+        if not (m_dim and m_num):
+            raise ParseError(p, "old-format header without 'Matrix Dimension'/'Matrix number'", i + 1)
+        dim, n_r = int(m_dim.group(1)), int(m_num.group(1))
+        header["step"] = lines[i].split(":", 1)[1].strip()
+        i += 3
+    else:
+        generation = "2025"
+        dim = n_r = -1
+        box = False
+        while i < len(lines):
+            s = lines[i].strip()
+            m = re.match(r"^(\S+)\s*#\s*(.+)$", s)
+            if m and not s.startswith("#"):
+                header[m.group(2).strip()] = m.group(1)
+            if "CSR Format" in s:
+                box = True
+            if box and s and not s.startswith("#"):
+                break
+            i += 1
+        try:
+            dim = int(header["number of localized basis"])
+            n_r = int(header["number of Bravais lattice vector R"])
+        except (KeyError, ValueError):
+            raise ParseError(p, "not an ABACUS sparse-matrix file (no recognised header)") from None
+    if dim <= 0:
+        raise ParseError(p, f"invalid matrix dimension {dim}")
+    # ---- data: a stream of (R line, values, columns, row pointers)
+    body = [(k + 1, ln) for k, ln in enumerate(lines[i:], start=i) if ln.strip() and not ln.lstrip().startswith("#")]
+    pos = 0
+    Rs, rows_l, cols_l, ridx_l, vals_l = [], [], [], [], []
+
+    def take(count: int, kind: str, start_line: int) -> tuple[str, int]:
+        nonlocal pos
+        got, parts, last = 0, [], start_line
+        while got < count:
+            if pos >= len(body):
+                raise ParseError(p, f"file ends inside the {kind} of a matrix block (truncated?)", last)
+            last, ln = body[pos]
+            n_tok = len(ln.split())
+            parts.append(ln)
+            got += n_tok
+            pos += 1
+        if got != count:
+            raise ParseError(p, f"expected {count} {kind}, found {got}", last)
+        return " ".join(parts), last
+
+    while pos < len(body):
+        lineno, ln = body[pos]
+        head = _ints(ln)
+        if head is None or len(head) != 4:
+            raise ParseError(p, f"expected 'Rx Ry Rz nnz', got {ln.strip()[:40]!r}", lineno)
+        pos += 1
+        R, nnz = head[:3], head[3]
+        if nnz < 0:
+            raise ParseError(p, f"negative number of entries {nnz}", lineno)
+        if nnz == 0:
+            # 2025 format prints a row-pointer line of zeros for an empty block
+            if pos < len(body):
+                nxt = _ints(body[pos][1])
+                if nxt is not None and len(nxt) == dim + 1 and not any(nxt) and dim + 1 != 4:
+                    pos += 1
+            Rs.append(R)
+            continue
+        vtext, vl = take(nnz, "values", lineno)
+        ctext, cl = take(nnz, "column indices", vl)
+        ptext, pl = take(dim + 1, "row pointers", cl)
+        vals = _parse_values(vtext, p, vl)
+        if len(vals) != nnz:
+            raise ParseError(p, f"expected {nnz} values, found {len(vals)}", vl)
+        try:
+            cols = np.array(ctext.split(), dtype=np.int64)
+            ptr = np.array(ptext.split(), dtype=np.int64)
+        except ValueError:
+            raise ParseError(p, "non-integer column index or row pointer", cl) from None
+        if ptr[0] != 0 or ptr[-1] != nnz or np.any(np.diff(ptr) < 0):
+            raise ParseError(p, "inconsistent row pointers", pl)
+        if cols.min() < 0 or cols.max() >= dim:
+            raise ParseError(p, f"column index outside 0..{dim - 1}", cl)
+        rows = np.repeat(np.arange(dim), np.diff(ptr))
+        ridx = len(Rs)
+        Rs.append(R)
+        rows_l.append(rows)
+        cols_l.append(cols)
+        ridx_l.append(np.full(nnz, ridx))
+        vals_l.append(vals)
+    if generation == "old" and len(Rs) != n_r:
+        raise ParseError(p, f"header announces {n_r} R vectors, file holds {len(Rs)} (truncated?)")
+    if generation == "2025" and len(Rs) > n_r:
+        raise ParseError(p, f"header announces {n_r} R vectors, file holds {len(Rs)}")
+    if not vals_l:
+        empty = np.zeros(0, dtype=np.int64)
+        return CsrFile(p, generation, dim, np.array(Rs, dtype=np.int64).reshape(-1, 3), empty, empty, empty, np.zeros(0), header)
+    complex_any = any(np.iscomplexobj(v) for v in vals_l)
+    values = np.concatenate([v.astype(np.complex128) if complex_any else v for v in vals_l])
+    return CsrFile(
+        p,
+        generation,
+        dim,
+        np.array(Rs, dtype=np.int64).reshape(-1, 3),
+        np.concatenate(rows_l),
+        np.concatenate(cols_l),
+        np.concatenate(ridx_l),
+        values,
+        header,
+    )
+
+
+def _fmt_values(v: np.ndarray, complex_values: bool) -> str:
+    if complex_values:
+        return " ".join(f"({x.real:.8e},{x.imag:.8e})" for x in v)
+    return " ".join(f"{x:.8e}" for x in v)
+
+
+def write_csr(
+    path: str | Path,
+    generation: str,
+    dim: int,
+    R: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    Ridx: np.ndarray,
+    values: np.ndarray,
+    *,
+    quantity: str = "H",
+    complex_values: bool | None = None,
+    spin_index: int = 1,
+    n_spin: int = 1,
+    structure_header: str = "",
+) -> None:
+    """Write a sparse matrix in an ABACUS generation ('old' or '2025'), any R order.
+
+    rows/cols: orbital (or spinor) indices; values in the file's units (Ry for H).
+    The caller writes to a temporary path and renames (see writers).
+    """
+    if generation not in ("old", "2025"):
+        raise ValueError(f"unknown csr generation {generation!r}")
+    if complex_values is None:
+        complex_values = bool(np.iscomplexobj(values))
+    R = np.asarray(R, dtype=np.int64).reshape(-1, 3)
+    out: list[str] = []
+    if generation == "old":
+        out += ["STEP: 0", f"Matrix Dimension of {quantity}(R): {dim}", f"Matrix number of {quantity}(R): {len(R)}"]
+    else:
+        what = {"H": "H matrix", "S": "S matrix", "DM": "density matrix"}.get(quantity, quantity)
+        out += [
+            " --- Ionic Step 1 ---",
+            f" # print {what} in real space {quantity}(R)",
+            f" {n_spin} # number of spin directions",
+            f" {spin_index} # spin index",
+            f" {dim} # number of localized basis",
+            f" {len(R)} # number of Bravais lattice vector R",
+            "",
+        ]
+        if structure_header:
+            out += [structure_header.rstrip("\n"), ""]
+        out += [
+            " #----------------------------------------------------------------------#",
+            " #                               CSR Format                             #",
+            " # The outer loop corresponds to the number of Bravais lattice vectors. #",
+            " # The first line contains the index of the Bravais lattice vector      #",
+            " # (Rx, Ry, Rz), followed by the number of non-zero elements.           #",
+            " # The subsequent lines consist of three blocks of data, which are      #",
+            " # values, column indices, row pointers.                                #",
+            " #----------------------------------------------------------------------#",
+            "",
+        ]
+    order = np.lexsort((cols, rows, Ridx))
+    rows, cols, Ridx, values = rows[order], cols[order], Ridx[order], values[order]
+    bounds = np.searchsorted(Ridx, np.arange(len(R) + 1))
+    for r in range(len(R)):
+        sl = slice(bounds[r], bounds[r + 1])
+        nnz = bounds[r + 1] - bounds[r]
+        rx, ry, rz = R[r]
+        ptr = np.concatenate([[0], np.cumsum(np.bincount(rows[sl], minlength=dim))])
+        if generation == "old":
+            out.append(f"{rx} {ry} {rz} {nnz}")
+            if nnz:
+                out.append(" " + _fmt_values(values[sl], complex_values))
+                out.append(" " + " ".join(map(str, cols[sl])))
+                out.append(" " + " ".join(map(str, ptr)))
+        else:
+            out.append(f" {rx} {ry} {rz} {nnz}")
+            out.append(" # CSR values")
+            out.append(" " + _fmt_values(values[sl], complex_values) if nnz else "")
+            out.append(" # CSR column indices")
+            out.append(" " + " ".join(map(str, cols[sl])) if nnz else "")
+            out.append(" # CSR row pointers")
+            out.append(" " + " ".join(map(str, ptr)))
+            out.append("")
+    Path(path).write_text("\n".join(out) + "\n")

@@ -1,0 +1,403 @@
+"""Read an ABACUS run directory into a canonical :class:`~nextham_dft.core.system.System`.
+
+A run directory holds INPUT (or INPUT.<suffix>), STRU, KPT and one OUT.<suffix>/
+folder per calculation. Each OUT folder with sparse matrices is a *step*; the
+zeroth step (one SCF iteration from atomic densities: ``scf_nmax 1``) and a
+converged SCF are recognised from their parameters and log.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from nextham_dft.core.basis import RadialFunction, SpeciesBasis, file_sha256, orbital_transform
+from nextham_dft.core.blocks import BlockSparse
+from nextham_dft.core.kspace import Smearing
+from nextham_dft.core.sph import code_to_canonical
+from nextham_dft.core.system import KPoints, System
+from nextham_dft.core.units import BOHR_TO_ANG, RY_TO_EV
+from nextham_dft.errors import BasisError, ParseError, RunDirectoryError
+
+from .convention import ABACUS_CONVENTION
+from .csr import CsrFile, read_csr
+from .inputs import OrbFile, read_input, read_kpt, read_orb, read_stru, read_upf_valence
+from .outputs import LogFacts, read_eig_occ, read_istate, read_kpoints, read_log
+from .textio import find
+
+#: Matrix file names per generation, H then S; {s} is the spin index.
+H_NAMES = ("data-HR-sparse_SPIN{s0}.csr", "hrs{s1}_nao.csr")
+S_NAMES = ("data-SR-sparse_SPIN0.csr", "srs1_nao.csr")
+_REF = (".ref",)  # ABACUS's integration tests store reference outputs as *.ref
+
+
+@dataclass
+class Step:
+    """One ABACUS calculation found in a run directory."""
+
+    name: str
+    directory: Path
+    params: dict[str, str]
+    h_files: list[Path]
+    s_file: Path | None
+    log: LogFacts | None = None
+    kind: str = "unknown"  # zeroth | converged | unconverged | nscf | unknown
+    file_names: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def _find_any(directory: Path, names: list[str]) -> Path | None:
+    for n in names:
+        for cand in (n, n + ".ref"):
+            p = find(directory, cand)
+            if p is not None:
+                return p
+    return None
+
+
+def _h_files(directory: Path, nspin: int) -> list[Path]:
+    out = []
+    for s in range(2 if nspin == 2 else 1):
+        p = _find_any(directory, [n.format(s0=s, s1=s + 1) for n in H_NAMES])
+        if p is not None:
+            out.append(p)
+    return out
+
+
+def _step_params(run_dir: Path, out_dir: Path, suffix: str) -> tuple[dict[str, str], str]:
+    """Parameters of a step: OUT.<suffix>/INPUT dump, INPUT.<suffix>, or INPUT with that suffix."""
+    dump = find(out_dir, "INPUT")
+    if dump is not None:
+        return read_input(dump), str(dump)
+    for cand in (run_dir / f"INPUT.{suffix}", run_dir / f"INPUT_{suffix}"):
+        if cand.is_file():
+            return read_input(cand), str(cand)
+    top = run_dir / "INPUT"
+    if top.is_file():
+        p = read_input(top)
+        if p.get("suffix", "ABACUS") == suffix or out_dir == run_dir:
+            return p, str(top)
+    return {}, ""
+
+
+def _classify(step: Step) -> str:
+    p = step.params
+    calc = p.get("calculation", "scf").lower()
+    if calc == "nscf":
+        return "nscf"
+    nmax = None
+    if "scf_nmax" in p:
+        try:
+            nmax = int(float(p["scf_nmax"]))
+        except ValueError:
+            nmax = None
+    log = step.log
+    if nmax == 1 or (nmax is None and log is not None and log.iterations == 1 and not log.converged):
+        beta = p.get("mixing_beta")
+        if p.get("init_chg", "atomic").lower() not in ("atomic", "auto"):
+            step.notes.append(f"init_chg {p.get('init_chg')}: not started from atomic densities")
+            return "unknown"
+        if beta is not None and float(beta) != 0.0:
+            step.notes.append("mixing_beta ≠ 0 (H(0) is still the written one: it does not depend on mixing)")
+        return "zeroth"
+    if log is not None:
+        return "converged" if log.converged else "unconverged"
+    if nmax is not None and nmax > 1:
+        return "converged"
+    return "unknown"
+
+
+def find_steps(run_dir: str | Path) -> list[Step]:
+    """All calculations with sparse matrices in a run directory (OUT.* folders, or the folder itself)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirectoryError(f"{run_dir}: not a directory")
+    cands = sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith("OUT."))
+    steps: list[Step] = []
+    for d in [run_dir] + cands:
+        suffix = d.name[4:] if d != run_dir else "."
+        params, _src = _step_params(run_dir, d, suffix)
+        nspin = int(params.get("nspin", "1") or 1)
+        hs = _h_files(d, nspin)
+        s = _find_any(d, list(S_NAMES))
+        if not hs and s is None:
+            continue
+        logp = None
+        for name in ("running_scf.log", "running_nscf.log", "running_relax.log"):
+            logp = find(d, name)
+            if logp is not None:
+                break
+        log = read_log(logp) if logp is not None else None
+        st = Step(d.name if d != run_dir else ".", d, params, hs, s, log)
+        st.kind = _classify(st)
+        st.file_names = ", ".join(p.name for p in hs + ([s] if s else []))
+        steps.append(st)
+    return steps
+
+
+def select_steps(steps: list[Step], zeroth: str | None = None, converged: str | None = None) -> tuple[Step | None, Step | None]:
+    """The zeroth and converged steps; explicit names override; ambiguity is an error."""
+
+    def pick(kind: str, explicit: str | None) -> Step | None:
+        if explicit:
+            for s in steps:
+                if s.name in (explicit, f"OUT.{explicit}"):
+                    return s
+            raise RunDirectoryError(f"no step {explicit!r}; found: {', '.join(s.name for s in steps) or 'none'}")
+        found = [s for s in steps if s.kind == kind]
+        if len(found) > 1:
+            raise RunDirectoryError(
+                f"several {kind} steps ({', '.join(s.name for s in found)}): choose one with --{'zeroth' if kind == 'zeroth' else 'converged'}"
+            )
+        return found[0] if found else None
+
+    return pick("zeroth", zeroth), pick("converged", converged)
+
+
+# ---------------------------------------------------------------------------- basis
+
+
+def _resolve(run_dir: Path, sub: str | None, name: str) -> list[Path]:
+    out = []
+    if sub:
+        base = Path(sub)
+        if not base.is_absolute():
+            base = run_dir / base
+        out.append(base / name)
+    out.append(run_dir / name)
+    return out
+
+
+def read_basis(run_dir: Path, stru, params: dict[str, str], orbital_dir: str | Path | None = None) -> tuple[list[SpeciesBasis], list[OrbFile]]:
+    """Per-species NAO basis from the .orb files named in STRU."""
+    bases, orbs = [], []
+    for sp in stru.species:
+        if not sp.orbital:
+            raise BasisError(f"species {sp.label}: no orbital file in STRU (NUMERICAL_ORBITAL)")
+        tried = _resolve(run_dir, str(orbital_dir) if orbital_dir else params.get("orbital_dir"), sp.orbital)
+        path = next((p for p in tried if p.is_file()), None)
+        if path is None:
+            raise BasisError(f"orbital file {sp.orbital} of {sp.label} not found (looked in {', '.join(str(p.parent) for p in tried)})")
+        orb = read_orb(path)
+        r = np.arange(max((len(v) for v in orb.radials.values()), default=0)) * orb.dr_bohr * BOHR_TO_ANG
+        shells = tuple(
+            RadialFunction(l, z, orb.rcut_bohr * BOHR_TO_ANG, r, orb.radials.get((l, z), np.zeros(0)) * BOHR_TO_ANG**-1.5)
+            for l in sorted(orb.zetas)
+            for z in range(orb.zetas[l])
+        )
+        for s in shells:
+            if s.l not in ABACUS_CONVENTION.table:
+                raise BasisError(f"{path.name}: angular momentum l={s.l} is not supported")
+        bases.append(SpeciesBasis(orb.element, shells, path.name, file_sha256(path.read_bytes()), "abacus-nao"))
+        orbs.append(orb)
+    return bases, orbs
+
+
+def _nelec(run_dir: Path, stru, params: dict[str, str], kinds: np.ndarray, logs: list[LogFacts]) -> float | None:
+    if "nelec" in params and float(params["nelec"]) > 0:
+        return float(params["nelec"])
+    try:
+        zs = []
+        for sp in stru.species:
+            tried = _resolve(run_dir, params.get("pseudo_dir"), sp.pseudo)
+            path = next((p for p in tried if p.is_file()), None)
+            if path is None:
+                raise FileNotFoundError(sp.pseudo)
+            zs.append(read_upf_valence(path))
+        return float(sum(zs[k] for k in kinds))
+    except (FileNotFoundError, ParseError):
+        for lg in logs:
+            if lg is not None and lg.nelec is not None:
+                return lg.nelec
+    return None
+
+
+def _smearing(params: dict[str, str]) -> Smearing:
+    method = params.get("smearing_method", "gauss").lower()
+    method = {"gauss": "gaussian", "gaussian": "gaussian", "fd": "fd", "fermi-dirac": "fd", "mp": "mp", "mp2": "mp2",
+              "mv": "mv", "cold": "mv", "marzari-vanderbilt": "mv", "fixed": "fixed"}.get(method, "gaussian")
+    if "smearing_sigma_temp" in params:
+        sigma = float(params["smearing_sigma_temp"]) * 8.617333262e-5
+    else:
+        sigma = float(params.get("smearing_sigma", "0.015")) * RY_TO_EV
+    return Smearing(method, sigma)
+
+
+# ---------------------------------------------------------------------------- matrices
+
+
+def canonical_transforms(bases: list[SpeciesBasis]) -> list[np.ndarray]:
+    """Per-kind orthogonal matrices taking ABACUS orbital order/signs to the canonical ones."""
+    per_l = {l: code_to_canonical(ABACUS_CONVENTION, l) for l in ABACUS_CONVENTION.table}
+    return [orbital_transform(b, per_l) for b in bases]
+
+
+def csr_to_blocks(
+    files: list[CsrFile], norb: np.ndarray, kinds: np.ndarray, transforms: list[np.ndarray], scale: float, overlap: bool
+) -> BlockSparse:
+    """ABACUS sparse files (one, or two for nspin 2) → canonical BlockSparse (scaled by ``scale``)."""
+    n = int(norb.sum())
+    f0 = files[0]
+    if len(files) == 2:  # collinear up/down
+        a, b = files
+        for f in files:
+            if f.dim != n:
+                raise BasisError(f"{f.path}: matrix dimension {f.dim} ≠ {n} orbitals of the basis")
+        key_a = np.stack([a.R[a.Ridx].T[0], a.R[a.Ridx].T[1], a.R[a.Ridx].T[2], a.rows, a.cols], 1)
+        key_b = np.stack([b.R[b.Ridx].T[0], b.R[b.Ridx].T[1], b.R[b.Ridx].T[2], b.rows, b.cols], 1)
+        keys, inv = np.unique(np.concatenate([key_a, key_b]), axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        vals = np.zeros((len(keys), 2))
+        vals[inv[: len(key_a)], 0] = a.values.real
+        vals[inv[len(key_a) :], 1] = b.values.real
+        m = BlockSparse.from_coo(norb, keys[:, 3], keys[:, 4], keys[:, :3], vals * scale, "collinear")
+        return m.transform_orbitals(kinds, transforms)
+    if f0.dim == n:
+        if f0.is_complex and np.max(np.abs(f0.values.imag), initial=0) > 1e-8:
+            raise ParseError(f0.path, "complex values in a spin-unpolarised matrix")
+        m = BlockSparse.from_coo(norb, f0.rows, f0.cols, f0.R[f0.Ridx], f0.values.real * scale, "none")
+        return m.transform_orbitals(kinds, transforms)
+    if f0.dim != 2 * n:
+        raise BasisError(f"{f0.path}: matrix dimension {f0.dim} matches neither {n} orbitals nor {2 * n} spinors of the basis")
+    mu, s = f0.rows // 2, f0.rows % 2
+    nu, t = f0.cols // 2, f0.cols % 2
+    R = f0.R[f0.Ridx]
+    key = np.stack([R[:, 0], R[:, 1], R[:, 2], mu, nu], 1)
+    keys, inv = np.unique(key, axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    vals = np.zeros((len(keys), 2, 2), dtype=np.complex128)
+    vals[inv, s, t] = f0.values
+    if overlap:
+        off = np.max(np.abs(vals[:, 0, 1]), initial=0) + np.max(np.abs(vals[:, 1, 0]), initial=0)
+        diff = np.max(np.abs(vals[:, 0, 0] - vals[:, 1, 1]), initial=0)
+        if off > 1e-6 or diff > 1e-6 or np.max(np.abs(vals[:, 0, 0].imag), initial=0) > 1e-6:
+            raise ParseError(f0.path, "spinor overlap is not S ⊗ 1")
+        m = BlockSparse.from_coo(norb, keys[:, 3], keys[:, 4], keys[:, :3], vals[:, 0, 0].real * scale, "none")
+    else:
+        m = BlockSparse.from_coo(norb, keys[:, 3], keys[:, 4], keys[:, :3], vals * scale, "spinor")
+    return m.transform_orbitals(kinds, transforms)
+
+
+# ---------------------------------------------------------------------------- run
+
+
+def _version_generation(step: Step, csr: CsrFile | None) -> str:
+    gen = csr.generation if csr is not None else "?"
+    names = step.file_names
+    if gen == "2025":
+        return "ABACUS ≥ 3.11 (hrs/srs *_nao.csr, 2025 header)"
+    if "nao.csr" in names:
+        return "ABACUS 3.10.x (hrs/srs *_nao.csr, old header)"
+    return "ABACUS ≤ 3.10 (data-HR/SR-sparse_SPIN*.csr)"
+
+
+def read_run(
+    run_dir: str | Path,
+    *,
+    zeroth: str | None = None,
+    converged: str | None = None,
+    orbital_dir: str | Path | None = None,
+    load_matrices: bool = True,
+) -> System:
+    """Read an ABACUS run directory: structure, basis, H(0), converged H, S, k-points, eigenvalues."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirectoryError(f"{run_dir}: not a directory")
+    steps = find_steps(run_dir)
+    if not steps:
+        raise RunDirectoryError(f"{run_dir}: no ABACUS sparse matrices found (no OUT.*/data-HR-sparse_SPIN0.csr or hrs1_nao.csr; was out_mat_hs2 1 set?)")
+    s0, sc = select_steps(steps, zeroth, converged)
+    used = [s for s in (s0, sc) if s is not None] or steps[:1]
+    params: dict[str, str] = {}
+    for s in reversed(used):
+        params.update(s.params)
+    if not params:
+        top = run_dir / "INPUT"
+        params = read_input(top) if top.is_file() else {}
+    stru_name = params.get("stru_file", "STRU")
+    stru_path = run_dir / stru_name
+    if not stru_path.is_file():
+        raise RunDirectoryError(f"{run_dir}: no {stru_name} (an ABACUS run needs its structure file)")
+    stru = read_stru(stru_path, params.get("latname", "none"))
+    labels = [sp.label for sp in stru.species]
+    kinds = np.array([labels.index(l) for l in stru.labels], dtype=np.int64)
+    bases, _orbs = read_basis(run_dir, stru, params, orbital_dir)
+    for sp, b in zip(stru.species, bases):
+        el = re.sub(r"[^A-Za-z]", "", sp.label)
+        if el and el.capitalize() != b.element and el.capitalize()[:2] != b.element:
+            pass  # labels may be arbitrary (Fe1, Fe_up); the orbital file's element is authoritative
+    norb = np.array([bases[k].norb for k in kinds], dtype=np.int64)
+    nspin = int(params.get("nspin", "1") or 1)
+    spin_mode = {1: "none", 2: "collinear", 4: "noncollinear"}.get(nspin)
+    if spin_mode is None:
+        raise ParseError(run_dir / "INPUT", f"nspin {nspin} is not 1, 2 or 4")
+    soc = params.get("lspinorb", "0").lower() in ("1", "true", "t")
+    logs = [s.log for s in used if s.log is not None]
+    system = System(
+        lattice=stru.lattice,
+        positions=stru.positions,
+        kinds=kinds,
+        bases=bases,
+        spin_mode=spin_mode,
+        soc=soc,
+        nelec=_nelec(run_dir, stru, params, kinds, logs),
+        smearing=_smearing(params),
+        magmom=stru.magmom,
+    )
+    # k-points of the run
+    kpt_path = run_dir / params.get("kpoint_file", "KPT")
+    if kpt_path.is_file():
+        kpt = read_kpt(kpt_path)
+        if kpt.kind == "mesh":
+            system.kpoints = KPoints.from_mesh(kpt.mesh, kpt.shift)
+    for s in used:
+        kp = find(s.directory, "kpoints")
+        if kp is not None:
+            k, w = read_kpoints(kp)
+            mesh = system.kpoints.mesh if system.kpoints is not None else None
+            system.kpoints = KPoints(k, w, mesh)
+            break
+    transforms = canonical_transforms(bases)
+    gen_csr = None
+    if load_matrices:
+        s_step = next((s for s in used if s.s_file is not None), None) or next((s for s in steps if s.s_file), None)
+        if s_step is not None:
+            c = read_csr(s_step.s_file)
+            gen_csr = c
+            system.matrices["S"] = csr_to_blocks([c], norb, kinds, transforms, 1.0, overlap=True)
+        for tag, st in (("H0", s0), ("H", sc)):
+            if st is None or not st.h_files:
+                continue
+            cs = [read_csr(p) for p in st.h_files]
+            gen_csr = cs[0]
+            system.matrices[tag] = csr_to_blocks(cs, norb, kinds, transforms, RY_TO_EV, overlap=False)
+    for tag, st in (("H0", s0), ("H", sc)):
+        if st is None:
+            continue
+        kp = find(st.directory, "kpoints")
+        ist = find(st.directory, "istate.info")
+        eo = find(st.directory, "eig_occ.txt")
+        if kp is not None and (ist is not None or eo is not None):
+            k, _w = read_kpoints(kp)
+            e = read_istate(ist) if ist is not None else read_eig_occ(eo)
+            system.reference_eigenvalues[tag] = (k, e)
+        if st.log is not None and st.log.efermi_ev is not None:
+            system.fermi_ev[tag] = st.log.efermi_ev
+    first = used[0]
+    system.meta = {
+        "code": "abacus",
+        "run_dir": str(run_dir),
+        "generation": _version_generation(first, gen_csr),
+        "csr_generation": gen_csr.generation if gen_csr is not None else None,
+        "version": next((lg.version for lg in logs if lg.version), ""),
+        "steps": [
+            {"name": s.name, "kind": s.kind, "files": s.file_names, "notes": s.notes} for s in steps
+        ],
+        "zeroth_step": s0.name if s0 else None,
+        "converged_step": sc.name if sc else None,
+        "species_labels": labels,
+    }
+    return system

@@ -1,0 +1,319 @@
+"""Block-sparse real-space matrices M(R) over atom pairs (H(R), S(R), density matrices).
+
+Only half of the atom-pair blocks is stored: the block (i, j, R) is kept when R is
+positive (its first non-zero component is > 0), or R = 0 and i <= j. The other
+half follows from hermiticity, M(-R)_ji = M(R)_ij^†, which therefore holds exactly
+by construction; :meth:`BlockSparse.to_coo` expands it. Diagonal blocks
+(i = i, R = 0) are made hermitian on construction.
+
+Spin layouts (``spin``):
+
+* ``"none"``: data (nnz,) real — nspin 1 H, or any S;
+* ``"collinear"``: data (nnz, 2) real — spin up, spin down (nspin 2);
+* ``"spinor"``: data (nnz, 2, 2) complex — value[s, s'] = <φ_μ s| M |φ_ν s'>
+  (spin basis up/down along z), nspin 4 with or without SOC.
+
+Blocks are flattened row-major (n_i × n_j) one after the other in ``data``,
+block e starting at ``offsets[e]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SPIN_LAYOUTS = ("none", "collinear", "spinor")
+
+
+def spin_shape(spin: str) -> tuple[int, ...]:
+    """Trailing shape of one matrix entry for a spin layout."""
+    return {"none": (), "collinear": (2,), "spinor": (2, 2)}[spin]
+
+
+def is_canonical_half(i: np.ndarray, j: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """Boolean mask of the (i, j, R) keys that belong to the stored half."""
+    R = np.asarray(R)
+    first = np.where(R[:, 0] != 0, R[:, 0], np.where(R[:, 1] != 0, R[:, 1], R[:, 2]))
+    return (first > 0) | ((first == 0) & (np.asarray(i) <= np.asarray(j)))
+
+
+def _adjoint_entries(values: np.ndarray, spin: str) -> np.ndarray:
+    """Entry-wise part of the adjoint: conj, and swapped spin indices for spinors."""
+    if spin == "spinor":
+        return np.conj(np.swapaxes(values, -1, -2))
+    return np.conj(values) if np.iscomplexobj(values) else values
+
+
+@dataclass
+class BlockSparse:
+    """Hermitian block-sparse M(R). Units are the caller's (eV for H, 1 for S).
+
+    norb: (n_atoms,) orbitals per atom (without spin);
+    edge_i, edge_j: (E,) atom indices; R: (E, 3) int lattice vector, so that the
+    block is <φ_i(r - τ_i)| M |φ_j(r - τ_j - R)>;
+    offsets: (E + 1,) int; data: (nnz, *spin_shape).
+    """
+
+    norb: np.ndarray
+    edge_i: np.ndarray
+    edge_j: np.ndarray
+    R: np.ndarray
+    offsets: np.ndarray
+    data: np.ndarray
+    spin: str = "none"
+    #: largest |M(R)_ij - M(-R)_ji^†| found when the matrix was built from both halves.
+    hermiticity_error: float = field(default=0.0, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.spin not in SPIN_LAYOUTS:
+            raise ValueError(f"unknown spin layout {self.spin!r}")
+        self.norb = np.asarray(self.norb, dtype=np.int64)
+        self.edge_i = np.asarray(self.edge_i, dtype=np.int64)
+        self.edge_j = np.asarray(self.edge_j, dtype=np.int64)
+        self.R = np.asarray(self.R, dtype=np.int64).reshape(-1, 3)
+        self.offsets = np.asarray(self.offsets, dtype=np.int64)
+        sizes = self.norb[self.edge_i] * self.norb[self.edge_j]
+        if self.offsets.shape != (len(self.edge_i) + 1,) or np.any(np.diff(self.offsets) != sizes):
+            raise ValueError("offsets do not match the block sizes")
+        if self.data.shape != (int(self.offsets[-1]),) + spin_shape(self.spin):
+            raise ValueError(f"data shape {self.data.shape} does not match layout {self.spin}")
+
+    # ------------------------------------------------------------------ basic facts
+    @property
+    def n_atoms(self) -> int:
+        return len(self.norb)
+
+    @property
+    def n_edges(self) -> int:
+        return len(self.edge_i)
+
+    @property
+    def dim(self) -> int:
+        """Matrix dimension without spin."""
+        return int(self.norb.sum())
+
+    @property
+    def atom_offsets(self) -> np.ndarray:
+        """(n_atoms + 1,) first orbital of each atom."""
+        return np.concatenate([[0], np.cumsum(self.norb)])
+
+    def unique_R(self, full: bool = True) -> np.ndarray:
+        """Distinct lattice vectors (with their negatives when full)."""
+        R = self.R if not full else np.concatenate([self.R, -self.R])
+        return np.unique(R, axis=0)
+
+    def block(self, i: int, j: int, R: tuple[int, int, int] | np.ndarray) -> np.ndarray | None:
+        """The (n_i, n_j, *spin) block <i| M |j, R>, or None when absent (zero)."""
+        R = np.asarray(R, dtype=np.int64)
+        mirror = not is_canonical_half(np.array([i]), np.array([j]), R[None])[0]
+        a, b, RR = (j, i, -R) if mirror else (i, j, R)
+        hit = np.nonzero((self.edge_i == a) & (self.edge_j == b) & np.all(self.R == RR, axis=1))[0]
+        if len(hit) == 0:
+            return None
+        e = hit[0]
+        blk = self.data[self.offsets[e] : self.offsets[e + 1]].reshape(
+            (self.norb[a], self.norb[b]) + spin_shape(self.spin)
+        )
+        if mirror:
+            blk = _adjoint_entries(np.swapaxes(blk, 0, 1), self.spin)
+        return blk.copy()
+
+    def entry_index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For every stored entry: (edge, local row, local column), each (nnz,)."""
+        sizes = np.diff(self.offsets)
+        edge = np.repeat(np.arange(self.n_edges), sizes)
+        local = np.arange(len(edge)) - self.offsets[edge]
+        ncol = self.norb[self.edge_j][edge]
+        return edge, local // ncol, local % ncol
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_coo(
+        cls,
+        norb: np.ndarray,
+        rows: np.ndarray,
+        cols: np.ndarray,
+        R: np.ndarray,
+        values: np.ndarray,
+        spin: str = "none",
+    ) -> "BlockSparse":
+        """Build from orbital-level entries of M(R) (global orbital indices, either half or both).
+
+        Entries given on both sides of a mirror pair are averaged (their largest
+        difference is kept in ``hermiticity_error``); an entry given on one side only
+        is taken as is. Missing entries inside a present block are zero.
+        """
+        norb = np.asarray(norb, dtype=np.int64)
+        rows = np.asarray(rows, dtype=np.int64)
+        cols = np.asarray(cols, dtype=np.int64)
+        R = np.asarray(R, dtype=np.int64).reshape(-1, 3)
+        values = np.asarray(values)
+        aoff = np.concatenate([[0], np.cumsum(norb)])
+        atom_of = np.repeat(np.arange(len(norb)), norb)
+        ai, aj = atom_of[rows], atom_of[cols]
+        li, lj = rows - aoff[ai], cols - aoff[aj]
+        keep = is_canonical_half(ai, aj, R)
+        # map the other half onto its mirror: (j, i, -R), transposed, adjoint entry
+        ai2 = np.where(keep, ai, aj)
+        aj2 = np.where(keep, aj, ai)
+        li2 = np.where(keep, li, lj)
+        lj2 = np.where(keep, lj, li)
+        R2 = np.where(keep[:, None], R, -R)
+        vals = values.copy()
+        if (~keep).any():
+            vals[~keep] = _adjoint_entries(values[~keep], spin)
+        # diagonal blocks: entry (a, b) and (b, a) are mirror partners too
+        diag = (ai2 == aj2) & np.all(R2 == 0, axis=1)
+        swap = diag & (li2 > lj2)
+        li2, lj2 = np.where(swap, lj2, li2), np.where(swap, li2, lj2)
+        if swap.any():
+            vals[swap] = _adjoint_entries(vals[swap], spin)
+        # edges
+        key = np.stack([R2[:, 0], R2[:, 1], R2[:, 2], ai2, aj2], axis=1)
+        ukey, inv = np.unique(key, axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        ei, ej, eR = ukey[:, 3], ukey[:, 4], ukey[:, :3]
+        sizes = norb[ei] * norb[ej]
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        flat = offsets[inv] + li2 * norb[aj2] + lj2
+        shape = (int(offsets[-1]),) + spin_shape(spin)
+        dtype = np.complex128 if (spin == "spinor" or np.iscomplexobj(values)) else np.float64
+        acc = np.zeros(shape, dtype=dtype)
+        cnt = np.zeros(int(offsets[-1]), dtype=np.int64)
+        np.add.at(acc, flat, vals)
+        np.add.at(cnt, flat, 1)
+        if np.any(cnt > 2):
+            raise ValueError("duplicate matrix entries (same row, column and R given twice)")
+        nz = cnt > 0
+        cshape = (-1,) + (1,) * len(spin_shape(spin))
+        acc[nz] = acc[nz] / cnt[nz].reshape(cshape)
+        # hermiticity error of pairs given twice: |v1 - v2| = 2 |v1 - mean|
+        herm = 0.0
+        two = cnt[flat] == 2
+        if two.any():
+            herm = float(2 * np.max(np.abs(vals[two] - acc[flat[two]])))
+        out = cls(norb, ei, ej, eR, offsets, acc, spin, hermiticity_error=herm)
+        out._hermitize_diagonal()
+        return out
+
+    def _hermitize_diagonal(self) -> None:
+        """Make the on-site (i, i, R = 0) blocks exactly hermitian.
+
+        Built by :meth:`from_coo`, these blocks hold their upper triangle (the lower
+        one was folded onto it); the lower triangle is set to its adjoint and the
+        diagonal to its hermitian part.
+        """
+        on = np.nonzero((self.edge_i == self.edge_j) & np.all(self.R == 0, axis=1))[0]
+        sshape = spin_shape(self.spin)
+        for e in on:
+            n = self.norb[self.edge_i[e]]
+            sl = slice(self.offsets[e], self.offsets[e + 1])
+            b = self.data[sl].reshape((n, n) + sshape)
+            upper = np.triu(np.ones((n, n), dtype=bool), 1)
+            bt = _adjoint_entries(np.swapaxes(b, 0, 1), self.spin)
+            full = np.where(upper.reshape((n, n) + (1,) * len(sshape)), b, bt)
+            full = 0.5 * (full + _adjoint_entries(np.swapaxes(full, 0, 1), self.spin))
+            self.data[sl] = full.reshape((n * n,) + sshape)
+
+    # ------------------------------------------------------------------ expansion
+    def to_coo(self, full: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Orbital-level entries (rows, cols, R, values); with full=True both halves.
+
+        The diagonal blocks appear once (they are their own mirror).
+        """
+        edge, lr, lc = self.entry_index()
+        aoff = self.atom_offsets
+        rows = aoff[self.edge_i[edge]] + lr
+        cols = aoff[self.edge_j[edge]] + lc
+        R = self.R[edge]
+        vals = self.data
+        if not full:
+            return rows, cols, R, vals
+        onsite = (self.edge_i[edge] == self.edge_j[edge]) & np.all(R == 0, axis=1)
+        m = ~onsite
+        return (
+            np.concatenate([rows, cols[m]]),
+            np.concatenate([cols, rows[m]]),
+            np.concatenate([R, -R[m]]),
+            np.concatenate([vals, _adjoint_entries(vals[m], self.spin)]),
+        )
+
+    def to_spinor_coo(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Full entries in a spin-interleaved basis (index 2μ + s), for any layout.
+
+        'none' is expanded as M ⊗ 1, 'collinear' as diag(up, down).
+        """
+        rows, cols, R, vals = self.to_coo(full=True)
+        n = len(rows)
+        if self.spin == "spinor":
+            v = vals.reshape(n, 4)
+            s = np.array([0, 0, 1, 1])
+            t = np.array([0, 1, 0, 1])
+        elif self.spin == "collinear":
+            v = vals
+            s = t = np.array([0, 1])
+        else:
+            v = np.stack([vals, vals], axis=1)
+            s = t = np.array([0, 1])
+        k = len(s)
+        r2 = (2 * rows[:, None] + s[None, :]).reshape(-1)
+        c2 = (2 * cols[:, None] + t[None, :]).reshape(-1)
+        return r2, c2, np.repeat(R, k, axis=0), v.reshape(-1)
+
+    # ------------------------------------------------------------------ algebra
+    def with_data(self, data: np.ndarray, spin: str | None = None) -> "BlockSparse":
+        """Same sparsity pattern, new values."""
+        return BlockSparse(self.norb, self.edge_i, self.edge_j, self.R, self.offsets, data, spin or self.spin)
+
+    def same_pattern(self, other: "BlockSparse") -> bool:
+        return (
+            np.array_equal(self.norb, other.norb)
+            and np.array_equal(self.edge_i, other.edge_i)
+            and np.array_equal(self.edge_j, other.edge_j)
+            and np.array_equal(self.R, other.R)
+        )
+
+    def aligned_to(self, other: "BlockSparse") -> "BlockSparse":
+        """This matrix on the sparsity pattern of ``other`` (blocks missing here are zero).
+
+        Blocks present here but absent from ``other`` are dropped.
+        """
+        if self.same_pattern(other):
+            return self
+        key_self = {k: e for e, k in enumerate(zip(self.edge_i, self.edge_j, *self.R.T))}
+        data = np.zeros((int(other.offsets[-1]),) + spin_shape(self.spin), dtype=self.data.dtype)
+        for e, k in enumerate(zip(other.edge_i, other.edge_j, *other.R.T)):
+            s = key_self.get(k)
+            if s is not None:
+                data[other.offsets[e] : other.offsets[e + 1]] = self.data[self.offsets[s] : self.offsets[s + 1]]
+        return other.with_data(data, self.spin)
+
+    def transform_orbitals(self, kinds: np.ndarray, per_kind: list[np.ndarray]) -> "BlockSparse":
+        """Apply B_ij -> M_ki @ B_ij @ M_kj^T with per_kind[kinds[atom]] (orthogonal, (n, n)).
+
+        Vectorised over the blocks of each pair of kinds.
+        """
+        kinds = np.asarray(kinds)
+        out = np.empty_like(self.data)
+        ki, kj = kinds[self.edge_i], kinds[self.edge_j]
+        sshape = spin_shape(self.spin)
+        for a in np.unique(ki):
+            for b in np.unique(kj):
+                sel = np.nonzero((ki == a) & (kj == b))[0]
+                if len(sel) == 0:
+                    continue
+                ma, mb = per_kind[a], per_kind[b]
+                na, nb = ma.shape[0], mb.shape[0]
+                idx = (self.offsets[sel][:, None] + np.arange(na * nb)[None, :]).reshape(-1)
+                blk = self.data[idx].reshape((len(sel), na, nb) + sshape)
+                res = np.einsum("ab,ebc...,dc->ead...", ma, blk, mb, optimize=True)
+                out[idx] = res.reshape((-1,) + sshape)
+        return self.with_data(out)
+
+    def max_abs_diff(self, other: "BlockSparse") -> float:
+        """Largest |self - other| over the union of both patterns."""
+        a = self.aligned_to(other) if not self.same_pattern(other) else self
+        d = float(np.max(np.abs(a.data - other.data), initial=0.0))
+        b = other.aligned_to(self)
+        return max(d, float(np.max(np.abs(self.data - b.data), initial=0.0)))

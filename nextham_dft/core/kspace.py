@@ -1,0 +1,178 @@
+"""Reciprocal space: H(k), S(k), the generalized eigenproblem, occupations and the Fermi level.
+
+Phase convention: M(k) = Σ_R exp(i 2π k·R) M(R), k in fractional (direct)
+coordinates of the reciprocal lattice, with M(R)_ij = <φ_i(r-τ_i)|M|φ_j(r-τ_j-R)>.
+Spinor matrices use the interleaved basis index 2μ + s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.special import erfc
+
+from nextham_dft.errors import OverlapNotPositiveDefiniteError
+
+from .blocks import BlockSparse
+
+
+class KAssembler:
+    """Vectorised M(k) = Σ_R e^{i2πk·R} M(R) for many k at once.
+
+    Entries are grouped by matrix position; the sum over R is one sparse × dense
+    product (no Python loop over R or atom pairs).
+    """
+
+    def __init__(self, m: BlockSparse, spinor: bool = False) -> None:
+        if spinor:
+            rows, cols, R, vals = m.to_spinor_coo()
+            self.dim = 2 * m.dim
+        else:
+            if m.spin != "none":
+                raise ValueError("a spin-resolved matrix needs spinor=True (or pick one spin channel)")
+            rows, cols, R, vals = m.to_coo(full=True)
+            self.dim = m.dim
+        self.R, ridx = np.unique(R, axis=0, return_inverse=True)
+        pos = rows * self.dim + cols
+        self.pos, pidx = np.unique(pos, return_inverse=True)
+        self.table = sp.csr_matrix(
+            (vals.astype(np.complex128), (pidx.reshape(-1), ridx.reshape(-1))), shape=(len(self.pos), len(self.R))
+        )
+
+    def __call__(self, kfrac: np.ndarray) -> np.ndarray:
+        """(nk, dim, dim) complex M(k) at fractional k-points (nk, 3)."""
+        kfrac = np.atleast_2d(np.asarray(kfrac, dtype=float))
+        phase = np.exp(2j * np.pi * (kfrac @ self.R.T))  # (nk, nR)
+        vals = (self.table @ phase.T).T  # (nk, npos)
+        out = np.zeros((len(kfrac), self.dim * self.dim), dtype=np.complex128)
+        out[:, self.pos] = vals
+        return out.reshape(len(kfrac), self.dim, self.dim)
+
+
+def solve_generalized(hk: np.ndarray, sk: np.ndarray, vectors: bool = False, kpoints: np.ndarray | None = None):
+    """Eigenvalues (nk, n) ascending of H(k) c = E S(k) c, batched over k.
+
+    Raises OverlapNotPositiveDefiniteError naming the first k-point where S(k) is
+    not positive definite (near-linearly-dependent basis) instead of returning
+    meaningless eigenvalues. With vectors=True also returns C (nk, n, n) with
+    C^† S C = 1.
+    """
+    try:
+        L = np.linalg.cholesky(sk)
+    except np.linalg.LinAlgError:
+        bad = 0
+        for k in range(len(sk)):
+            try:
+                np.linalg.cholesky(sk[k])
+            except np.linalg.LinAlgError:
+                bad = k
+                break
+        w = np.linalg.eigvalsh(sk[bad])
+        where = f" k={np.round(kpoints[bad], 6).tolist()}" if kpoints is not None else f" k-point #{bad}"
+        raise OverlapNotPositiveDefiniteError(
+            f"S(k) is not positive definite at{where} (smallest eigenvalue {w[0]:.3e}): "
+            "the basis is (near) linearly dependent; eigenvalues would be meaningless"
+        ) from None
+    x = np.linalg.solve(L, hk)  # L^-1 H
+    ht = np.linalg.solve(L, np.conj(np.swapaxes(x, -1, -2)))  # L^-1 H L^-†
+    ht = 0.5 * (ht + np.conj(np.swapaxes(ht, -1, -2)))
+    if not vectors:
+        return np.linalg.eigvalsh(ht)
+    e, v = np.linalg.eigh(ht)
+    c = np.linalg.solve(np.conj(np.swapaxes(L, -1, -2)), v)
+    return e, c
+
+
+def band_energies(h: BlockSparse, s: BlockSparse, kfrac: np.ndarray, chunk_bytes: float = 4e8) -> np.ndarray:
+    """Eigenvalues (nk, nbands) of a Hamiltonian at fractional k-points, in H's units.
+
+    Spinor H (layout 'spinor') is solved in the spinor basis with S ⊗ 1; a
+    collinear H returns (2, nk, nbands) (up, down).
+    """
+    kfrac = np.atleast_2d(np.asarray(kfrac, dtype=float))
+    if h.spin == "collinear":
+        return np.stack([band_energies(h.with_data(h.data[:, s_], "none"), s, kfrac, chunk_bytes) for s_ in (0, 1)])
+    spinor = h.spin == "spinor"
+    ha, sa = KAssembler(h, spinor=spinor), KAssembler(s, spinor=spinor)
+    dim = ha.dim
+    step = max(1, int(chunk_bytes // (16 * dim * dim * 4)))
+    out = []
+    for a in range(0, len(kfrac), step):
+        kk = kfrac[a : a + step]
+        out.append(solve_generalized(ha(kk), sa(kk), kpoints=kk))
+    return np.concatenate(out, axis=0)
+
+
+# ---------------------------------------------------------------------------- occupations
+
+
+@dataclass(frozen=True)
+class Smearing:
+    """Occupation smearing: method in {'gaussian', 'fd', 'mp', 'mp2', 'mv', 'fixed'}, width in eV."""
+
+    method: str = "gaussian"
+    sigma: float = 0.02 * 13.605693122994
+
+    def occupation(self, e: np.ndarray, mu: float) -> np.ndarray:
+        """Occupation in [0, 1] (per state, spin degeneracy excluded)."""
+        if self.method == "fixed" or self.sigma <= 0:
+            return (e <= mu).astype(float)
+        x = (e - mu) / self.sigma
+        if self.method == "gaussian":
+            return 0.5 * erfc(x)
+        if self.method == "fd":
+            return 0.5 * (1.0 - np.tanh(0.5 * x))
+        if self.method in ("mp", "mp2"):
+            f = 0.5 * erfc(x)
+            h = np.exp(-x * x) / np.sqrt(np.pi)
+            f = f - 0.5 * x * h  # first order (A1 = -1/4 √π, H1 = 2x)
+            if self.method == "mp2":
+                f = f + (1.0 / 32.0) * (16 * x**3 - 24 * x) * h  # second order (A2 = 1/32 √π, H3)
+            return f
+        if self.method == "mv":
+            xp = x + 1.0 / np.sqrt(2.0)
+            return 0.5 * erfc(xp) + np.exp(-xp * xp) / np.sqrt(2.0 * np.pi)
+        raise ValueError(f"unknown smearing method {self.method!r}")
+
+
+def electron_count(eigs: np.ndarray, weights: np.ndarray, mu: float, smearing: Smearing, degeneracy: float) -> float:
+    """Σ_k w_k g Σ_n f((e_nk - μ)/σ) for eigs (nk, nb) or (nspin, nk, nb); weights sum to 1."""
+    occ = smearing.occupation(eigs, mu)
+    return float(degeneracy * np.sum(occ * weights[..., :, None]))
+
+
+def fermi_level(eigs: np.ndarray, weights: np.ndarray, nelec: float, smearing: Smearing, degeneracy: float) -> float:
+    """Chemical potential (eV) with the given electron count, by bisection.
+
+    eigs: (nk, nb) or (nspin, nk, nb) eV; weights: (nk,) summing to 1; degeneracy:
+    2 for spin-unpolarised, 1 for collinear channels or spinors. In a gap the
+    midpoint of the gap is returned.
+    """
+    weights = np.asarray(weights, dtype=float)
+    weights = weights / weights.sum()
+    nb_total = eigs.shape[-1] * degeneracy * (eigs.shape[0] if eigs.ndim == 3 else 1)
+    if nelec > nb_total + 1e-9:
+        raise ValueError(f"{nelec} electrons do not fit in {nb_total:g} states")
+    lo, hi = float(eigs.min()) - 20 * max(smearing.sigma, 1e-3) - 1, float(eigs.max()) + 20 * max(smearing.sigma, 1e-3) + 1
+    sm = smearing if smearing.method != "fixed" and smearing.sigma > 0 else Smearing("gaussian", 1e-4)
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if electron_count(eigs, weights, mid, sm, degeneracy) < nelec:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12:
+            break
+    mu = 0.5 * (lo + hi)
+    # insulator: put μ mid-gap (the count is flat there)
+    flat = eigs.reshape(-1)
+    below, above = flat[flat <= mu], flat[flat > mu]
+    if len(below) and len(above):
+        vbm, cbm = below.max(), above.min()
+        if cbm - vbm > 10 * max(smearing.sigma, 1e-3):
+            n_vbm = electron_count(eigs, weights, 0.5 * (vbm + cbm), sm, degeneracy)
+            if abs(n_vbm - nelec) < 1e-6:
+                return float(0.5 * (vbm + cbm))
+    return float(mu)
