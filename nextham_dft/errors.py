@@ -38,3 +38,10 @@ class OverlapNotPositiveDefiniteError(NexthamError):
 
 class OutputExistsError(NexthamError):
     """An output would overwrite existing files without --force."""
+
+
+class MissingDataError(NexthamError, KeyError):
+    """A run lacks something a command needs (a matrix, k-points, the electron count)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

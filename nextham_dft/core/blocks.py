@@ -239,6 +239,49 @@ class BlockSparse:
             np.concatenate([vals, _adjoint_entries(vals[m], self.spin)]),
         )
 
+    def full_blocks(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Both halves as blocks: (edge_i, edge_j, R, offsets, data), mirrors appended after the stored edges.
+
+        The on-site blocks (i = j, R = 0) appear once.
+        """
+        onsite = (self.edge_i == self.edge_j) & np.all(self.R == 0, axis=1)
+        mir = np.nonzero(~onsite)[0]
+        ei = np.concatenate([self.edge_i, self.edge_j[mir]])
+        ej = np.concatenate([self.edge_j, self.edge_i[mir]])
+        R = np.concatenate([self.R, -self.R[mir]])
+        sizes = self.norb[ei] * self.norb[ej]
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        edge, lr, lc = self.entry_index()
+        # position of every stored entry inside its mirror block (transposed)
+        new_of = np.full(self.n_edges, -1)
+        new_of[mir] = self.n_edges + np.arange(len(mir))
+        has = new_of[edge] >= 0
+        src = np.nonzero(has)[0]
+        e2 = new_of[edge[src]]
+        ni = self.norb[self.edge_i[edge[src]]]
+        dst = offsets[e2] + lc[src] * ni + lr[src]
+        data = np.empty((int(offsets[-1]),) + self.data.shape[1:], dtype=self.data.dtype)
+        data[: len(self.data)] = self.data
+        data[dst] = _adjoint_entries(self.data[src], self.spin)
+        return ei, ej, R, offsets, data
+
+    @classmethod
+    def from_full_blocks(cls, norb, ei, ej, R, offsets, data, spin: str) -> "BlockSparse":
+        """Keep the stored half of a complete block list (inverse of :meth:`full_blocks`)."""
+        keep = np.nonzero(is_canonical_half(ei, ej, R))[0]
+        sizes = np.diff(offsets)[keep]
+        new_off = np.concatenate([[0], np.cumsum(sizes)])
+        idx = (np.repeat(offsets[keep] - new_off[:-1], sizes) + np.arange(int(new_off[-1]))) if len(keep) else np.zeros(0, int)
+        return cls(norb, ei[keep], ej[keep], R[keep], new_off, data[idx], spin)
+
+    def permute_atoms(self, order: np.ndarray) -> "BlockSparse":
+        """Relabel atoms: new atom a is old atom ``order[a]`` (positions unchanged, so R is too)."""
+        order = np.asarray(order, dtype=np.int64)
+        inv = np.empty_like(order)
+        inv[order] = np.arange(len(order))
+        ei, ej, R, off, data = self.full_blocks()
+        return BlockSparse.from_full_blocks(self.norb[order], inv[ei], inv[ej], R, off, data, self.spin)
+
     def to_spinor_coo(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Full entries in a spin-interleaved basis (index 2μ + s), for any layout.
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from .basis import SpeciesBasis
 from .blocks import BlockSparse
+from ..errors import MissingDataError
 from .kspace import Smearing, band_energies, fermi_level
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -126,7 +127,7 @@ class System:
             return self.matrices[source]
         except KeyError:
             have = ", ".join(sorted(self.matrices)) or "none"
-            raise KeyError(f"no {source} matrix in this run (have: {have})") from None
+            raise MissingDataError(f"no {source} matrix in this run (have: {have})") from None
 
     def bands(self, source: str, kfrac: np.ndarray) -> np.ndarray:
         """Eigenvalues (eV) of matrix ``source`` at fractional k-points."""
@@ -135,5 +136,5 @@ class System:
     def fermi_from_bands(self, eigs: np.ndarray, weights: np.ndarray) -> float:
         """Fermi level (eV) from eigenvalues on a k-mesh and the electron count."""
         if self.nelec is None:
-            raise ValueError("the electron count is unknown (no pseudopotential or log found)")
+            raise MissingDataError("the electron count is unknown (no pseudopotential, nelec or log found)")
         return fermi_level(eigs, weights, self.nelec, self.smearing, self.spin_degeneracy)

@@ -1,0 +1,61 @@
+"""Write canonical matrices back into ABACUS's sparse formats (either generation)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from nextham_dft.core.blocks import BlockSparse
+from nextham_dft.core.system import System
+from nextham_dft.core.units import EV_TO_RY
+
+from .csr import write_csr
+from .run import canonical_transforms
+
+FILE_NAMES = {
+    ("old", "H"): "data-HR-sparse_SPIN{s0}.csr",
+    ("old", "S"): "data-SR-sparse_SPIN0.csr",
+    ("2025", "H"): "hrs{s1}_nao.csr",
+    ("2025", "S"): "srs1_nao.csr",
+}
+
+
+def to_abacus_coo(m: BlockSparse, system: System, spinor: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Full (rows, cols, R, values) in ABACUS's orbital order and signs (spinor-interleaved when asked)."""
+    back = [t.T for t in canonical_transforms(system.bases)]  # orthogonal: inverse = transpose
+    mm = m.transform_orbitals(system.kinds, back)
+    if spinor:
+        return mm.to_spinor_coo()
+    return mm.to_coo(full=True)
+
+
+def write_matrix(path: str | Path, m: BlockSparse, system: System, generation: str, quantity: str,
+                 spin_index: int = 0) -> None:
+    """Write H (eV → Ry) or S into ``path`` in an ABACUS csr generation."""
+    spinor = system.spin_mode == "noncollinear"
+    mm = m
+    if m.spin == "collinear":
+        mm = m.with_data(m.data[:, spin_index], "none")
+    rows, cols, R, vals = to_abacus_coo(mm, system, spinor)
+    if quantity == "H":
+        vals = vals * EV_TO_RY
+    uR, ridx = np.unique(R, axis=0, return_inverse=True)
+    dim = system.dim
+    write_csr(path, generation, dim, uR, rows, cols, ridx.reshape(-1), vals, quantity=quantity,
+              complex_values=spinor, spin_index=spin_index + 1, n_spin=2 if system.spin_mode == "collinear" else 1)
+
+
+def write_hs(directory: str | Path, system: System, source: str, generation: str) -> list[Path]:
+    """H (from matrix ``source``) and S files in ``directory`` with the generation's file names."""
+    directory = Path(directory)
+    out = []
+    h = system.matrices[source]
+    for s in range(2 if h.spin == "collinear" else 1):
+        p = directory / FILE_NAMES[(generation, "H")].format(s0=s, s1=s + 1)
+        write_matrix(p, h, system, generation, "H", s)
+        out.append(p)
+    p = directory / FILE_NAMES[(generation, "S")]
+    write_matrix(p, system.matrices["S"], system, generation, "S")
+    out.append(p)
+    return out

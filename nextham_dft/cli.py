@@ -1,0 +1,285 @@
+"""Command-line interface: ``nextham-dft info | bands | dataset build``.
+
+Bad input ends with one line on stderr and exit status 2 (1 for an internal
+error, with ``--debug`` showing the traceback); no traceback for users.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import click
+import numpy as np
+
+from . import __version__
+from .errors import NexthamError
+
+SOURCES = {"h0": "H0", "scf": "H"}
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    click.echo(f"nextham-dft: error: {msg}", err=True)
+    sys.exit(code)
+
+
+def friendly_errors(fn):
+    """Turn bad-input errors into one line on stderr and a non-zero exit."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        debug = click.get_current_context().find_root().params.get("debug", False)
+        try:
+            return fn(*args, **kwargs)
+        except NexthamError as exc:
+            if debug:
+                traceback.print_exc()
+            _fail(str(exc))
+        except (KeyError, ValueError, OSError, MemoryError) as exc:
+            if debug:
+                traceback.print_exc()
+            _fail(f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - the last line of defence for users
+            if debug:
+                traceback.print_exc()
+            _fail(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it", 1)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="nextham-dft")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+def main(debug: bool) -> None:
+    """Converged Kohn–Sham Hamiltonians from the zeroth step of NAO DFT codes."""
+
+
+def _read(run_dir: str, zeroth: str | None, converged: str | None, orbital_dir: str | None, load: bool = True):
+    from .registry import adapter_for
+
+    adapter = adapter_for(run_dir)
+    opts = {"zeroth": zeroth, "converged": converged, "orbital_dir": orbital_dir}
+    if not load:
+        opts["load_matrices"] = True
+    return adapter.read_run(Path(run_dir), **opts)
+
+
+_run_options = [
+    click.option("--zeroth", default=None, help="Name of the zeroth-step folder (e.g. OUT.h0) when ambiguous."),
+    click.option("--converged", default=None, help="Name of the converged-SCF folder when ambiguous."),
+    click.option("--orbital-dir", type=click.Path(file_okay=False), default=None,
+                 help="Folder with the .orb files (default: INPUT's orbital_dir, then the run folder)."),
+]
+
+
+def run_options(fn):
+    for opt in reversed(_run_options):
+        fn = opt(fn)
+    return fn
+
+
+# ---------------------------------------------------------------------------- info
+
+
+def describe(system) -> dict:
+    """A JSON-ready summary of a System."""
+    basis = {}
+    for b in system.bases:
+        basis[b.element] = {"shells": b.label(), "orbitals": b.norb, "lmax": b.lmax, "rcut_ang": round(b.rcut, 4),
+                            "file": b.source}
+    mats = {}
+    for name, m in system.matrices.items():
+        mats[name] = {"blocks": m.n_edges, "R_vectors": int(len(m.unique_R())), "spin_layout": m.spin}
+    meta = system.meta
+    return {
+        "code": meta.get("code"),
+        "file_generation": meta.get("generation"),
+        "code_version": meta.get("version") or None,
+        "formula": system.formula,
+        "n_atoms": system.n_atoms,
+        "lattice_ang": np.round(system.lattice, 6).tolist(),
+        "elements": system.elements,
+        "basis": basis,
+        "spin_mode": system.spin_mode,
+        "soc": system.soc,
+        "matrix_dimension": system.dim,
+        "nelec": system.nelec,
+        "kmesh": list(system.kpoints.mesh) if system.kpoints is not None and system.kpoints.mesh else None,
+        "n_kpoints": len(system.kpoints.frac) if system.kpoints is not None else 0,
+        "matrices": mats,
+        "found": {
+            "zeroth_step": meta.get("zeroth_step"),
+            "converged_step": meta.get("converged_step"),
+            "summary": "both" if ("H0" in system.matrices and "H" in system.matrices)
+            else "zeroth step" if "H0" in system.matrices else "converged" if "H" in system.matrices else "overlap only",
+        },
+        "steps": meta.get("steps", []),
+    }
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@run_options
+@friendly_errors
+def info(run_dir, as_json, zeroth, converged, orbital_dir):
+    """Summarise a DFT run: code, file generation, structure, basis, spin, matrices, steps found."""
+    system = _read(run_dir, zeroth, converged, orbital_dir)
+    d = describe(system)
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+        return
+    click.echo(f"code            {d['code']}  ({d['file_generation']}{', ' + d['code_version'] if d['code_version'] else ''})")
+    click.echo(f"formula         {d['formula']}  ({d['n_atoms']} atoms)")
+    for el, b in d["basis"].items():
+        click.echo(f"basis {el:<9} {b['shells']:<10} {b['orbitals']} orbitals, rcut {b['rcut_ang']:.3f} Å  [{b['file']}]")
+    click.echo(f"spin            {d['spin_mode']}{' + SOC' if d['soc'] else ''}")
+    click.echo(f"dimension       {d['matrix_dimension']}")
+    click.echo(f"electrons       {d['nelec']}")
+    click.echo(f"k-points        {d['n_kpoints']}" + (f" (mesh {'×'.join(map(str, d['kmesh']))})" if d["kmesh"] else ""))
+    for name, m in d["matrices"].items():
+        click.echo(f"matrix {name:<8} {m['blocks']} atom-pair blocks, {m['R_vectors']} R vectors")
+    click.echo(f"found           {d['found']['summary']} (zeroth: {d['found']['zeroth_step']}, converged: {d['found']['converged_step']})")
+    for s in d["steps"]:
+        click.echo(f"  step {s['name']:<12} {s['kind']:<12} {s['files']}")
+
+
+# ---------------------------------------------------------------------------- bands
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--source", type=click.Choice(sorted(SOURCES)), default="scf", show_default=True,
+              help="Which Hamiltonian: the zeroth step (h0) or the converged SCF (scf).")
+@click.option("--kpoints", "kmode", type=click.Choice(["path", "run"]), default="path", show_default=True,
+              help="A high-symmetry path (seekpath) or the run's own k-points.")
+@click.option("--out", "out_dir", type=click.Path(), required=True, help="New output folder.")
+@click.option("--compare", type=click.Choice(sorted(SOURCES)), default=None, help="Overlay a second source on the plot.")
+@click.option("--density", type=float, default=40.0, show_default=True, help="Path points per 1/Å.")
+@click.option("--force", is_flag=True, help="Replace a previous nextham-dft output folder.")
+@run_options
+@friendly_errors
+def bands(run_dir, source, kmode, out_dir, compare, density, force, zeroth, converged, orbital_dir):
+    """Band energies (bands.npz) and, along a path, a plot (bands.png)."""
+    from .core.kpath import high_symmetry_path
+    from .writers.bands import plot_bands, write_bands_npz
+    from .writers.output import output_dir
+
+    system = _read(run_dir, zeroth, converged, orbital_dir)
+    tag = SOURCES[source]
+    system.hamiltonian(tag)
+    if "S" not in system.matrices:
+        raise NexthamError(f"{run_dir}: no overlap S(R) found; bands need it")
+    fermi = _fermi(system, tag)
+    with output_dir(out_dir, force) as tmp:
+        if kmode == "run":
+            if system.kpoints is None:
+                raise NexthamError(f"{run_dir}: the run's k-points are unknown (no OUT.*/kpoints nor KPT mesh)")
+            k = system.kpoints.frac
+            e = system.bands(tag, k)
+            write_bands_npz(tmp / "bands.npz", k, e, fermi, kweights=system.kpoints.weights)
+        else:
+            from pymatgen.core.periodic_table import Element
+
+            numbers = [Element(el).Z for el in system.elements]
+            path = high_symmetry_path(system.lattice, system.frac_positions, numbers, density)
+            e = system.bands(tag, path.frac)
+            write_bands_npz(tmp / "bands.npz", path.frac, e, fermi, distance=path.distance,
+                            tick_index=np.array([i for i, _ in path.ticks]),
+                            tick_label=np.array([l for _, l in path.ticks]))
+            cmp = None
+            if compare:
+                ctag = SOURCES[compare]
+                cmp = (system.bands(ctag, path.frac), _fermi(system, ctag), f"{compare}")
+            plot_bands(tmp / "bands.png", path.distance, e, fermi, path.ticks, source, cmp,
+                       title=f"{system.formula} ({system.spin_mode}{' + SOC' if system.soc else ''})")
+    click.echo(f"wrote {out_dir}/bands.npz" + ("" if kmode == "run" else f" and {out_dir}/bands.png") + f"  (E_F = {fermi:.4f} eV)")
+
+
+def _fermi(system, tag: str) -> float:
+    """Fermi level (eV) of Hamiltonian ``tag`` on the run's k-mesh with its smearing."""
+    if system.kpoints is None:
+        raise NexthamError("cannot place the Fermi level: the run's k-points are unknown")
+    e = system.bands(tag, system.kpoints.frac)
+    return system.fermi_from_bands(e, system.kpoints.weights)
+
+
+# ---------------------------------------------------------------------------- dataset
+
+
+@main.group()
+def dataset() -> None:
+    """Build training files."""
+
+
+@dataset.command("build")
+@click.argument("sources", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(), help="New HDF5 file.")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
+@click.option("--require-both/--allow-partial", default=True, show_default=True,
+              help="Keep only structures with both the zeroth step and the converged H.")
+@friendly_errors
+def dataset_build(sources, output, force, require_both):
+    """Convert run directories and abacus-dojo dataset.h5 files into the training format."""
+    import os
+    import tempfile
+
+    import h5py
+    from tqdm import tqdm
+
+    from .dataset import write_system
+    from .errors import OutputExistsError
+    from .registry import adapter_for
+
+    out = Path(output)
+    if out.exists() and not force:
+        raise OutputExistsError(f"{out} exists: use --force to replace it")
+    jobs: list[tuple[str, object]] = []
+    for src in sources:
+        p = Path(src)
+        if p.is_file() and p.suffix in (".h5", ".hdf5"):
+            from .adapters.abacus.dojo_h5 import is_dojo_dataset, structure_ids
+
+            if not is_dojo_dataset(p):
+                raise NexthamError(f"{p}: not an abacus-dojo dataset.h5 (no STRU attribute / S group)")
+            jobs += [(f"{p.stem}:{sid}", (p, sid)) for sid in structure_ids(p)]
+        else:
+            adapter_for(p)
+            jobs.append((p.name, p))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    n = 0
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["nextham_dft_version"] = __version__
+            for name, job in tqdm(jobs, desc="dataset", unit="structure", file=sys.stderr):
+                if isinstance(job, tuple):
+                    from .adapters.abacus.dojo_h5 import read_structure
+
+                    system = read_structure(*job)
+                    sid = job[1]
+                else:
+                    system = _read(str(job), None, None, None)
+                    sid = Path(str(job)).name
+                if require_both and not ("H0" in system.matrices and "H" in system.matrices):
+                    tqdm.write(f"skip {name}: needs both the zeroth step and the converged H", file=sys.stderr)
+                    continue
+                base, k = sid, 1
+                while sid in f:
+                    k += 1
+                    sid = f"{base}_{k}"
+                write_system(f.create_group(sid), system)
+                n += 1
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    click.echo(f"wrote {n} structures to {out}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

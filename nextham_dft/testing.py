@@ -1,0 +1,36 @@
+"""Helpers for users' and our own tests: Wigner-D matrices and rotated block comparison."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .core.basis import SpeciesBasis, orbital_transform
+from .core.blocks import BlockSparse
+from .core.sph import spin_half_rotation
+
+
+def wigner_d(l: int, q: np.ndarray) -> np.ndarray:
+    """e3nn's Wigner-D matrix (2l+1, 2l+1) of an orthogonal 3×3 matrix, in float64.
+
+    Improper q (det -1) includes the parity (-1)^l of the orbital.
+    """
+    import torch
+    from e3nn import o3
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        return o3.Irrep(l, (-1) ** l).D_from_matrix(torch.as_tensor(np.asarray(q, dtype=float))).numpy()
+    finally:
+        torch.set_default_dtype(old)
+
+
+def rotate_matrix(m: BlockSparse, kinds: np.ndarray, bases: list[SpeciesBasis], q: np.ndarray) -> BlockSparse:
+    """Blocks of ``m`` after rotating the crystal by q (r -> q r): D B D^T, and U B U^† for spinors."""
+    lmax = max(b.lmax for b in bases)
+    d = {l: wigner_d(l, q) for l in range(lmax + 1)}
+    out = m.transform_orbitals(kinds, [orbital_transform(b, d) for b in bases])
+    if out.spin == "spinor":
+        u = spin_half_rotation(q)
+        out = out.with_data(np.einsum("st,ntu,vu->nsv", u, out.data, u.conj()))
+    return out
