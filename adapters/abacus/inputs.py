@@ -21,7 +21,7 @@ def read_input(path: str | Path) -> dict[str, str]:
     """INPUT (or the OUT.<suffix>/INPUT parameter dump) as {lower-case key: value string}."""
     text = read_text(path)
     out: dict[str, str] = {}
-    for k, raw in enumerate(text.splitlines(), 1):
+    for _k, raw in enumerate(text.splitlines(), 1):
         line = strip_comment(raw)
         if not line or line.upper().startswith("INPUT_PARAMETERS"):
             continue
@@ -163,7 +163,7 @@ def read_stru(path: str | Path, latname: str = "none") -> Stru:
                 species.append(StruSpecies(t[0], 0.0, t[1]))
             else:
                 raise ParseError(path, f"bad ATOMIC_SPECIES line {ln!r}", k)
-        for sp, (k, ln) in zip(species, sections.get("NUMERICAL_ORBITAL", [])):
+        for sp, (_k, ln) in zip(species, sections.get("NUMERICAL_ORBITAL", [])):
             sp.orbital = ln.split()[0]
         k_lc, ln_lc = sections["LATTICE_CONSTANT"][0]
         a0_bohr = float(ln_lc.split()[0])
@@ -193,7 +193,7 @@ def read_stru(path: str | Path, latname: str = "none") -> Stru:
             mag_default = _floats(pos_lines[idx + 1][1].split()[:1])[0]
             count = int(pos_lines[idx + 2][1].split()[0])
             idx += 3
-            for a in range(count):
+            for _a in range(count):
                 if idx >= len(pos_lines):
                     raise ParseError(path, f"species {label}: expected {count} positions, file ends", k)
                 ka, la = pos_lines[idx]

@@ -19,7 +19,7 @@ from nextham_dft.core.blocks import BlockSparse
 from nextham_dft.core.kspace import Smearing
 from nextham_dft.core.sph import code_to_canonical
 from nextham_dft.core.system import KPoints, System
-from nextham_dft.core.units import BOHR_TO_ANG, RY_TO_EV
+from nextham_dft.core.units import BOHR_TO_ANG, KELVIN_TO_EV, RY_TO_EV
 from nextham_dft.errors import BasisError, ParseError, RunDirectoryError
 
 from .convention import ABACUS_CONVENTION
@@ -220,7 +220,7 @@ def _smearing(params: dict[str, str]) -> Smearing:
     method = {"gauss": "gaussian", "gaussian": "gaussian", "fd": "fd", "fermi-dirac": "fd", "mp": "mp", "mp2": "mp2",
               "mv": "mv", "cold": "mv", "marzari-vanderbilt": "mv", "fixed": "fixed"}.get(method, "gaussian")
     if "smearing_sigma_temp" in params:
-        sigma = float(params["smearing_sigma_temp"]) * 8.617333262e-5
+        sigma = float(params["smearing_sigma_temp"]) * KELVIN_TO_EV
     else:
         sigma = float(params.get("smearing_sigma", "0.015")) * RY_TO_EV
     return Smearing(method, sigma)
@@ -238,7 +238,21 @@ def canonical_transforms(bases: list[SpeciesBasis]) -> list[np.ndarray]:
 def csr_to_blocks(
     files: list[CsrFile], norb: np.ndarray, kinds: np.ndarray, transforms: list[np.ndarray], scale: float, overlap: bool
 ) -> BlockSparse:
-    """ABACUS sparse files (one, or two for nspin 2) → canonical BlockSparse (scaled by ``scale``)."""
+    """ABACUS sparse files (one, or two for nspin 2) → canonical BlockSparse (scaled by ``scale``).
+
+    A matrix whose two halves disagree (M(-R) ≠ M(R)^†) beyond print precision is
+    an inconsistent file and raises ParseError.
+    """
+    m = _csr_to_blocks(files, norb, kinds, transforms, scale, overlap)
+    big = float(np.max(np.abs(m.data), initial=0.0))
+    if m.hermiticity_error > 1e-5 * max(big, 1.0):
+        raise ParseError(files[0].path, f"matrix is not hermitian: M(-R) and M(R)^T differ by {m.hermiticity_error:.3g} (corrupted file?)")
+    return m
+
+
+def _csr_to_blocks(
+    files: list[CsrFile], norb: np.ndarray, kinds: np.ndarray, transforms: list[np.ndarray], scale: float, overlap: bool
+) -> BlockSparse:
     n = int(norb.sum())
     f0 = files[0]
     if len(files) == 2:  # collinear up/down

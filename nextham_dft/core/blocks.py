@@ -137,7 +137,7 @@ class BlockSparse:
         R: np.ndarray,
         values: np.ndarray,
         spin: str = "none",
-    ) -> "BlockSparse":
+    ) -> BlockSparse:
         """Build from orbital-level entries of M(R) (global orbital indices, either half or both).
 
         Entries given on both sides of a mirror pair are averaged (their largest
@@ -266,7 +266,7 @@ class BlockSparse:
         return ei, ej, R, offsets, data
 
     @classmethod
-    def from_full_blocks(cls, norb, ei, ej, R, offsets, data, spin: str) -> "BlockSparse":
+    def from_full_blocks(cls, norb, ei, ej, R, offsets, data, spin: str) -> BlockSparse:
         """Keep the stored half of a complete block list (inverse of :meth:`full_blocks`)."""
         keep = np.nonzero(is_canonical_half(ei, ej, R))[0]
         sizes = np.diff(offsets)[keep]
@@ -274,7 +274,7 @@ class BlockSparse:
         idx = (np.repeat(offsets[keep] - new_off[:-1], sizes) + np.arange(int(new_off[-1]))) if len(keep) else np.zeros(0, int)
         return cls(norb, ei[keep], ej[keep], R[keep], new_off, data[idx], spin)
 
-    def permute_atoms(self, order: np.ndarray) -> "BlockSparse":
+    def permute_atoms(self, order: np.ndarray) -> BlockSparse:
         """Relabel atoms: new atom a is old atom ``order[a]`` (positions unchanged, so R is too)."""
         order = np.asarray(order, dtype=np.int64)
         inv = np.empty_like(order)
@@ -305,11 +305,11 @@ class BlockSparse:
         return r2, c2, np.repeat(R, k, axis=0), v.reshape(-1)
 
     # ------------------------------------------------------------------ algebra
-    def with_data(self, data: np.ndarray, spin: str | None = None) -> "BlockSparse":
+    def with_data(self, data: np.ndarray, spin: str | None = None) -> BlockSparse:
         """Same sparsity pattern, new values."""
         return BlockSparse(self.norb, self.edge_i, self.edge_j, self.R, self.offsets, data, spin or self.spin)
 
-    def same_pattern(self, other: "BlockSparse") -> bool:
+    def same_pattern(self, other: BlockSparse) -> bool:
         return (
             np.array_equal(self.norb, other.norb)
             and np.array_equal(self.edge_i, other.edge_i)
@@ -317,7 +317,7 @@ class BlockSparse:
             and np.array_equal(self.R, other.R)
         )
 
-    def aligned_to(self, other: "BlockSparse") -> "BlockSparse":
+    def aligned_to(self, other: BlockSparse) -> BlockSparse:
         """This matrix on the sparsity pattern of ``other`` (blocks missing here are zero).
 
         Blocks present here but absent from ``other`` are dropped.
@@ -332,7 +332,7 @@ class BlockSparse:
                 data[other.offsets[e] : other.offsets[e + 1]] = self.data[self.offsets[s] : self.offsets[s + 1]]
         return other.with_data(data, self.spin)
 
-    def transform_orbitals(self, kinds: np.ndarray, per_kind: list[np.ndarray]) -> "BlockSparse":
+    def transform_orbitals(self, kinds: np.ndarray, per_kind: list[np.ndarray]) -> BlockSparse:
         """Apply B_ij -> M_ki @ B_ij @ M_kj^T with per_kind[kinds[atom]] (orthogonal, (n, n)).
 
         Vectorised over the blocks of each pair of kinds.
@@ -354,7 +354,7 @@ class BlockSparse:
                 out[idx] = res.reshape((-1,) + sshape)
         return self.with_data(out)
 
-    def max_abs_diff(self, other: "BlockSparse") -> float:
+    def max_abs_diff(self, other: BlockSparse) -> float:
         """Largest |self - other| over the union of both patterns."""
         a = self.aligned_to(other) if not self.same_pattern(other) else self
         d = float(np.max(np.abs(a.data - other.data), initial=0.0))

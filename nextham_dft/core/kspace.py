@@ -16,6 +16,7 @@ from scipy.special import erfc
 from nextham_dft.errors import OverlapNotPositiveDefiniteError
 
 from .blocks import BlockSparse
+from .units import RY_TO_EV
 
 
 class KAssembler:
@@ -113,7 +114,7 @@ class Smearing:
     """Occupation smearing: method in {'gaussian', 'fd', 'mp', 'mp2', 'mv', 'fixed'}, width in eV."""
 
     method: str = "gaussian"
-    sigma: float = 0.02 * 13.605693122994
+    sigma: float = 0.02 * RY_TO_EV
 
     def occupation(self, e: np.ndarray, mu: float) -> np.ndarray:
         """Occupation in [0, 1] (per state, spin degeneracy excluded)."""

@@ -16,7 +16,7 @@ and :func:`code_to_canonical` turns it into the orthogonal matrix
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from scipy.special import sph_harm_y
@@ -57,7 +57,7 @@ def e3nn_harmonics(l: int, xyz: np.ndarray) -> np.ndarray:
     return tesseral_harmonics(l, xyz[:, [2, 0, 1]])
 
 
-@lru_cache(maxsize=None)
+@cache
 def tesseral_to_e3nn(l: int) -> np.ndarray:
     """Orthogonal (2l+1, 2l+1) matrix U with e3nn_Y = U @ T (T in order m = -l..l)."""
     if not 0 <= l <= LMAX_SUPPORTED:
@@ -87,7 +87,7 @@ class OrbitalConvention:
         return max(self.table)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _code_to_canonical_cached(name: str, l: int, entries: tuple[tuple[int, int], ...]) -> np.ndarray:
     c = np.zeros((2 * l + 1, 2 * l + 1))  # code = C @ T
     for k, (m, sign) in enumerate(entries):

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import MissingDataError
 from .basis import SpeciesBasis
 from .blocks import BlockSparse
-from ..errors import MissingDataError
 from .kspace import Smearing, band_energies, fermi_level
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,7 +34,7 @@ class KPoints:
     mesh: tuple[int, int, int] | None = None
 
     @classmethod
-    def from_mesh(cls, mesh: tuple[int, int, int], shift: tuple[float, float, float] = (0, 0, 0)) -> "KPoints":
+    def from_mesh(cls, mesh: tuple[int, int, int], shift: tuple[float, float, float] = (0, 0, 0)) -> KPoints:
         """Full Γ-centred (or shifted) mesh, uniform weights."""
         g = [(np.arange(n) + s) / n for n, s in zip(mesh, shift)]
         k = np.stack(np.meshgrid(*g, indexing="ij"), -1).reshape(-1, 3)
@@ -111,7 +111,7 @@ class System:
     def spin_degeneracy(self) -> float:
         return 2.0 if self.spin_mode == "none" else 1.0
 
-    def to_pymatgen(self) -> "Structure":
+    def to_pymatgen(self) -> Structure:
         from pymatgen.core import Lattice, Structure
 
         return Structure(Lattice(self.lattice), self.elements, self.positions, coords_are_cartesian=True)

@@ -1,0 +1,106 @@
+"""The block-sparse container: hermiticity by construction, COO round trips, k-space assembly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nextham_dft.core.blocks import BlockSparse
+from nextham_dft.core.kspace import KAssembler, Smearing, fermi_level, solve_generalized
+from nextham_dft.errors import OverlapNotPositiveDefiniteError
+
+
+def random_hermitian_real_space(rng, norb, spinor=False):
+    """Dense M(R) for R in {-1, 0, 1}³ with M(-R) = M(R)^†."""
+    n = int(sum(norb)) * (2 if spinor else 1)
+    mats = {}
+    for R in [(0, 0, 0), (1, 0, 0), (0, 1, 0), (1, -1, 1)]:
+        a = rng.normal(size=(n, n)) + (1j * rng.normal(size=(n, n)) if spinor else 0)
+        if R == (0, 0, 0):
+            a = a + np.conj(a.T)
+        mats[R] = a
+        mats[tuple(-x for x in R)] = np.conj(a.T)
+    return mats
+
+
+def to_coo(mats, spinor):
+    rows, cols, R, v = [], [], [], []
+    for k, m in mats.items():
+        if spinor:
+            n = m.shape[0] // 2
+            blk = m.reshape(n, 2, n, 2).transpose(0, 2, 1, 3)
+            r, c = np.nonzero(np.ones((n, n)))
+            rows += list(r)
+            cols += list(c)
+            R += [k] * len(r)
+            v += list(blk[r, c])
+        else:
+            r, c = np.nonzero(np.ones_like(m, dtype=bool))
+            rows += list(r)
+            cols += list(c)
+            R += [k] * len(r)
+            v += list(m[r, c])
+    return np.array(rows), np.array(cols), np.array(R), np.array(v)
+
+
+@pytest.mark.parametrize("spinor", [False, True])
+def test_coo_round_trip_and_hermiticity(spinor):
+    rng = np.random.default_rng(3)
+    norb = [3, 5, 1]
+    mats = random_hermitian_real_space(rng, norb, spinor)
+    m = BlockSparse.from_coo(norb, *to_coo(mats, spinor), spin="spinor" if spinor else "none")
+    assert m.hermiticity_error < 1e-12
+    k = rng.random((4, 3))
+    hk = KAssembler(m, spinor=spinor)(k)
+    ref = sum(np.exp(2j * np.pi * (k @ np.array(R)))[:, None, None] * M for R, M in mats.items())
+    assert np.allclose(hk, ref)
+    assert np.allclose(hk, np.conj(np.swapaxes(hk, 1, 2)))
+
+
+def test_half_storage_rejects_nothing_and_mirrors_exactly():
+    rng = np.random.default_rng(5)
+    mats = random_hermitian_real_space(rng, [2, 2])
+    m = BlockSparse.from_coo([2, 2], *to_coo(mats, False))
+    b = m.block(1, 0, (-1, 0, 0))
+    assert np.allclose(b, mats[(-1, 0, 0)][2:, :2])
+    ei, ej, R, off, data = m.full_blocks()
+    back = BlockSparse.from_full_blocks(m.norb, ei, ej, R, off, data, m.spin)
+    assert back.max_abs_diff(m) == 0.0
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.permutations(list(range(4))))
+def test_permuting_atoms_keeps_the_spectrum(perm):
+    rng = np.random.default_rng(11)
+    norb = [2, 3, 1, 2]
+    mats = random_hermitian_real_space(rng, norb)
+    m = BlockSparse.from_coo(norb, *to_coo(mats, False))
+    s = BlockSparse.from_coo(norb, *to_coo({(0, 0, 0): np.eye(8)}, False))
+    k = np.array([[0.1, 0.2, 0.3]])
+    e = solve_generalized(KAssembler(m)(k), KAssembler(s)(k))
+    mp = m.permute_atoms(np.array(perm))
+    sp_ = s.permute_atoms(np.array(perm))
+    ep = solve_generalized(KAssembler(mp)(k), KAssembler(sp_)(k))
+    assert np.allclose(e, ep)
+
+
+def test_non_positive_overlap_is_reported():
+    s = np.array([[[1.0, 1.0], [1.0, 1.0 - 1e-3]]], dtype=complex)
+    with pytest.raises(OverlapNotPositiveDefiniteError, match="linearly dependent"):
+        solve_generalized(np.eye(2)[None].astype(complex), s)
+
+
+@pytest.mark.parametrize("method", ["gaussian", "fd", "mp", "mv", "fixed"])
+def test_fermi_level_counts_electrons(method):
+    rng = np.random.default_rng(0)
+    eigs = np.sort(rng.normal(size=(10, 8)) * 3, axis=1)
+    w = np.full(10, 0.1)
+    sm = Smearing(method, 0.1)
+    mu = fermi_level(eigs, w, 7.0, sm, 2.0)
+    if method != "fixed":
+        from nextham_dft.core.kspace import electron_count
+
+        assert abs(electron_count(eigs, w, mu, sm, 2.0) - 7.0) < 1e-6
+    assert eigs.min() < mu < eigs.max()

@@ -1,0 +1,198 @@
+"""The command line: info, bands, dataset build; bad input is one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import lzma
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nextham_dft import __version__
+from nextham_dft.cli import main
+
+from .conftest import DATA, EXAMPLE, FIXTURES, need
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def assert_clean_error(res) -> None:
+    assert res.exit_code != 0
+    assert "Traceback" not in res.output + res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("nextham-dft: error:"), res.stderr
+
+
+def test_version_and_help():
+    assert __version__ in run("--version").output
+    for cmd in ([], ["info"], ["bands"], ["dataset"], ["dataset", "build"]):
+        res = run(*cmd, "--help")
+        assert res.exit_code == 0 and "Usage" in res.output
+
+
+def test_info_json_on_example():
+    res = run("info", str(need(EXAMPLE)), "--json")
+    assert res.exit_code == 0, res.stderr
+    d = json.loads(res.output)
+    assert d["formula"] == "Si2" and d["matrix_dimension"] == 26 and d["spin_mode"] == "none"
+    assert d["found"]["summary"] == "both" and d["basis"]["Si"]["shells"] == "2s2p1d"
+    assert d["nelec"] == 8.0 and d["matrices"]["H"]["R_vectors"] > 1
+
+
+@pytest.mark.parametrize("case", ["Si2_nspin1_207_NO_KP_OH2", "C_atom_nspin4_207_NO_KP_OHS_SPIN4",
+                                  "C_atom_nspin4_newfmt_scf_out_hsr_spin4", "GaAs_soc_nspin4_v3.10.1_SRonly_DeePTB_soc0310",
+                                  "Si2_nscf_SR_TR_rR_207_NO_KP_OH_nscf"])
+def test_info_on_fixtures(case, tmp_path):
+    src = need(FIXTURES / "abacus" / case)
+    d = src
+    if case == "C_atom_nspin4_newfmt_scf_out_hsr_spin4":  # no STRU/INPUT upstream: same run as #2
+        d = tmp_path / case
+        shutil.copytree(src, d)
+        for f in ("STRU", "KPT", "INPUT"):
+            shutil.copy(FIXTURES / "abacus" / "C_atom_nspin4_207_NO_KP_OHS_SPIN4" / f, d / f)
+    res = run("info", str(d), "--json")
+    assert res.exit_code == 0, res.stderr
+    info = json.loads(res.output)
+    assert info["code"] == "abacus" and info["matrix_dimension"] > 0
+
+
+def test_bands_run_kpoints_match_istate(tmp_path):
+    out = tmp_path / "b"
+    res = run("bands", str(need(EXAMPLE)), "--source", "scf", "--kpoints", "run", "--out", str(out))
+    assert res.exit_code == 0, res.stderr
+    z = np.load(out / "bands.npz")
+    from nextham_dft.adapters.abacus.outputs import read_istate
+
+    ref = read_istate(EXAMPLE / "OUT.scf" / "istate.info.xz")
+    assert z["kpoints_frac"].shape == (ref.shape[0], 3)
+    assert np.all(np.diff(z["energies_ev"], axis=1) >= 0)
+    assert np.abs(z["energies_ev"][:, : ref.shape[1]] - ref).max() < 1e-4
+    assert abs(float(z["fermi_ev"]) - 9.8228714574) < 5e-3
+
+
+def test_bands_path_plot_and_compare(tmp_path):
+    out = tmp_path / "p"
+    res = run("bands", str(need(EXAMPLE)), "--source", "scf", "--compare", "h0", "--out", str(out), "--density", "15")
+    assert res.exit_code == 0, res.stderr
+    assert (out / "bands.png").stat().st_size > 10000
+    z = np.load(out / "bands.npz")
+    assert z["energies_ev"].shape[0] == z["kpoints_frac"].shape[0] and "Γ" in list(z["tick_label"])
+    # an existing output is not overwritten without --force; foreign folders never
+    assert_clean_error(run("bands", str(EXAMPLE), "--out", str(out)))
+    assert run("bands", str(EXAMPLE), "--out", str(out), "--force", "--density", "10").exit_code == 0
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("user data")
+    assert_clean_error(run("bands", str(EXAMPLE), "--out", str(foreign), "--force"))
+    assert (foreign / "keep.txt").read_text() == "user data"
+
+
+def test_dataset_build_from_runs_and_dojo_file(tmp_path):
+    out = tmp_path / "train.h5"
+    res = run("dataset", "build", str(need(EXAMPLE)), str(need(DATA / "runs" / "t0045")), "-o", str(out))
+    assert res.exit_code == 0, res.stderr
+    from nextham_dft.dataset import iter_dataset, list_ids
+
+    assert list_ids(out) == ["abacus-si2", "t0045"]
+    systems = list(iter_dataset(out))
+    assert systems[1].spin_mode == "noncollinear"
+    assert_clean_error(run("dataset", "build", str(EXAMPLE), "-o", str(out)))  # exists
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["info", "/nonexistent/run"],
+        ["bands", "/nonexistent/run", "--out", "/tmp/nextham-never"],
+        ["dataset", "build", "/nonexistent", "-o", "/tmp/nextham-never.h5"],
+    ],
+)
+def test_missing_paths_are_one_line_errors(args):
+    assert_clean_error(run(*args))
+
+
+def test_empty_and_foreign_directories(tmp_path):
+    assert_clean_error(run("info", str(tmp_path)))
+    (tmp_path / "notes.txt").write_text("hello")
+    assert_clean_error(run("info", str(tmp_path)))
+    (tmp_path / "STRU").write_text("garbage\n")
+    assert_clean_error(run("info", str(tmp_path)))
+
+
+def _plain_copy(src: Path, dst: Path) -> None:
+    """Copy a run, decompressing .xz so that files can be mutated as text."""
+    shutil.copytree(src, dst)
+    for p in list(dst.rglob("*.xz")):
+        p.with_suffix("").write_bytes(lzma.decompress(p.read_bytes()))
+        p.unlink()
+
+
+def test_missing_orbital_file_and_unknown_element(tmp_path):
+    run_dir = tmp_path / "r"
+    _plain_copy(need(EXAMPLE), run_dir)
+    (run_dir / "Si_gga_6au_100Ry_2s2p1d.orb").unlink()
+    res = run("info", str(run_dir))
+    assert_clean_error(res)
+    assert "orbital file" in res.stderr
+    run2 = tmp_path / "r2"
+    _plain_copy(EXAMPLE, run2)
+    stru = (run2 / "STRU").read_text().replace("\nSi\n0.0\n2", "\nXx\n0.0\n2")
+    (run2 / "STRU").write_text(stru)
+    assert_clean_error(run("info", str(run2)))
+
+
+def test_wrong_dimension_is_reported(tmp_path):
+    run_dir = tmp_path / "r"
+    _plain_copy(need(EXAMPLE), run_dir)
+    orb = run_dir / "Si_gga_6au_100Ry_2s2p1d.orb"
+    orb.write_text(orb.read_text().replace("Number of Dorbital-->       1", "Number of Dorbital-->       0"))
+    res = run("info", str(run_dir))
+    assert_clean_error(res)
+
+
+MUTABLE = ["OUT.scf/data-HR-sparse_SPIN0.csr", "OUT.h0/data-SR-sparse_SPIN0.csr", "STRU", "KPT",
+           "OUT.scf/kpoints", "OUT.scf/istate.info", "INPUT.scf", "Si_gga_6au_100Ry_2s2p1d.orb"]
+
+
+@pytest.fixture(scope="module")
+def plain_example(tmp_path_factory):
+    d = tmp_path_factory.mktemp("plain") / "run"
+    _plain_copy(need(EXAMPLE), d)
+    return d
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    which=st.sampled_from(MUTABLE),
+    op=st.sampled_from(["truncate", "garble", "drop_line"]),
+    where=st.floats(0.02, 0.97),
+)
+def test_mutated_real_files_never_give_a_traceback(plain_example, tmp_path_factory, which, op, where):
+    d = tmp_path_factory.mktemp("mut") / "run"
+    shutil.copytree(plain_example, d)
+    p = d / which
+    text = p.read_text()
+    cut = int(len(text) * where)
+    if op == "truncate":
+        text = text[:cut]
+    elif op == "garble":
+        k = text.rfind(" ", 0, cut) + 1
+        text = text[:k] + "x#!" + text[k + 3 :]
+    else:
+        lines = text.splitlines(True)
+        del lines[min(int(len(lines) * where), len(lines) - 1)]
+        text = "".join(lines)
+    p.write_text(text)
+    res = run("info", str(d))
+    assert "Traceback" not in res.output + res.stderr
+    if res.exit_code != 0:
+        assert_clean_error(res)
+    if op == "truncate" and which.endswith(".csr") and where < 0.95:
+        assert res.exit_code != 0  # a truncated matrix is always detected
