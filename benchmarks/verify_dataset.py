@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from nextham_dft.adapters.abacus import read_run
 from nextham_dft.adapters.abacus.dojo_h5 import read_structure, structure_ids
 

@@ -6,10 +6,10 @@ import shutil
 
 import numpy as np
 import pytest
+
 from nextham_dft.adapters.abacus import find_steps, read_run
 from nextham_dft.adapters.abacus.csr import read_csr
 from nextham_dft.adapters.abacus.writers import write_hs
-
 from nextham_dft.core.kspace import KAssembler
 from nextham_dft.errors import RunDirectoryError
 

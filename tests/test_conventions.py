@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 from e3nn import o3
+
 from nextham_dft.adapters.abacus import read_run
 from nextham_dft.adapters.abacus.convention import ABACUS_CONVENTION
-
 from nextham_dft.core.sph import PAULI, code_to_canonical, e3nn_harmonics, spin_half_rotation, tesseral_harmonics
 from nextham_dft.testing import rotate_matrix
 

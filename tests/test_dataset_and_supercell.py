@@ -5,9 +5,9 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
+
 from nextham_dft.adapters.abacus import read_run
 from nextham_dft.adapters.abacus.dojo_h5 import read_structure, structure_ids
-
 from nextham_dft.core.supercell import make_supercell
 from nextham_dft.dataset import iter_dataset, write_system
 

@@ -80,7 +80,25 @@ def _step_params(run_dir: Path, out_dir: Path, suffix: str) -> tuple[dict[str, s
         p = read_input(top)
         if p.get("suffix", "ABACUS") == suffix or out_dir == run_dir:
             return p, str(top)
+    for name in ("running_scf.log", "running_nscf.log", "running_relax.log"):
+        logp = find(out_dir, name)
+        if logp is not None:
+            return params_from_log(logp), str(logp)
     return {}, ""
+
+
+def params_from_log(path: Path) -> dict[str, str]:
+    """The ``key = value`` parameters echoed at the top of a running log (fallback when no INPUT is left)."""
+    from .textio import read_text
+
+    text = read_text(path)
+    head = text.split("LCAO ALGORITHM", 1)[0]
+    out: dict[str, str] = {}
+    for m in re.finditer(r"^\s*([a-z][a-z0-9_]*)\s*=\s*(\S+)\s*$", head, re.M):
+        out.setdefault(m.group(1), m.group(2))
+    if "calculation" not in out and "running_nscf" in path.name:
+        out["calculation"] = "nscf"
+    return out
 
 
 def _classify(step: Step) -> str:
