@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse as sp
 from scipy.special import erfc
 
 from nextham_dft.errors import OverlapNotPositiveDefiniteError
@@ -22,8 +21,10 @@ from .units import RY_TO_EV
 class KAssembler:
     """Vectorised M(k) = Σ_R e^{i2πk·R} M(R) for many k at once.
 
-    Entries are grouped by matrix position; the sum over R is one sparse × dense
-    product (no Python loop over R or atom pairs).
+    Every stored entry carries its flat matrix position and R index; for each k the
+    entries are multiplied by their phase and summed into the dense matrix with one
+    ``bincount`` (no Python loop over R or atom pairs; memory-bound, see
+    benchmarks/band_throughput.py).
     """
 
     def __init__(self, m: BlockSparse, spinor: bool = False) -> None:
@@ -36,20 +37,28 @@ class KAssembler:
             rows, cols, R, vals = m.to_coo(full=True)
             self.dim = m.dim
         self.R, ridx = np.unique(R, axis=0, return_inverse=True)
-        pos = rows * self.dim + cols
-        self.pos, pidx = np.unique(pos, return_inverse=True)
-        self.table = sp.csr_matrix(
-            (vals.astype(np.complex128), (pidx.reshape(-1), ridx.reshape(-1))), shape=(len(self.pos), len(self.R))
-        )
+        self.ridx = ridx.reshape(-1)
+        self.flat = rows * self.dim + cols
+        order = np.argsort(self.flat, kind="stable")
+        self.flat, self.ridx = self.flat[order], self.ridx[order]
+        vals = np.asarray(vals)[order]
+        self.real_only = not np.iscomplexobj(vals)
+        self.vals = vals.astype(np.complex128)
 
     def __call__(self, kfrac: np.ndarray) -> np.ndarray:
         """(nk, dim, dim) complex M(k) at fractional k-points (nk, 3)."""
         kfrac = np.atleast_2d(np.asarray(kfrac, dtype=float))
         phase = np.exp(2j * np.pi * (kfrac @ self.R.T))  # (nk, nR)
-        vals = (self.table @ phase.T).T  # (nk, npos)
-        out = np.zeros((len(kfrac), self.dim * self.dim), dtype=np.complex128)
-        out[:, self.pos] = vals
-        return out.reshape(len(kfrac), self.dim, self.dim)
+        n2 = self.dim * self.dim
+        out = np.empty((len(kfrac), self.dim, self.dim), dtype=np.complex128)
+        for i in range(len(kfrac)):  # loop over k only
+            v = self.vals * phase[i, self.ridx]
+            re = np.bincount(self.flat, weights=v.real, minlength=n2)
+            im = np.bincount(self.flat, weights=v.imag, minlength=n2)
+            o = out[i].reshape(-1)
+            o.real = re
+            o.imag = im
+        return out
 
 
 def solve_generalized(hk: np.ndarray, sk: np.ndarray, vectors: bool = False, kpoints: np.ndarray | None = None):
