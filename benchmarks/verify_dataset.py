@@ -12,22 +12,15 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
 from nextham_dft.adapters.abacus import read_run
 from nextham_dft.adapters.abacus.dojo_h5 import read_structure, structure_ids
+from nextham_dft.testing import eigenvalue_error
 
 
-def window_error(system, tag: str, window: float = 10.0) -> tuple[float, float]:
-    k, ref = system.reference_eigenvalues[tag]
-    ours = system.bands(tag, k)
-    ef = system.fermi_ev.get(tag)
-    if ef is None:
-        ef = system.fermi_from_bands(system.bands(tag, system.kpoints.frac), system.kpoints.weights)
-    nb = min(ref.shape[-1], ours.shape[-1])
-    d = np.abs(ours[..., :nb] - ref[..., :nb])
-    win = np.abs(ref[..., :nb] - ef) < window
-    return float(d[win].max() * 1e3), float(d.max() * 1e3)
+def window_error(system, tag: str) -> tuple[float, float]:
+    """(within 10 eV of E_F, all bands) largest eigenvalue error in meV."""
+    w, a = eigenvalue_error(system, tag)
+    return w * 1e3, a * 1e3
 
 
 def main() -> None:

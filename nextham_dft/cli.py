@@ -57,14 +57,11 @@ def main(debug: bool) -> None:
     """Converged Kohn–Sham Hamiltonians from the zeroth step of NAO DFT codes."""
 
 
-def _read(run_dir: str, zeroth: str | None, converged: str | None, orbital_dir: str | None, load: bool = True):
+def _read(run_dir: str, zeroth: str | None, converged: str | None, orbital_dir: str | None):
     from .registry import adapter_for
 
     adapter = adapter_for(run_dir)
-    opts = {"zeroth": zeroth, "converged": converged, "orbital_dir": orbital_dir}
-    if not load:
-        opts["load_matrices"] = True
-    return adapter.read_run(Path(run_dir), **opts)
+    return adapter.read_run(Path(run_dir), zeroth=zeroth, converged=converged, orbital_dir=orbital_dir)
 
 
 _run_options = [

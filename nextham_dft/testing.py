@@ -34,3 +34,21 @@ def rotate_matrix(m: BlockSparse, kinds: np.ndarray, bases: list[SpeciesBasis], 
         u = spin_half_rotation(q)
         out = out.with_data(np.einsum("st,ntu,vu->nsv", u, out.data, u.conj()))
     return out
+
+
+def eigenvalue_error(system, tag: str, window: float = 10.0) -> tuple[float, float]:
+    """Largest |ours − DFT code's| eigenvalue (eV) at the run's k-points: (within ``window`` eV of E_F, all bands).
+
+    E_F is the code's own when known, else ours from the electron count on the run's mesh.
+    """
+    k, ref = system.reference_eigenvalues[tag]
+    ours = system.bands(tag, k)
+    ef = system.fermi_ev.get(tag)
+    if ef is None:
+        ef = system.fermi_from_bands(system.bands(tag, system.kpoints.frac), system.kpoints.weights)
+    nb = min(ref.shape[-1], ours.shape[-1])
+    d = np.abs(ours[..., :nb] - ref[..., :nb])
+    win = np.abs(ref[..., :nb] - ef) < window
+    if not win.any():
+        raise ValueError(f"no reference eigenvalue within {window} eV of E_F = {ef:.3f} eV")
+    return float(d[win].max()), float(d.max())

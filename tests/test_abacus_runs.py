@@ -12,6 +12,7 @@ from nextham_dft.adapters.abacus.csr import read_csr
 from nextham_dft.adapters.abacus.writers import write_hs
 from nextham_dft.core.kspace import KAssembler
 from nextham_dft.errors import RunDirectoryError
+from nextham_dft.testing import eigenvalue_error
 
 from .conftest import DATA, EXAMPLE, FIXTURES, need
 
@@ -21,15 +22,7 @@ RUNS = ["s0221", "s0089", "t0002", "t0043", "t0045"]
 
 def window_error(system, tag: str) -> float:
     """Largest |ours - ABACUS| (eV) over bands within 10 eV of E_F at the run's k-points."""
-    k, ref = system.reference_eigenvalues[tag]
-    ours = system.bands(tag, k)
-    ef = system.fermi_ev.get(tag)
-    if ef is None:
-        ef = system.fermi_from_bands(system.bands(tag, system.kpoints.frac), system.kpoints.weights)
-    nb = min(ref.shape[-1], ours.shape[-1])
-    win = np.abs(ref[..., :nb] - ef) < 10.0
-    assert win.sum() > 0
-    return float(np.abs(ours[..., :nb] - ref[..., :nb])[win].max())
+    return eigenvalue_error(system, tag)[0]
 
 
 @pytest.mark.parametrize("run", RUNS)

@@ -357,10 +357,7 @@ def read_run(
     labels = [sp.label for sp in stru.species]
     kinds = np.array([labels.index(l) for l in stru.labels], dtype=np.int64)
     bases, _orbs = read_basis(run_dir, stru, params, orbital_dir)
-    for sp, b in zip(stru.species, bases):
-        el = re.sub(r"[^A-Za-z]", "", sp.label)
-        if el and el.capitalize() != b.element and el.capitalize()[:2] != b.element:
-            pass  # labels may be arbitrary (Fe1, Fe_up); the orbital file's element is authoritative
+    # species labels may be arbitrary (Fe1, Fe_up): the orbital file's element is authoritative
     norb = np.array([bases[k].norb for k in kinds], dtype=np.int64)
     nspin = int(params.get("nspin", "1") or 1)
     spin_mode = {1: "none", 2: "collinear", 4: "noncollinear"}.get(nspin)
