@@ -218,8 +218,9 @@ def dataset() -> None:
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @click.option("--require-both/--allow-partial", default=True, show_default=True,
               help="Keep only structures with both the zeroth step and the converged H.")
+@click.option("--select", "select", multiple=True, help="Only these structure ids of a dataset.h5 (repeatable).")
 @friendly_errors
-def dataset_build(sources, output, force, require_both):
+def dataset_build(sources, output, force, require_both, select):
     """Convert run directories and abacus-dojo dataset.h5 files into the training format."""
     import os
     import tempfile
@@ -242,7 +243,11 @@ def dataset_build(sources, output, force, require_both):
 
             if not is_dojo_dataset(p):
                 raise NexthamError(f"{p}: not an abacus-dojo dataset.h5 (no STRU attribute / S group)")
-            jobs += [(f"{p.stem}:{sid}", (p, sid)) for sid in structure_ids(p)]
+            ids = structure_ids(p)
+            missing = sorted(set(select) - set(ids))
+            if missing:
+                raise NexthamError(f"{p}: no structure {', '.join(missing)}")
+            jobs += [(f"{p.stem}:{sid}", (p, sid)) for sid in ids if not select or sid in select]
         else:
             adapter_for(p)
             jobs.append((p.name, p))

@@ -106,6 +106,22 @@ def test_dataset_build_from_runs_and_dojo_file(tmp_path):
     assert_clean_error(run("dataset", "build", str(EXAMPLE), "-o", str(out)))  # exists
 
 
+def test_dataset_build_from_dojo_h5_keeps_eigenvalues(tmp_path):
+    out = tmp_path / "d.h5"
+    src = need(DATA / "dataset.h5")
+    res = run("dataset", "build", str(src), "--select", "s0029", "--select", "t0043", "-o", str(out))
+    assert res.exit_code == 0, res.stderr
+    from nextham_dft.dataset import iter_dataset
+    from nextham_dft.testing import eigenvalue_error
+
+    systems = list(iter_dataset(out))
+    assert [s.meta["id"] for s in systems] == ["s0029", "t0043"]
+    for s in systems:
+        assert eigenvalue_error(s, "H")[0] < 1e-4 and eigenvalue_error(s, "H0")[0] < 1e-4
+    assert_clean_error(run("dataset", "build", str(src), "--select", "nope", "-o", str(tmp_path / "x.h5")))
+    assert not (tmp_path / "x.h5").exists()
+
+
 @pytest.mark.parametrize(
     "args",
     [
