@@ -18,7 +18,7 @@ import numpy as np
 from . import __version__
 from .errors import NexthamError
 
-SOURCES = {"h0": "H0", "scf": "H"}
+SOURCES = {"h0": "H0", "scf": "H", "predicted": "HP"}
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -150,16 +150,17 @@ def info(run_dir, as_json, zeroth, converged, orbital_dir):
 @main.command()
 @click.argument("run_dir", type=click.Path())
 @click.option("--source", type=click.Choice(sorted(SOURCES)), default="scf", show_default=True,
-              help="Which Hamiltonian: the zeroth step (h0) or the converged SCF (scf).")
+              help="Which Hamiltonian: the zeroth step (h0), the converged SCF (scf) or the model's (predicted).")
 @click.option("--kpoints", "kmode", type=click.Choice(["path", "run"]), default="path", show_default=True,
               help="A high-symmetry path (seekpath) or the run's own k-points.")
 @click.option("--out", "out_dir", type=click.Path(), required=True, help="New output folder.")
 @click.option("--compare", type=click.Choice(sorted(SOURCES)), default=None, help="Overlay a second source on the plot.")
 @click.option("--density", type=float, default=40.0, show_default=True, help="Path points per 1/Å.")
 @click.option("--force", is_flag=True, help="Replace a previous nextham-dft output folder.")
+@click.option("--model", "model_path", default=None, help="Model for --source/--compare predicted (default: bundled).")
 @run_options
 @friendly_errors
-def bands(run_dir, source, kmode, out_dir, compare, density, force, zeroth, converged, orbital_dir):
+def bands(run_dir, source, kmode, out_dir, compare, density, force, model_path, zeroth, converged, orbital_dir):
     """Band energies (bands.npz) and, along a path, a plot (bands.png)."""
     from .core.kpath import high_symmetry_path
     from .writers.bands import plot_bands, write_bands_npz
@@ -167,6 +168,14 @@ def bands(run_dir, source, kmode, out_dir, compare, density, force, zeroth, conv
 
     system = _read(run_dir, zeroth, converged, orbital_dir)
     tag = SOURCES[source]
+    if "predicted" in (source, compare):
+        from .model.compat import check_run
+        from .model.predict import predict_hamiltonian
+
+        model, card = _load_model(model_path)
+        for w in check_run(system, card, model.layout):
+            click.echo(f"warning: {w}", err=True)
+        system.matrices["HP"] = predict_hamiltonian(model, system, _device("auto"))
     system.hamiltonian(tag)
     if "S" not in system.matrices:
         raise NexthamError(f"{run_dir}: no overlap S(R) found; bands need it")
@@ -285,3 +294,163 @@ def dataset_build(sources, output, force, require_both, select):
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+# ---------------------------------------------------------------------------- model commands
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise NexthamError("--device cuda requested but no CUDA device is available")
+    return name
+
+
+@main.command()
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.option("--init", "init", default=None, help="Fine-tune from this model file (e.g. the bundled one: 'bundled').")
+@click.option("--no-resume", is_flag=True, help="Start over even if out_dir holds a checkpoint.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
+@friendly_errors
+def train(config, init, no_resume, device):
+    """Train (or fine-tune) a model from a YAML config (see docs/training.md).
+
+    Multi-GPU / multi-node: torchrun --nproc_per_node N -m nextham_dft.model.train CONFIG.yaml
+    """
+    from .model.config import load_train_config
+    from .model.store import bundled_model_path
+    from .model.train import train as run_train
+
+    cfg = load_train_config(config)
+    if init == "bundled":
+        init = str(bundled_model_path())
+    best = run_train(cfg, init=init, resume=not no_resume, device=_device(device))
+    click.echo(f"best model: {best} (log: {cfg.out_dir}/log.csv)")
+
+
+def _load_model(model_path: str | None):
+    from .model.store import bundled_model_path, load_model
+
+    return load_model(model_path or bundled_model_path())
+
+
+@main.command("eval")
+@click.argument("model_path", metavar="MODEL", type=click.Path())
+@click.argument("data", type=click.Path(exists=True))
+@click.option("--split", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True,
+              help="Which structures of a training file (the split is read from the model card).")
+@click.option("--json", "json_out", type=click.Path(), default=None, help="Write the table as JSON here.")
+@click.option("--device", default="auto", show_default=True)
+@friendly_errors
+def eval_cmd(model_path, data, split, json_out, device):
+    """Accuracy of MODEL on DATA (a training file or a run directory), beside the H(0) baseline."""
+    from .dataset import iter_dataset, list_ids
+    from .evaluation import evaluate, summarise
+    from .model.predict import predict_hamiltonian
+
+    model, card = _load_model(None if model_path == "bundled" else model_path)
+    dev = _device(device)
+    p = Path(data)
+    if p.is_dir():
+        systems = [_read(data, None, None, None)]
+    else:
+        ids = list_ids(p)
+        if split != "all":
+            chosen = card.get("split", {}).get(split)
+            if not chosen:
+                raise NexthamError(f"the model card has no '{split}' split; use --split all")
+            ids = [i for i in ids if i in set(chosen)]
+        systems = list(iter_dataset(p, ids=ids))
+    rows = []
+    for s in systems:
+        if "H" not in s.matrices:
+            raise NexthamError(f"{s.meta.get('id', data)}: no converged H to compare with")
+        rows.append({"id": s.meta.get("id", Path(data).name), "formula": s.formula, "spin": s.spin_mode,
+                     **evaluate(s, predict_hamiltonian(model, s, dev))})
+    summ = summarise(rows)
+    keys = ["h_mae_mev", "h_mae_onsite_mev", "h_mae_offsite_mev", "h_mae_shifted_mev", "soc_mae_uev",
+            "band_mae_mev", "band_mae_shifted_mev", "ghost_states"]
+    click.echo(f"{len(rows)} structures ({split})")
+    click.echo(f"{'metric':<24}{'predicted':>12}{'H(0)':>12}")
+    for k in keys:
+        if k in summ["predicted"]:
+            click.echo(f"{k:<24}{summ['predicted'][k]:12.4f}{summ['h0'][k]:12.4f}")
+    if summ["predicted"].get("h_mae_shifted_mev", 0) >= summ["h0"].get("h_mae_shifted_mev", 1):
+        click.echo("WARNING: the model does not beat H(0) on this data (it may only reproduce its input)", err=True)
+    if json_out:
+        Path(json_out).write_text(json.dumps({"summary": summ, "structures": rows, "model": card.get("name", model_path)},
+                                             indent=1))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--out", "out_dir", type=click.Path(), required=True, help="New output folder.")
+@click.option("--model", "model_path", default=None, help="Model file (default: the bundled model).")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto (CUDA when available).")
+@click.option("--force", is_flag=True, help="Replace a previous nextham-dft output folder.")
+@run_options
+@friendly_errors
+def predict(run_dir, out_dir, model_path, device, force, zeroth, converged, orbital_dir):
+    """Predict the converged H from a run's zeroth step: hamiltonian.h5, abacus/ matrices, report.json."""
+    import time
+
+    import h5py
+    import torch
+
+    from .dataset import write_system
+    from .evaluation import evaluate
+    from .model.compat import check_run
+    from .model.predict import predict_hamiltonian
+    from .writers.output import output_dir
+
+    timings = {}
+    t = time.perf_counter()
+    system = _read(run_dir, zeroth, converged, orbital_dir)
+    timings["read_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    model, card = _load_model(model_path)
+    timings["load_model_s"] = time.perf_counter() - t
+    warnings = check_run(system, card, model.layout)
+    for w in warnings:
+        click.echo(f"warning: {w}", err=True)
+    dev = _device(device)
+    t = time.perf_counter()
+    h_pred = predict_hamiltonian(model, system, dev, torch.float32)
+    timings["predict_s"] = time.perf_counter() - t
+    predicted = _with_prediction(system, h_pred)
+    report = {"model": card.get("name", str(model_path)), "model_sha256": card.get("sha256"), "device": dev,
+              "run_dir": str(run_dir), "warnings": warnings, "timings": timings}
+    if "H" in system.matrices:
+        report["eval"] = evaluate(system, h_pred)
+    with output_dir(out_dir, force) as tmp:
+        t = time.perf_counter()
+        with h5py.File(tmp / "hamiltonian.h5", "w") as f:
+            write_system(f.create_group(system.meta.get("id", Path(run_dir).name) or "run"), predicted)
+        if system.meta.get("code") == "abacus":
+            from .adapters.abacus.writers import write_hs
+
+            (tmp / "abacus").mkdir()
+            write_hs(tmp / "abacus", predicted, "H", system.meta.get("csr_generation") or "old")
+        timings["write_s"] = time.perf_counter() - t
+        (tmp / "report.json").write_text(json.dumps(report, indent=1))
+    click.echo(f"wrote {out_dir}/hamiltonian.h5, {out_dir}/abacus/, {out_dir}/report.json "
+               f"(predict {timings['predict_s']:.2f} s on {dev})")
+    if "eval" in report:
+        e = report["eval"]
+        click.echo(f"vs converged SCF: band MAE {e['predicted']['band_mae_mev']:.1f} meV "
+                   f"(H(0): {e['h0']['band_mae_mev']:.1f}), shift removed {e['predicted']['band_mae_shifted_mev']:.1f} meV "
+                   f"(H(0): {e['h0']['band_mae_shifted_mev']:.1f})")
+
+
+def _with_prediction(system, h_pred):
+    """A copy of the system whose converged H is the prediction (the DFT one is dropped)."""
+    import copy
+
+    out = copy.copy(system)
+    out.matrices = {"H0": system.matrices["H0"], "S": system.matrices["S"], "H": h_pred}
+    out.reference_eigenvalues = {k: v for k, v in system.reference_eigenvalues.items() if k == "H0"}
+    out.fermi_ev = {k: v for k, v in system.fermi_ev.items() if k == "H0"}
+    return out

@@ -25,6 +25,18 @@ def wigner_d(l: int, q: np.ndarray) -> np.ndarray:
         torch.set_default_dtype(old)
 
 
+def irreps_d(irreps, q: np.ndarray) -> np.ndarray:
+    """Block-diagonal Wigner-D of an e3nn Irreps for an orthogonal q, in float64."""
+    import torch
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        return irreps.D_from_matrix(torch.as_tensor(np.asarray(q, dtype=float))).numpy()
+    finally:
+        torch.set_default_dtype(old)
+
+
 def rotate_matrix(m: BlockSparse, kinds: np.ndarray, bases: list[SpeciesBasis], q: np.ndarray) -> BlockSparse:
     """Blocks of ``m`` after rotating the crystal by q (r -> q r): D B D^T, and U B U^† for spinors."""
     lmax = max(b.lmax for b in bases)
@@ -52,3 +64,43 @@ def eigenvalue_error(system, tag: str, window: float = 10.0) -> tuple[float, flo
     if not win.any():
         raise ValueError(f"no reference eigenvalue within {window} eV of E_F = {ef:.3f} eV")
     return float(d[win].max()), float(d.max())
+
+
+def rotate_system(system, q: np.ndarray):
+    """A copy of ``system`` rigidly rotated by q (r -> q r), every matrix rotated with Wigner-D (and SU(2))."""
+    import copy
+
+    out = copy.copy(system)
+    out.positions = system.positions @ np.asarray(q).T
+    out.lattice = system.lattice @ np.asarray(q).T
+    out.matrices = {k: rotate_matrix(m, system.kinds, system.bases, q) for k, m in system.matrices.items()}
+    return out
+
+
+def assert_hamiltonian_equivariant(predict, system, n_rotations: int = 2, rtol: float = 1e-5, seed: int = 0,
+                                   inversion: bool = True) -> None:
+    """Check that ``predict(system) -> BlockSparse`` commutes with rotations (and inversion) of the structure.
+
+    For each random orthogonal Q: predict(rotate(system, Q)) must equal rotate(predict(system), Q)
+    to ``rtol`` relative to the largest entry. Raises AssertionError with the worst deviation.
+    """
+    rng = np.random.default_rng(seed)
+    ref = predict(system)
+    scale = float(np.max(np.abs(ref.data)))
+    qs = []
+    for _ in range(n_rotations):
+        a = rng.normal(size=(3, 3))
+        q, r = np.linalg.qr(a)
+        q = q * np.sign(np.diag(r))
+        if np.linalg.det(q) < 0:
+            q[:, 0] = -q[:, 0]
+        qs.append(q)
+    if inversion:
+        qs.append(-qs[0])
+    for q in qs:
+        got = predict(rotate_system(system, q))
+        want = rotate_matrix(ref, system.kinds, system.bases, q)
+        err = got.max_abs_diff(want)
+        if err > rtol * scale:
+            raise AssertionError(f"not equivariant under Q (det {np.linalg.det(q):+.0f}): max deviation {err:.3e} "
+                                 f"(relative {err / scale:.2e} > {rtol:.1e})")

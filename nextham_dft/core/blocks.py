@@ -324,13 +324,27 @@ class BlockSparse:
         """
         if self.same_pattern(other):
             return self
-        key_self = {k: e for e, k in enumerate(zip(self.edge_i, self.edge_j, *self.R.T))}
-        data = np.zeros((int(other.offsets[-1]),) + spin_shape(self.spin), dtype=self.data.dtype)
-        for e, k in enumerate(zip(other.edge_i, other.edge_j, *other.R.T)):
-            s = key_self.get(k)
-            if s is not None:
-                data[other.offsets[e] : other.offsets[e + 1]] = self.data[self.offsets[s] : self.offsets[s + 1]]
-        return other.with_data(data, self.spin)
+        return self.aligned_to_edges(other.edge_i, other.edge_j, other.R)
+
+    def aligned_to_edges(self, ei: np.ndarray, ej: np.ndarray, R: np.ndarray) -> BlockSparse:
+        """This matrix on the stored edges (ei, ej, R) (vectorised key matching; absent blocks are zero)."""
+        ei, ej, R = np.asarray(ei), np.asarray(ej), np.asarray(R).reshape(-1, 3)
+        keys_self = np.stack([self.edge_i, self.edge_j, *self.R.T], 1)
+        keys_new = np.stack([ei, ej, *R.T], 1)
+        allk, inv = np.unique(np.concatenate([keys_self, keys_new]), axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        where = np.full(len(allk), -1)
+        where[inv[: len(keys_self)]] = np.arange(len(keys_self))
+        src = where[inv[len(keys_self) :]]  # (E_new,) index into self or -1
+        sizes = self.norb[ei] * self.norb[ej]
+        off = np.concatenate([[0], np.cumsum(sizes)])
+        data = np.zeros((int(off[-1]),) + spin_shape(self.spin), dtype=self.data.dtype)
+        have = np.nonzero(src >= 0)[0]
+        if len(have):
+            sz = sizes[have]
+            within = np.arange(sz.sum()) - np.repeat(np.cumsum(sz) - sz, sz)
+            data[np.repeat(off[have], sz) + within] = self.data[np.repeat(self.offsets[src[have]], sz) + within]
+        return BlockSparse(self.norb, ei, ej, R, off, data, self.spin)
 
     def transform_orbitals(self, kinds: np.ndarray, per_kind: list[np.ndarray]) -> BlockSparse:
         """Apply B_ij -> M_ki @ B_ij @ M_kj^T with per_kind[kinds[atom]] (orthogonal, (n, n)).

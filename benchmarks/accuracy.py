@@ -1,0 +1,67 @@
+"""Accuracy of trained models on the held-out test split, beside the H(0) baseline (the `eval` table).
+
+Rows: the bundled (or given) model, the ablation trained without the k-space loss, H(0).
+Usage: python benchmarks/accuracy.py DATA.h5 [--model PATH] [--ablation PATH] [--split test] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from nextham_dft.dataset import iter_dataset, list_ids
+from nextham_dft.evaluation import evaluate, summarise
+from nextham_dft.model.predict import predict_hamiltonian
+from nextham_dft.model.store import bundled_model_path, load_model
+
+KEYS = ["h_mae_mev", "h_mae_onsite_mev", "h_mae_offsite_mev", "h_mae_shifted_mev", "soc_mae_uev", "band_mae_mev",
+        "band_mae_shifted_mev", "ghost_states"]
+
+
+def run(model_path: str, data: str, split: str, held_only: bool = False) -> tuple[dict, list, float]:
+    model, card = load_model(model_path)
+    ids = set(card["split"][split]) if split != "all" else set(list_ids(data))
+    held = set(card["split"].get("held_out_elements", []))
+    rows, t = [], time.perf_counter()
+    for s in iter_dataset(data, ids=sorted(ids & set(list_ids(data)))):
+        if held_only and not (set(s.elements) & held):
+            continue
+        if not held_only and (set(s.elements) & held):
+            continue
+        rows.append({"id": s.meta["id"], "formula": s.formula, "spin": s.spin_mode,
+                     **evaluate(s, predict_hamiltonian(model, s))})
+    return summarise(rows), rows, time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("data")
+    ap.add_argument("--model", default=str(bundled_model_path()))
+    ap.add_argument("--ablation", default=None, help="Model trained without the k-space loss.")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--json", default="accuracy.json")
+    a = ap.parse_args()
+    summ, rows, dt = run(a.model, a.data, a.split)
+    table = {"model": summ["predicted"], "H(0)": summ["h0"]}
+    out = {"summary": summ, "structures": rows, "seconds": dt}
+    if a.ablation:
+        s2, r2, _ = run(a.ablation, a.data, a.split)
+        table["no k-space loss"] = s2["predicted"]
+        out["ablation_summary"] = s2
+    held_summ, held_rows, _ = run(a.model, a.data, a.split, held_only=True)
+    if held_rows:
+        table["model, held-out element"] = held_summ["predicted"]
+        table["H(0), held-out element"] = held_summ["h0"]
+        out["held_out"] = {"summary": held_summ, "structures": held_rows}
+    names = list(table)
+    print(f"{len(rows)} test structures (+{len(held_rows)} with the held-out element)")
+    print(f"{'metric':<22}" + "".join(f"{n:>26}" for n in names))
+    for k in KEYS:
+        print(f"{k:<22}" + "".join(f"{table[n].get(k, float('nan')):26.4f}" for n in names))
+    Path(a.json).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Accuracy metrics of a predicted Hamiltonian against the converged one, beside the H(0) baseline.
+
+All energies in meV (SOC part in μeV). Band metrics at the DFT run's k-points, for the bands in the
+window from 2 eV below the valence-band maximum to 2 eV above the conduction-band minimum
+(metals: ±2 eV around E_F), absolute and with the rigid shift removed. Ghost states: Σ_k
+max(0, N_pred(k) − N_DFT(k)) over eigenvalues in the window widened by 1 eV, counted after
+removing the rigid shift (so that a uniform shift alone never counts as a ghost).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .core.blocks import BlockSparse
+from .core.kspace import band_energies
+from .core.system import System
+
+
+def _parts(m: BlockSparse) -> tuple[np.ndarray, np.ndarray | None]:
+    """Spin-free part (nnz,) and spin part (nnz, 3) (None without spinors) of a Hamiltonian's entries."""
+    if m.spin == "spinor":
+        d = m.data
+        a = 0.5 * (d[:, 0, 0] + d[:, 1, 1]).real
+        from .core.sph import PAULI
+
+        b = np.stack([0.5 * np.einsum("st,nts->n", PAULI[c], d).imag for c in range(3)], axis=1)
+        return a, b
+    return m.data.real if np.iscomplexobj(m.data) else m.data, None
+
+
+def band_window(eigs: np.ndarray, nelec: float, degeneracy: float, fermi: float) -> tuple[float, float, bool]:
+    """(low, high, is_insulator) energy window of the band metrics."""
+    nocc = nelec / degeneracy
+    if abs(nocc - round(nocc)) < 1e-6 and 0 < round(nocc) < eigs.shape[1]:
+        n = int(round(nocc))
+        vbm, cbm = eigs[:, n - 1].max(), eigs[:, n].min()
+        if cbm - vbm > 0.05:
+            return vbm - 2.0, cbm + 2.0, True
+    return fermi - 2.0, fermi + 2.0, False
+
+
+def evaluate(system: System, predicted: BlockSparse, kfrac: np.ndarray | None = None) -> dict[str, dict[str, float]]:
+    """Metrics of ``predicted`` and of H(0) against the system's converged H."""
+    h = system.matrices["H"]
+    h0 = system.matrices["H0"]
+    s = system.matrices["S"]
+    k = kfrac if kfrac is not None else system.kpoints.frac
+    e_ref = band_energies(h, s, k)
+    weights = system.kpoints.weights if kfrac is None else np.full(len(k), 1.0 / len(k))
+    fermi = system.fermi_from_bands(e_ref, weights) if kfrac is None else system.fermi_ev.get("H", 0.0)
+    lo, hi, insulator = band_window(e_ref, system.nelec, system.spin_degeneracy, fermi)
+    sel = (e_ref >= lo) & (e_ref <= hi)
+    a_ref, b_ref = _parts(h.aligned_to(h0))
+    s_al = s.aligned_to(h0).data
+    onsite_blocks = (h0.edge_i == h0.edge_j) & np.all(h0.R == 0, axis=1)
+    edge, _, _ = h0.entry_index()
+    on = onsite_blocks[edge]
+    out = {}
+    for name, m in (("predicted", predicted.aligned_to(h0)), ("h0", h0)):
+        a, b = _parts(m)
+        d = a - a_ref
+        mu = float(np.dot(d, s_al) / np.dot(s_al, s_al))  # best rigid shift H -> H - μS
+        e = band_energies(m, s, k)
+        diff = e[sel] - e_ref[sel]
+        shift = float(diff.mean()) if diff.size else 0.0
+        lo_w, hi_w = lo - 1.0, hi + 1.0
+        n_ref = ((e_ref >= lo_w) & (e_ref <= hi_w)).sum(axis=1)
+        n_pred = ((e - shift >= lo_w) & (e - shift <= hi_w)).sum(axis=1)
+        res = {
+            "h_mae_mev": 1e3 * float(np.abs(d).mean()),
+            "h_mae_onsite_mev": 1e3 * float(np.abs(d[on]).mean()),
+            "h_mae_offsite_mev": 1e3 * float(np.abs(d[~on]).mean()) if (~on).any() else 0.0,
+            "h_mae_shifted_mev": 1e3 * float(np.abs(d - mu * s_al).mean()),
+            "rigid_shift_mev": 1e3 * mu,
+            "band_mae_mev": 1e3 * float(np.abs(diff).mean()) if diff.size else 0.0,
+            "band_mae_shifted_mev": 1e3 * float(np.abs(diff - shift).mean()) if diff.size else 0.0,
+            "band_shift_mev": 1e3 * shift,
+            "ghost_states": int(np.maximum(0, n_pred - n_ref).sum()),
+            "window_ev": [float(lo), float(hi)],
+            "insulator": bool(insulator),
+        }
+        if b is not None and b_ref is not None:
+            res["soc_mae_uev"] = 1e6 * float(np.abs(b - b_ref).mean())
+        out[name] = res
+    return out
+
+
+def summarise(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Mean of every numeric metric over structures, per source (predicted, h0)."""
+    out: dict[str, dict[str, float]] = {}
+    for src in ("predicted", "h0"):
+        keys = {k for r in rows for k, v in r[src].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        out[src] = {}
+        for key in sorted(keys):
+            vals = [r[src][key] for r in rows if key in r[src]]
+            out[src][key] = float(np.sum(vals)) if key == "ghost_states" else float(np.mean(vals))
+    return out

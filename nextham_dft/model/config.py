@@ -1,0 +1,104 @@
+"""Model and training configurations: frozen dataclasses ⇄ YAML (one key per field)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the H(0)-correction network.
+
+    layout: shell slots ((l, zetas), ...) every species is padded into;
+    hidden_irreps: node features; sh_lmax: edge spherical harmonics; r_max: Å,
+    radial cutoff of messages; h0_scale, target_scale: eV, input and output
+    normalisation; spin_head: predict the SOC (spin-dependent) correction too.
+    """
+
+    layout: tuple[tuple[int, int], ...] = ((0, 4), (1, 2), (2, 2), (3, 1))
+    hidden_irreps: str = "16x0e+4x0o+4x1o+4x1e+4x2e+4x2o+2x3o+2x3e"
+    sh_lmax: int = 3
+    num_layers: int = 2
+    num_rbf: int = 8
+    r_max: float = 14.0
+    embed_dim: int = 16
+    mlp_hidden: int = 64
+    h0_scale: float = 10.0
+    target_scale: float = 0.05
+    spin_head: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training run: data, split, optimiser, loss weights, budget (minutes), outputs."""
+
+    data: str = "dataset.h5"
+    out_dir: str = "runs/train"
+    seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.15
+    held_out_elements: tuple[str, ...] = ()
+    epochs: int = 200
+    batch_size: int = 4
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    w_real: float = 1.0
+    w_kspace: float = 0.05
+    w_spin: float = 1.0
+    k_per_structure: int = 4
+    budget_minutes: float = 60.0
+    patience: int = 30
+    checkpoint_every: int = 1
+    threads: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple):
+        return [_to_plain(x) for x in obj]
+    return obj
+
+
+def _tuplify(x: Any) -> Any:
+    return tuple(_tuplify(v) for v in x) if isinstance(x, list) else x
+
+
+def model_config_from_dict(d: dict) -> ModelConfig:
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    bad = set(d) - known
+    if bad:
+        raise ValueError(f"unknown model option(s): {', '.join(sorted(bad))}")
+    return ModelConfig(**{k: _tuplify(v) for k, v in d.items()})
+
+
+def train_config_from_dict(d: dict) -> TrainConfig:
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    bad = set(d) - known
+    if bad:
+        raise ValueError(f"unknown training option(s): {', '.join(sorted(bad))}")
+    d = dict(d)
+    model = model_config_from_dict(d.pop("model", {}) or {})
+    return TrainConfig(model=model, **{k: _tuplify(v) for k, v in d.items()})
+
+
+def to_dict(cfg: Any) -> dict:
+    return _to_plain(cfg)
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    with open(path) as fh:
+        d = yaml.safe_load(fh) or {}
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: a YAML mapping is expected")
+    return train_config_from_dict(d)
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,195 @@
+"""System → graph tensors for the model, and predicted corrections → BlockSparse.
+
+Edges are all directed atom-pair blocks (i, j, R) of H(0) (both halves, on-site
+blocks once). Blocks are padded into the layout's slots. Keys, each with its shape:
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..core.blocks import BlockSparse
+from ..core.sph import PAULI
+from ..core.system import System
+from .irreps import BasisLayout
+
+#: real-space block fields
+# positions      [n_atoms, 3] Å
+# edge_src/dst   [n_edges] atom i (row) / atom j (column, shifted by R)
+# edge_vec       [n_edges, 3] Å, r_j + R·A - r_i
+# h0, s          [n_edges, n, n] padded blocks, eV / 1
+# h0_spin        [n_edges, n, n, 3] Cartesian spin part b of H(0) (SOC), eV
+# mask           [n_edges, n, n] 1 where both orbitals exist
+# mirror         [n_edges] index of the (j, i, -R) edge
+
+
+@dataclass
+class Graph:
+    """Tensors of one structure (or a batch: concatenated, atom indices offset)."""
+
+    z: torch.Tensor
+    edge_src: torch.Tensor
+    edge_dst: torch.Tensor
+    edge_vec: torch.Tensor
+    h0: torch.Tensor
+    s: torch.Tensor
+    h0_spin: torch.Tensor | None
+    mask: torch.Tensor
+    mirror: torch.Tensor
+    onsite: torch.Tensor
+    spinor: bool
+    target: torch.Tensor | None = None  # [n_edges, n, n] ΔH spin-free part, eV
+    target_spin: torch.Tensor | None = None  # [n_edges, n, n, 3]
+    n_atoms: int = 0
+
+    def to(self, device) -> Graph:
+        kw = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        return Graph(**kw)
+
+
+def _spin_parts(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Spinor entries (…, 2, 2) → (a, b) with M = a ⊗ 1 + i b·σ (time-reversal-even part)."""
+    a = 0.5 * (data[..., 0, 0] + data[..., 1, 1]).real
+    # tr(σ_c M) = 2 i b_c  →  b_c = Im tr(σ_c M) / 2 (real part of the TR-symmetric form)
+    b = np.stack([0.5 * np.einsum("st,...ts->...", PAULI[c], data).imag for c in range(3)], axis=-1)
+    return a, b
+
+
+@dataclass
+class EdgeIndex:
+    """Directed edges of a System's H(0) pattern and how they map back to its stored half."""
+
+    ei: np.ndarray
+    ej: np.ndarray
+    R: np.ndarray
+    offsets: np.ndarray
+    mirror: np.ndarray
+    n_stored: int
+
+
+def edge_index(h0: BlockSparse) -> EdgeIndex:
+    ei, ej, R, off, _ = h0.full_blocks()
+    n = h0.n_edges
+    onsite = (h0.edge_i == h0.edge_j) & np.all(h0.R == 0, axis=1)
+    mir_src = np.nonzero(~onsite)[0]
+    mirror = np.arange(len(ei))
+    mirror[mir_src] = n + np.arange(len(mir_src))
+    mirror[n + np.arange(len(mir_src))] = mir_src
+    return EdgeIndex(ei, ej, R, off, mirror, n)
+
+
+def _padded(system: System, m: BlockSparse, idx: EdgeIndex, layout: BasisLayout, pos: list[np.ndarray]) -> np.ndarray:
+    """Padded blocks (E, n, n, *spin) of m on the directed edges idx (missing blocks are zero)."""
+    m = m.aligned_to_edges(idx.ei[: idx.n_stored], idx.ej[: idx.n_stored], idx.R[: idx.n_stored])
+    ei, ej, R, off, data = m.full_blocks()
+    n = layout.size
+    sshape = data.shape[1:]
+    out = np.zeros((len(ei), n, n) + sshape, dtype=data.dtype)
+    edge, lr, lc = _entry_index(off, system.norb[ei], system.norb[ej])
+    pi = np.concatenate([pos[k] for k in system.kinds])
+    aoff = np.concatenate([[0], np.cumsum(system.norb)])
+    out[edge, pi[aoff[ei[edge]] + lr], pi[aoff[ej[edge]] + lc]] = data
+    return out
+
+
+def _entry_index(off: np.ndarray, ni: np.ndarray, nj: np.ndarray):
+    sizes = np.diff(off)
+    edge = np.repeat(np.arange(len(sizes)), sizes)
+    local = np.arange(len(edge)) - off[edge]
+    return edge, local // nj[edge], local % nj[edge]
+
+
+def build_graph(system: System, layout: BasisLayout, with_target: bool = True, dtype=torch.float32) -> tuple[Graph, EdgeIndex]:
+    """Graph tensors of a System that holds H0 and S (and H when with_target)."""
+    from pymatgen.core.periodic_table import Element
+
+    h0 = system.matrices["H0"]
+    pos = [layout.positions(b) for b in system.bases]
+    idx = edge_index(h0)
+    n = layout.size
+    h0p = _padded(system, h0, idx, layout, pos)
+    sp = _padded(system, system.matrices["S"], idx, layout, pos)
+    spinor = h0.spin == "spinor"
+    h0_spin = None
+    if spinor:
+        a, b = _spin_parts(h0p)
+        h0p, h0_spin = a, b
+    mask_orb = [np.zeros(n, bool) for _ in system.bases]
+    for k, p in enumerate(pos):
+        mask_orb[k][p] = True
+    mk = np.stack([mask_orb[k] for k in system.kinds])
+    mask = mk[idx.ei][:, :, None] & mk[idx.ej][:, None, :]
+    vec = system.positions[idx.ej] + idx.R @ system.lattice - system.positions[idx.ei]
+    z = []
+    for el in system.elements:
+        try:
+            z.append(Element(el).Z)
+        except ValueError:
+            z.append(0)
+    g = Graph(
+        z=torch.tensor(z, dtype=torch.long),
+        edge_src=torch.as_tensor(idx.ei),
+        edge_dst=torch.as_tensor(idx.ej),
+        edge_vec=torch.as_tensor(vec, dtype=dtype),
+        h0=torch.as_tensor(h0p, dtype=dtype),
+        s=torch.as_tensor(sp, dtype=dtype),
+        h0_spin=None if h0_spin is None else torch.as_tensor(h0_spin, dtype=dtype),
+        mask=torch.as_tensor(mask, dtype=dtype),
+        mirror=torch.as_tensor(idx.mirror),
+        onsite=torch.as_tensor((idx.ei == idx.ej) & np.all(idx.R == 0, axis=1)),
+        spinor=spinor,
+        n_atoms=system.n_atoms,
+    )
+    if with_target and "H" in system.matrices:
+        hp = _padded(system, system.matrices["H"], idx, layout, pos)
+        if spinor:
+            a, b = _spin_parts(hp)
+            g.target = torch.as_tensor(a, dtype=dtype) - g.h0
+            g.target_spin = torch.as_tensor(b, dtype=dtype) - g.h0_spin
+        else:
+            g.target = torch.as_tensor(hp, dtype=dtype) - g.h0
+    return g, idx
+
+
+def batch_graphs(graphs: list[Graph]) -> Graph:
+    """Concatenate graphs of the same spin kind into one (atom and edge indices offset)."""
+    a_off, e_off = 0, 0
+    parts: dict[str, list] = {k: [] for k in ("z", "edge_src", "edge_dst", "edge_vec", "h0", "s", "h0_spin", "mask",
+                                              "mirror", "onsite", "target", "target_spin")}
+    for g in graphs:
+        parts["z"].append(g.z)
+        parts["edge_src"].append(g.edge_src + a_off)
+        parts["edge_dst"].append(g.edge_dst + a_off)
+        parts["mirror"].append(g.mirror + e_off)
+        for k in ("edge_vec", "h0", "s", "h0_spin", "mask", "onsite", "target", "target_spin"):
+            parts[k].append(getattr(g, k))
+        a_off += len(g.z)
+        e_off += len(g.edge_src)
+    cat = {k: (torch.cat(v) if all(x is not None for x in v) else None) for k, v in parts.items()}
+    return Graph(spinor=graphs[0].spinor, n_atoms=a_off, **cat)
+
+
+def corrections_to_blocks(system: System, idx: EdgeIndex, layout: BasisLayout, delta: np.ndarray,
+                          delta_spin: np.ndarray | None) -> BlockSparse:
+    """Padded per-edge corrections (stored half = first n_stored edges) → BlockSparse in the system's layout."""
+    pos = [layout.positions(b) for b in system.bases]
+    h0 = system.matrices["H0"]
+    ei, ej, R = idx.ei[: idx.n_stored], idx.ej[: idx.n_stored], idx.R[: idx.n_stored]
+    norb = system.norb
+    sizes = norb[ei] * norb[ej]
+    off = np.concatenate([[0], np.cumsum(sizes)])
+    edge, lr, lc = _entry_index(off, norb[ei], norb[ej])
+    pi = np.concatenate([pos[k] for k in system.kinds])
+    aoff = np.concatenate([[0], np.cumsum(norb)])
+    r, c = pi[aoff[ei[edge]] + lr], pi[aoff[ej[edge]] + lc]
+    a = delta[edge, r, c]
+    if h0.spin == "spinor":
+        b = delta_spin[edge, r, c] if delta_spin is not None else np.zeros((len(a), 3))
+        data = a[:, None, None] * np.eye(2) + 1j * np.einsum("nc,cst->nst", b, PAULI)
+        m = BlockSparse(norb, ei, ej, R, off, data, "spinor")
+    else:
+        m = BlockSparse(norb, ei, ej, R, off, a.astype(np.float64), "none")
+    return m.aligned_to(h0)

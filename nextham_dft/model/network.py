@@ -1,0 +1,198 @@
+"""The E(3)-equivariant H(0)-correction transformer.
+
+Inputs per directed edge (i, j, R): the H(0) and S blocks decomposed into irreps
+(l1 ⊗ l2 → ⊕L), the edge vector; per atom: its element (0 = unknown) and its
+on-site H(0), S blocks. Node features are refined by attention-weighted
+equivariant message passing (tensor products with spherical harmonics, weights
+from invariant edge features, attention logits from invariants only, gated
+non-linearities). Each edge's correction is an equivariant function of its own
+H(0)/S irreps (scaled channel-wise by learned invariants) and of h_i ⊗ h_j.
+Outputs are symmetrised over the edge and its mirror so that the corrected H is
+exactly hermitian (and, for SOC, time-reversal symmetric: ΔH = Δa ⊗ 1 + i Δb·σ
+with real Δa = Δa(-R)^T, Δb = -Δb(-R)^T).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from e3nn import o3
+from e3nn.nn import Gate
+from torch import nn
+
+from .config import ModelConfig
+from .graph import Graph
+from .irreps import BasisLayout, BlockIrreps
+
+N_ELEMENTS = 119  # index 0: unknown element
+
+
+class MLP(nn.Module):
+    def __init__(self, dims: list[int]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers += [nn.Linear(a, b), nn.SiLU()]
+        self.net = nn.Sequential(*layers[:-1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def bessel(r: torch.Tensor, n: int, r_max: float) -> torch.Tensor:
+    """(E, n) radial Bessel basis sin(kπr/rc)/r with a smooth polynomial cutoff; r in Å (r = 0 allowed)."""
+    k = torch.arange(1, n + 1, dtype=r.dtype, device=r.device) * math.pi / r_max
+    rr = r.clamp_min(1e-6)[:, None]
+    val = torch.where(r[:, None] > 1e-6, torch.sin(k * rr) / rr, k.expand(len(r), n))
+    x = (r / r_max).clamp(max=1.0)
+    env = 1 - 10 * x**3 + 15 * x**4 - 6 * x**5
+    return val * env[:, None] * math.sqrt(2 / r_max)
+
+
+def envelope(r: torch.Tensor, r_max: float) -> torch.Tensor:
+    x = (r / r_max).clamp(max=1.0)
+    return 1 - 10 * x**3 + 15 * x**4 - 6 * x**5
+
+
+def segment_softmax(logits: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
+    mx = torch.full((n,), -1e30, dtype=logits.dtype, device=logits.device)
+    mx = mx.scatter_reduce(0, index, logits, reduce="amax", include_self=True)
+    e = torch.exp(logits - mx[index])
+    den = torch.zeros(n, dtype=logits.dtype, device=logits.device).index_add(0, index, e)
+    return e / den[index].clamp_min(1e-30)
+
+
+def _gate_for(irreps: o3.Irreps) -> Gate:
+    scalars = o3.Irreps([(m, ir) for m, ir in irreps if ir.l == 0])
+    gated = o3.Irreps([(m, ir) for m, ir in irreps if ir.l > 0])
+    acts = [torch.nn.functional.silu if ir.p == 1 else torch.tanh for _, ir in scalars]
+    gates = o3.Irreps(f"{gated.num_irreps}x0e") if gated.num_irreps else o3.Irreps("")
+    return Gate(scalars, acts, gates, [torch.sigmoid] if gated.num_irreps else [], gated)
+
+
+def _irrep_instance_index(irreps: o3.Irreps) -> torch.Tensor:
+    """(irreps.dim,) index of the irrep instance each component belongs to."""
+    idx, k = [], 0
+    for mul, ir in irreps:
+        for _ in range(mul):
+            idx += [k] * ir.dim
+            k += 1
+    return torch.tensor(idx, dtype=torch.long)
+
+
+def instance_norms(x: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
+    sq = torch.zeros(x.shape[0], n, dtype=x.dtype, device=x.device).index_add(1, index, x * x)
+    return torch.sqrt(sq + 1e-12)
+
+
+class HamiltonianCorrection(nn.Module):
+    """ΔH for every directed edge of a Graph: (E, n, n) eV, and the SOC part (E, n, n, 3) eV or None."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.layout = BasisLayout(tuple(tuple(s) for s in cfg.layout))
+        self.blocks = BlockIrreps(self.layout)
+        bir = self.blocks.irreps
+        self.irreps_block = bir
+        self.irreps_in = (bir + bir)  # H(0) irreps ⊕ S irreps
+        self.irreps_hidden = o3.Irreps(cfg.hidden_irreps)
+        self.irreps_sh = o3.Irreps.spherical_harmonics(cfg.sh_lmax)
+        self.register_buffer("T", torch.as_tensor(self.blocks.matrix, dtype=torch.float32), persistent=False)
+        self.register_buffer("in_index", _irrep_instance_index(self.irreps_in), persistent=False)
+        self.register_buffer("out_index", _irrep_instance_index(bir), persistent=False)
+        n_norm = self.irreps_in.num_irreps
+        self.embed = nn.Embedding(N_ELEMENTS, cfg.embed_dim)
+        n_scal = cfg.num_rbf + 2 * cfg.embed_dim + n_norm + 1
+        self.edge_mlp = MLP([n_scal, cfg.mlp_hidden, cfg.mlp_hidden])
+        h = self.irreps_hidden
+        self.node_in = o3.Linear(self.irreps_in + o3.Irreps(f"{cfg.embed_dim}x0e"), h)
+        n0 = h.count("0e")
+        self.convs = nn.ModuleList()
+        self.conv_w = nn.ModuleList()
+        self.attn = nn.ModuleList()
+        self.pre_gate = nn.ModuleList()
+        self.gates = nn.ModuleList()
+        for _ in range(cfg.num_layers):
+            tp = o3.FullyConnectedTensorProduct(h, self.irreps_sh, h, shared_weights=False, internal_weights=False)
+            self.convs.append(tp)
+            self.conv_w.append(nn.Linear(cfg.mlp_hidden, tp.weight_numel))
+            self.attn.append(MLP([cfg.mlp_hidden + 2 * n0, cfg.mlp_hidden, 1]))
+            gate = _gate_for(h)
+            self.pre_gate.append(o3.Linear(h, gate.irreps_in))
+            self.gates.append(gate)
+        self.edge_lin = o3.Linear(self.irreps_in, bir)
+        self.pair_tp = o3.FullyConnectedTensorProduct(h, h, bir)
+        self.channel_gate = MLP([cfg.mlp_hidden + 2 * n0, cfg.mlp_hidden, bir.num_irreps])
+        self.out_lin = o3.Linear(bir, bir)
+        with torch.no_grad():  # start from ΔH = 0, i.e. from H(0) itself
+            for w in self.out_lin.parameters():
+                w.zero_()
+        if cfg.spin_head:
+            bsp = self.blocks.irreps_spin
+            self.irreps_spin = bsp
+            self.register_buffer("Tb", torch.as_tensor(self.blocks.matrix_spin, dtype=torch.float32), persistent=False)
+            self.register_buffer("spin_index", _irrep_instance_index(bsp), persistent=False)
+            self.spin_lin = o3.Linear(bsp + self.irreps_in, bsp)
+            self.spin_gate = MLP([cfg.mlp_hidden + 2 * n0, cfg.mlp_hidden, bsp.num_irreps])
+            self.spin_out = o3.Linear(bsp, bsp)
+            with torch.no_grad():  # start from "H(0)'s SOC is already right"
+                for w in self.spin_out.parameters():
+                    w.zero_()
+
+    # --------------------------------------------------------------------------------
+    def _scalars(self, h: torch.Tensor) -> torch.Tensor:
+        return h[:, : self.irreps_hidden.count("0e")]
+
+    def forward(self, g: Graph) -> tuple[torch.Tensor, torch.Tensor | None]:
+        cfg = self.cfg
+        n = self.layout.size
+        E = len(g.edge_src)
+        T = self.T.to(g.h0.dtype)
+        x = torch.cat([(g.h0 / cfg.h0_scale).reshape(E, -1) @ T, g.s.reshape(E, -1) @ T], dim=1)
+        r = torch.linalg.norm(g.edge_vec, dim=1)
+        norms = torch.log1p(instance_norms(x, self.in_index, self.irreps_in.num_irreps))
+        zi, zj = self.embed(g.z[g.edge_src]), self.embed(g.z[g.edge_dst])
+        s_e = self.edge_mlp(torch.cat([bessel(r, cfg.num_rbf, cfg.r_max), zi, zj, norms,
+                                       g.onsite.to(x.dtype)[:, None]], dim=1))
+        # nodes from their on-site blocks
+        n_atoms = len(g.z)
+        on = torch.nonzero(g.onsite, as_tuple=False).squeeze(1)
+        x_node = torch.zeros(n_atoms, x.shape[1], dtype=x.dtype, device=x.device)
+        x_node[g.edge_src[on]] = x[on]
+        h = self.node_in(torch.cat([x_node, self.embed(g.z)], dim=1))
+        # attention-weighted equivariant message passing (on-site edges excluded)
+        off = ~g.onsite
+        src, dst = g.edge_src[off], g.edge_dst[off]
+        vec = g.edge_vec[off]
+        sh = o3.spherical_harmonics(self.irreps_sh, vec, normalize=True, normalization="component")
+        env = envelope(r[off], cfg.r_max)[:, None]
+        s_off = s_e[off]
+        for tp, cw, att, pre, gate in zip(self.convs, self.conv_w, self.attn, self.pre_gate, self.gates):
+            m = tp(h[dst], sh, cw(s_off))
+            logit = att(torch.cat([s_off, self._scalars(h)[src], self._scalars(h)[dst]], dim=1)).squeeze(1)
+            alpha = segment_softmax(logit, src, n_atoms)[:, None]
+            agg = torch.zeros(n_atoms, m.shape[1], dtype=m.dtype, device=m.device).index_add(0, src, alpha * env * m)
+            h = h + gate(pre(agg))
+        # edge corrections
+        inv = torch.cat([s_e, self._scalars(h)[g.edge_src], self._scalars(h)[g.edge_dst]], dim=1)
+        base = self.edge_lin(x)
+        gates = 1.0 + self.channel_gate(inv)
+        # the environment term is scaled by the size of the edge's own H(0)/S block (an invariant):
+        # corrections of far, tiny blocks stay tiny instead of picking up noise
+        size = torch.linalg.norm(x, dim=1, keepdim=True)
+        y = base * gates[:, self.out_index] + self.pair_tp(h[g.edge_src], h[g.edge_dst]) * size
+        y = self.out_lin(y) * cfg.target_scale
+        blocks = (y @ T.T).reshape(E, n, n)
+        blocks = 0.5 * (blocks + blocks[g.mirror].transpose(1, 2)) * g.mask
+        spin = None
+        if cfg.spin_head and g.spinor and g.h0_spin is not None:
+            Tb = self.Tb.to(x.dtype)
+            xb = (g.h0_spin / cfg.h0_scale).reshape(E, -1) @ Tb
+            yb = self.spin_lin(torch.cat([xb, x], dim=1))
+            yb = yb * (1.0 + self.spin_gate(inv))[:, self.spin_index]
+            yb = self.spin_out(yb) * cfg.target_scale
+            sb = (yb @ Tb.T).reshape(E, n, n, 3)
+            spin = 0.5 * (sb - sb[g.mirror].transpose(1, 2)) * g.mask[..., None]
+        return blocks, spin

@@ -1,0 +1,35 @@
+"""Apply a model to a System: H = H(0) + ΔH as a BlockSparse in the system's own layout."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..core.blocks import BlockSparse
+from ..core.system import System
+from .graph import build_graph, corrections_to_blocks
+from .network import HamiltonianCorrection
+
+
+def predict_correction(model: HamiltonianCorrection, system: System, device: str = "cpu",
+                       dtype: torch.dtype = torch.float32) -> BlockSparse:
+    """ΔH (eV) on the stored blocks of the system's H(0)."""
+    model.eval()
+    g, idx = build_graph(system, model.layout, with_target=False, dtype=dtype)
+    with torch.no_grad():
+        delta, spin = model.to(device=device, dtype=dtype)(g.to(device))
+    d = delta.detach().to("cpu", torch.float64).numpy()
+    sp = None if spin is None else spin.detach().to("cpu", torch.float64).numpy()
+    return corrections_to_blocks(system, idx, model.layout, d[: idx.n_stored],
+                                 None if sp is None else sp[: idx.n_stored])
+
+
+def predict_hamiltonian(model: HamiltonianCorrection, system: System, device: str = "cpu",
+                        dtype: torch.dtype = torch.float32) -> BlockSparse:
+    """H = H(0) + ΔH (eV), same pattern and spin layout as H(0)."""
+    h0 = system.matrices["H0"]
+    delta = predict_correction(model, system, device, dtype)
+    return h0.with_data(h0.data + delta.data.astype(h0.data.dtype))
+
+
+__all__ = ["predict_correction", "predict_hamiltonian", "np"]

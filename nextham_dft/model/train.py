@@ -1,0 +1,255 @@
+"""Training: split by structure, real + k-space loss, checkpoints/resume, early stopping, time budget, DDP.
+
+Run through ``nextham-dft train CONFIG.yaml`` (one process) or
+``torchrun --nproc_per_node N -m nextham_dft.model.train CONFIG.yaml`` (DistributedDataParallel;
+NCCL on GPU, gloo on CPU). Rank 0 writes the log and checkpoints.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..dataset import iter_dataset, list_ids
+from .config import TrainConfig, dump_yaml, to_dict
+from .graph import Graph, batch_graphs, build_graph
+from .losses import KData, build_kdata, kspace_loss, real_space_loss
+from .network import HamiltonianCorrection
+from .store import load_model, save_model
+
+
+@dataclass
+class Item:
+    sid: str
+    graph: Graph
+    kdata: KData
+    elements: tuple[str, ...]
+
+
+def split_ids(ids: list[str], elements: dict[str, set[str]], cfg: TrainConfig) -> dict[str, list[str]]:
+    """Structure-level split with a fixed seed; structures holding a held-out element all go to 'test'."""
+    held = set(cfg.held_out_elements)
+    rng = random.Random(cfg.seed)
+    pool = [i for i in ids if not (elements[i] & held)]
+    forced = [i for i in ids if elements[i] & held]
+    pool = sorted(pool)
+    rng.shuffle(pool)
+    n_test = int(round(cfg.test_fraction * len(pool)))
+    n_val = int(round(cfg.val_fraction * len(pool)))
+    if cfg.val_fraction > 0:
+        n_val = max(1, n_val)
+    return {"test": sorted(pool[:n_test] + forced), "val": sorted(pool[n_test : n_test + n_val]),
+            "train": sorted(pool[n_test + n_val :]), "held_out_elements": sorted(held)}
+
+
+def load_items(path: str, ids: list[str], cfg: TrainConfig, layout, seed: int) -> list[Item]:
+    rng = np.random.default_rng(seed)
+    items = []
+    for system in iter_dataset(path, ids=ids):
+        if system.spin_mode == "collinear":
+            continue
+        g, idx = build_graph(system, layout)
+        k = system.kpoints.frac if system.kpoints is not None else np.zeros((1, 3))
+        sel = rng.choice(len(k), size=min(cfg.k_per_structure, len(k)), replace=False)
+        kd = build_kdata(system, idx, layout, k[sel])
+        items.append(Item(system.meta["id"], g, kd, tuple(sorted(set(system.elements)))))
+    return items
+
+
+def batches(items: list[Item], size: int, rng: random.Random) -> list[list[Item]]:
+    """Batches of structures of one spin kind, shuffled."""
+    out = []
+    for spinor in (False, True):
+        group = [it for it in items if it.graph.spinor == spinor]
+        rng.shuffle(group)
+        out += [group[i : i + size] for i in range(0, len(group), size)]
+    rng.shuffle(out)
+    return out
+
+
+def step_loss(model, batch: list[Item], cfg: TrainConfig, use_kspace: bool = True) -> tuple[torch.Tensor, dict]:
+    g = batch_graphs([it.graph for it in batch])
+    delta, spin = model(g)
+    scale = cfg.model.target_scale
+    lr_ = real_space_loss(delta, g.target, g.mask, scale)
+    loss = cfg.w_real * lr_
+    parts = {"real": lr_.item()}
+    if use_kspace and cfg.w_kspace > 0:
+        lk, e0 = 0.0, 0
+        for it in batch:
+            ne = len(it.graph.edge_src)
+            lk = lk + kspace_loss(delta[e0 : e0 + ne], it.kdata)
+            e0 += ne
+        lk = lk / len(batch)
+        loss = loss + cfg.w_kspace * lk
+        parts["kspace"] = lk.item()
+    if spin is not None and g.target_spin is not None:
+        ls = real_space_loss(spin, g.target_spin, g.mask, scale)
+        loss = loss + cfg.w_spin * ls
+        parts["spin"] = ls.item()
+    return loss, parts
+
+
+@torch.no_grad()
+def validate(model, items: list[Item]) -> dict:
+    """MAE (meV) of the corrected H and of H(0) over existing entries of the validation structures."""
+    model.eval()
+    err = base = n = 0.0
+    for it in items:
+        delta, _ = model(it.graph)
+        m = it.graph.mask
+        err += float(((delta - it.graph.target).abs() * m).sum())
+        base += float((it.graph.target.abs() * m).sum())
+        n += float(m.sum())
+    model.train()
+    return {"val_mae_mev": 1e3 * err / max(n, 1), "val_h0_mae_mev": 1e3 * base / max(n, 1)}
+
+
+def _dist() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    return rank, world
+
+
+def train(cfg: TrainConfig, init: str | None = None, resume: bool = True, device: str = "cpu",
+          progress: bool = True, max_steps: int | None = None) -> Path:
+    """Train (or fine-tune from ``init``) and return the path of the best model file."""
+    rank, world = _dist()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out_dir)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(dump_yaml(cfg))
+    torch.manual_seed(cfg.seed)
+    model = HamiltonianCorrection(cfg.model)
+    if init:
+        src, _card = load_model(init)
+        model.load_state_dict(src.state_dict())
+    model.to(device)
+    ids = list_ids(cfg.data)
+    elements = {}
+    for s in iter_dataset(cfg.data, matrices=()):
+        elements[s.meta["id"]] = set(s.elements)
+    split = split_ids(ids, elements, cfg)
+    if rank == 0:
+        (out / "split.json").write_text(json.dumps(split, indent=1))
+    train_items = load_items(cfg.data, split["train"], cfg, model.layout, cfg.seed)
+    val_items = load_items(cfg.data, split["val"], cfg, model.layout, cfg.seed + 1)
+    if not train_items:
+        raise ValueError("no training structures (check the data file and held_out_elements)")
+    ddp = model
+    if world > 1:
+        ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state = {"epoch": 0, "best": math.inf, "elapsed": 0.0, "bad_epochs": 0, "steps": 0}
+    ckpt = out / "checkpoint.pt"
+    if resume and ckpt.is_file():
+        c = torch.load(ckpt, map_location=device, weights_only=False)
+        model.load_state_dict(c["model"])
+        opt.load_state_dict(c["opt"])
+        state = c["state"]
+    log_path = out / "log.csv"
+    new_log = not log_path.exists() or state["epoch"] == 0
+    budget = cfg.budget_minutes * 60.0
+    t0 = time.time() - state["elapsed"]
+    bar = None
+    if progress and rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.epochs, initial=state["epoch"], desc="train", unit="epoch", file=sys.stderr)
+    with open(log_path, "w" if new_log else "a", newline="") as fh:
+        log = csv.writer(fh)
+        if new_log:
+            log.writerow(["epoch", "elapsed_s", "lr", "loss", "real", "kspace", "spin", "val_mae_mev", "val_h0_mae_mev"])
+        while state["epoch"] < cfg.epochs:
+            frac = max(state["epoch"] / cfg.epochs, (time.time() - t0) / budget)
+            lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+            for gr in opt.param_groups:
+                gr["lr"] = lr
+            rng = random.Random(cfg.seed * 1000 + state["epoch"])
+            bs = batches(train_items, cfg.batch_size, rng)
+            if world > 1:
+                n = len(bs) // world * world
+                bs = bs[rank:n:world]
+            sums: dict[str, float] = {}
+            for b in bs:
+                loss, parts = step_loss(ddp, b, cfg)
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+                opt.step()
+                state["steps"] += 1
+                for k, v in {"loss": loss.item(), **parts}.items():
+                    sums[k] = sums.get(k, 0.0) + v / len(bs)
+                if max_steps is not None and state["steps"] >= max_steps:
+                    break
+            state["epoch"] += 1
+            state["elapsed"] = time.time() - t0
+            v = validate(model, val_items) if val_items else {"val_mae_mev": sums.get("loss", 0), "val_h0_mae_mev": 0}
+            if rank == 0:
+                log.writerow([state["epoch"], round(state["elapsed"], 1), f"{lr:.3e}", *(f"{sums.get(k, 0):.5g}" for k in
+                              ("loss", "real", "kspace", "spin")), f"{v['val_mae_mev']:.4f}", f"{v['val_h0_mae_mev']:.4f}"])
+                fh.flush()
+                improved = v["val_mae_mev"] < state["best"]
+                if improved:
+                    state["best"] = v["val_mae_mev"]
+                    state["bad_epochs"] = 0
+                    save_model(out / "best.pt", model, {"train_config": to_dict(cfg), "epoch": state["epoch"],
+                                                       "val": v, "elapsed_s": state["elapsed"], "split": split})
+                else:
+                    state["bad_epochs"] += 1
+                if state["epoch"] % cfg.checkpoint_every == 0:
+                    tmp = ckpt.with_suffix(".tmp")
+                    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": state}, tmp)
+                    os.replace(tmp, ckpt)
+                if bar is not None:
+                    remaining = max(0.0, budget - state["elapsed"])
+                    bar.set_postfix(loss=f"{sums.get('loss', 0):.3g}", val_meV=f"{v['val_mae_mev']:.3f}",
+                                    h0_meV=f"{v['val_h0_mae_mev']:.3f}", budget_left=f"{remaining / 60:.0f}m")
+                    bar.update(1)
+            stop = state["elapsed"] > budget or state["bad_epochs"] >= cfg.patience
+            if max_steps is not None and state["steps"] >= max_steps:
+                stop = True
+            if world > 1:
+                flag = torch.tensor([1.0 if stop else 0.0])
+                torch.distributed.broadcast(flag, 0)
+                stop = bool(flag.item())
+            if stop:
+                break
+    if bar is not None:
+        bar.close()
+    if world > 1:  # for verification: every rank's final weights
+        torch.save(model.state_dict(), out / f"final_rank{rank}.pt")
+        torch.distributed.barrier()
+    return out / "best.pt"
+
+
+def main(argv: list[str] | None = None) -> None:  # torchrun entry point
+    import argparse
+
+    from .config import load_train_config
+
+    ap = argparse.ArgumentParser(prog="python -m nextham_dft.model.train")
+    ap.add_argument("config")
+    ap.add_argument("--init", default=None)
+    ap.add_argument("--max-steps", type=int, default=None)
+    a = ap.parse_args(argv)
+    train(load_train_config(a.config), init=a.init, max_steps=a.max_steps, progress=False)
+
+
+if __name__ == "__main__":
+    main()

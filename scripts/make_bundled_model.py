@@ -1,0 +1,70 @@
+"""Package a trained model as the bundled one: weights + model card (JSON) with checksums.
+
+Usage: python scripts/make_bundled_model.py TRAIN_OUT_DIR TRAINING_DATA.h5 [--pp-orb DIR] [--metrics accuracy.json]
+Writes nextham_dft/model/pretrained/model.pt and model.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+from nextham_dft.dataset import iter_dataset
+from nextham_dft.model.store import PRETRAINED, load_model, save_model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("train_dir")
+    ap.add_argument("data")
+    ap.add_argument("--pp-orb", default=None, help="Folder of the orbital files (for their checksums).")
+    ap.add_argument("--metrics", default=None, help="JSON written by benchmarks/accuracy.py.")
+    ap.add_argument("--name", default="nextham-dojo-dzp-v1")
+    a = ap.parse_args()
+    tdir = Path(a.train_dir)
+    model, card = load_model(tdir / "best.pt")
+    split = card["split"]
+    train_ids = set(split["train"])
+    elements, files, labels, spins = set(), {}, set(), set()
+    for s in iter_dataset(a.data, matrices=()):
+        if s.meta["id"] not in train_ids:
+            continue
+        spins.add(s.spin_mode + (" + SOC" if s.soc else ""))
+        for b in s.bases:
+            elements.add(b.element)
+            labels.add(b.label())
+            files[b.element] = {"file": b.source, "sha256": b.sha256}
+    log = (tdir / "log.csv").read_text().splitlines()
+    last = log[-1].split(",")
+    out = {
+        "name": a.name,
+        "description": "E(3)-equivariant H(0)-correction transformer (NextHAM method) for ABACUS LCAO runs "
+                       "with PseudoDojo FR pseudopotentials and the ABACUS DZP orbitals",
+        "basis_family": "abacus-nao",
+        "basis_labels": sorted(labels),
+        "elements": sorted(elements),
+        "held_out_elements": split.get("held_out_elements", []),
+        "orbital_files": dict(sorted(files.items())),
+        "spin_modes": sorted(spins),
+        "data": {"file": Path(a.data).name, "source": "shared/data/abacus-dojo-fr/dataset.h5 via nextham-dft dataset build",
+                 "n_train": len(split["train"]), "n_val": len(split["val"]), "n_test": len(split["test"])},
+        "split": split,
+        "training": {"epochs": int(last[0]), "wall_clock_s": float(last[1]), "threads": torch.get_num_threads(),
+                     "hardware": f"{platform.processor() or platform.machine()}, CPU only, 2 cores shared by two runs",
+                     "command": f"nextham-dft train {tdir / 'config.yaml'}", "config": card.get("train_config"),
+                     "best_epoch": card.get("epoch"), "val": card.get("val")},
+        "metrics": json.loads(Path(a.metrics).read_text())["summary"] if a.metrics else None,
+    }
+    PRETRAINED.mkdir(parents=True, exist_ok=True)
+    save_model(PRETRAINED / "model.pt", model, out)
+    print(json.dumps({k: out[k] for k in ("name", "elements", "basis_labels", "spin_modes")}, indent=1))
+    print("sha256", hashlib.sha256((PRETRAINED / "model.pt").read_bytes()).hexdigest())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""The equivariant correction model: exact symmetry, hermiticity, irreps algebra, training and DDP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from nextham_dft.adapters.abacus import read_run
+from nextham_dft.cli import main
+from nextham_dft.core.kspace import KAssembler
+from nextham_dft.model.config import ModelConfig, TrainConfig, dump_yaml, load_train_config
+from nextham_dft.model.irreps import BasisLayout, BlockIrreps
+from nextham_dft.model.network import HamiltonianCorrection
+from nextham_dft.model.predict import predict_correction
+from nextham_dft.testing import assert_hamiltonian_equivariant, irreps_d, wigner_d
+
+from .conftest import DATA, EXAMPLE, need
+
+SMALL = ModelConfig(hidden_irreps="8x0e+2x0o+2x1o+2x1e+2x2e+2x2o+1x3o+1x3e", num_layers=1, mlp_hidden=16, embed_dim=4)
+
+
+def _random_model(cfg: ModelConfig = SMALL, seed: int = 0) -> HamiltonianCorrection:
+    torch.manual_seed(seed)
+    m = HamiltonianCorrection(cfg).double()
+    with torch.no_grad():  # the heads start at (near) zero; make every path count
+        for p in m.parameters():
+            if p.abs().max() == 0:
+                p.normal_(0, 0.3)
+    return m
+
+
+@pytest.fixture(scope="module")
+def layout_maps():
+    return BlockIrreps(BasisLayout())
+
+
+def test_block_irreps_are_orthogonal_and_equivariant(layout_maps):
+    bi = layout_maps
+    for mat in (bi.matrix, bi.matrix_spin):
+        assert np.allclose(mat.T @ mat, np.eye(mat.shape[1]), atol=1e-12)
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    q *= np.sign(np.linalg.det(q))
+    n = bi.layout.size
+    D = np.zeros((n, n))
+    for l, _z, o in bi.layout.shells:
+        D[o : o + 2 * l + 1, o : o + 2 * l + 1] = wigner_d(l, q)
+    B = rng.normal(size=(1, n, n))
+    c = bi.to_irreps(torch.tensor(B))[0].numpy()
+    c_rot = bi.to_irreps(torch.tensor(D @ B[0] @ D.T)[None])[0].numpy()
+    Dir = irreps_d(bi.irreps, q)
+    assert np.allclose(Dir @ c, c_rot, atol=1e-10)
+    assert np.allclose(bi.from_irreps(torch.tensor(c)[None])[0].numpy(), B[0], atol=1e-12)
+
+
+@pytest.mark.parametrize("run", ["s0221", "t0045"])
+def test_model_is_e3_equivariant_and_hermitian(run):
+    """Random rotations and inversion: predicted blocks transform with Wigner-D (and SU(2) for SOC)."""
+    system = read_run(need(DATA / "runs" / run))
+    model = _random_model()
+    predict = lambda s: predict_correction(model, s, dtype=torch.float64)  # noqa: E731
+    assert_hamiltonian_equivariant(predict, system, n_rotations=2, rtol=1e-5)
+    d = predict(system)
+    assert np.abs(d.data).max() > 1e-4  # the test can fail: the model is not trivially zero
+    k = np.random.default_rng(1).random((2, 3))
+    hk = KAssembler(d, spinor=d.spin == "spinor")(k)
+    assert np.allclose(hk, np.conj(np.swapaxes(hk, 1, 2)), atol=1e-12)
+    if d.spin == "spinor":  # time reversal: ΔH(k) = σy ΔH(-k)* σy
+        sy = np.kron(np.eye(d.dim), np.array([[0, -1j], [1j, 0]]))
+        hm = KAssembler(d, spinor=True)(-k)
+        assert np.allclose(hk, sy @ np.conj(hm) @ sy.conj().T, atol=1e-10)
+
+
+def test_equivariance_helper_catches_a_broken_model():
+    system = read_run(need(EXAMPLE))
+    model = _random_model()
+
+    def broken(s):
+        d = predict_correction(model, s, dtype=torch.float64)
+        return d.with_data(d.data + 1e-3 * s.positions[0, 0])  # depends on absolute orientation
+
+    with pytest.raises(AssertionError, match="not equivariant"):
+        assert_hamiltonian_equivariant(broken, system, n_rotations=1, inversion=False)
+
+
+def test_translation_and_permutation_invariance():
+    system = read_run(need(EXAMPLE))
+    model = _random_model()
+    base = predict_correction(model, system, dtype=torch.float64)
+    import copy
+
+    moved = copy.copy(system)
+    moved.positions = system.positions + np.array([0.37, -1.2, 2.5])
+    assert predict_correction(model, moved, dtype=torch.float64).max_abs_diff(base) < 1e-10
+    perm = np.array([1, 0])
+    swapped = copy.copy(system)
+    swapped.positions = system.positions[perm]
+    swapped.kinds = system.kinds[perm]
+    swapped.matrices = {k: v.permute_atoms(perm) for k, v in system.matrices.items()}
+    got = predict_correction(model, swapped, dtype=torch.float64)
+    assert got.max_abs_diff(base.permute_atoms(perm)) < 1e-10
+
+
+def test_config_yaml_round_trip(tmp_path):
+    cfg = TrainConfig(data="x.h5", held_out_elements=("Au",), model=SMALL)
+    p = tmp_path / "c.yaml"
+    p.write_text(dump_yaml(cfg))
+    assert load_train_config(p) == cfg
+    p.write_text("epochs: 3\nbogus: 1\n")
+    with pytest.raises(ValueError, match="bogus"):
+        load_train_config(p)
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ds") / "train.h5"
+    ex = str(need(EXAMPLE))
+    res = CliRunner().invoke(main, ["dataset", "build", ex, ex, ex, "-o", str(out)])
+    assert res.exit_code == 0, res.stderr
+    return out
+
+
+def _config(tmp_path: Path, data: Path, **kw) -> Path:
+    opts = {"epochs": 2, **kw}
+    cfg = TrainConfig(data=str(data), out_dir=str(tmp_path / "run"), val_fraction=0.0, test_fraction=0.0,
+                      batch_size=1, k_per_structure=2, budget_minutes=5, model=SMALL, **opts)
+    p = tmp_path / "cfg.yaml"
+    p.write_text(dump_yaml(cfg))
+    return p
+
+
+def test_train_cli_checkpoints_resumes_and_logs(tmp_path, tiny_dataset):
+    cfg = _config(tmp_path, tiny_dataset)
+    res = CliRunner().invoke(main, ["train", str(cfg), "--device", "cpu"])
+    assert res.exit_code == 0, res.stderr
+    run = tmp_path / "run"
+    assert (run / "checkpoint.pt").is_file() and (run / "best.pt").is_file() and (run / "best.json").is_file()
+    lines = (run / "log.csv").read_text().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("epoch")
+    # resume: more epochs continue from the checkpoint
+    txt = cfg.read_text().replace("epochs: 2", "epochs: 3")
+    cfg.write_text(txt)
+    res = CliRunner().invoke(main, ["train", str(cfg), "--device", "cpu"])
+    assert res.exit_code == 0, res.stderr
+    assert len((run / "log.csv").read_text().splitlines()) == 4
+    # fine-tune from the trained model into a new folder
+    cfg2 = tmp_path / "ft.yaml"
+    cfg2.write_text(txt.replace(str(run), str(tmp_path / "ft")))
+    res = CliRunner().invoke(main, ["train", str(cfg2), "--init", str(run / "best.pt"), "--device", "cpu"])
+    assert res.exit_code == 0, res.stderr
+
+
+def test_two_gloo_ranks_hold_identical_weights(tmp_path, tiny_dataset):
+    cfg = _config(tmp_path, tiny_dataset, epochs=1)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "nextham_dft.model.train", str(cfg), "--max-steps", "1"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    a = torch.load(tmp_path / "run" / "final_rank0.pt")
+    b = torch.load(tmp_path / "run" / "final_rank1.pt")
+    init = HamiltonianCorrection(SMALL)  # same seed as training
+    torch.manual_seed(0)
+    init = HamiltonianCorrection(SMALL).state_dict()
+    changed = False
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+        changed |= not torch.equal(a[k], init[k])
+    assert changed  # a step was taken
