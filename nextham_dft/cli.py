@@ -454,3 +454,39 @@ def _with_prediction(system, h_pred):
     out.reference_eigenvalues = {k: v for k, v in system.reference_eigenvalues.items() if k == "H0"}
     out.fermi_ev = {k: v for k, v in system.fermi_ev.items() if k == "H0"}
     return out
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_dir", type=click.Path(), default=None, help="New folder (default: RUN_DIR/nextham-zeroth).")
+@click.option("--keep-kpoints", is_flag=True, help="Keep the user's k-mesh for the zeroth step (default: 1×1×1).")
+@click.option("--run", "run_now", is_flag=True, help="Run ABACUS now (needs an executable).")
+@click.option("--abacus", "abacus_exe", default=None, help="ABACUS executable (default: 'abacus' on PATH).")
+@click.option("--mpi", type=int, default=1, show_default=True, help="MPI processes for --run.")
+@friendly_errors
+def setup(run_dir, out_dir, keep_kpoints, run_now, abacus_exe, mpi):
+    """Write the zeroth-step input (one SCF iteration from atomic densities) of an ABACUS input set."""
+    import shlex
+    import shutil
+    import subprocess
+
+    from .adapters.abacus.setup import setup_zeroth_step
+
+    out = setup_zeroth_step(run_dir, out_dir, keep_kpoints)
+    exe = abacus_exe or "abacus"
+    cmd = ([f"mpirun -np {mpi}"] if mpi > 1 else []) + [exe]
+    click.echo(f"wrote {out}/INPUT, STRU, KPT" + ("" if keep_kpoints else " (1×1×1: H(0)(R) does not depend on the mesh; "
+                                                  "your mesh is kept in KPT.user)"))
+    click.echo(f"run it:  cd {shlex.quote(str(out))} && {' '.join(cmd)}")
+    click.echo(f"then:    nextham-dft predict {shlex.quote(str(out))} --out {shlex.quote(str(out))}/prediction")
+    if run_now:
+        path = shutil.which(exe)
+        if path is None:
+            raise NexthamError(f"ABACUS executable {exe!r} not found (give --abacus PATH)")
+        argv = (["mpirun", "-np", str(mpi)] if mpi > 1 else []) + [path]
+        proc = subprocess.Popen(argv, cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            click.echo(line.rstrip())
+        if proc.wait() != 0:
+            raise NexthamError(f"ABACUS exited with status {proc.returncode} (see {out})")

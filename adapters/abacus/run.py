@@ -378,11 +378,13 @@ def read_run(
     )
     # k-points of the run
     kpt_path = run_dir / params.get("kpoint_file", "KPT")
+    if (run_dir / "KPT.user").is_file():  # written by `nextham-dft setup`: the user's own mesh
+        kpt_path = run_dir / "KPT.user"
     if kpt_path.is_file():
         kpt = read_kpt(kpt_path)
         if kpt.kind == "mesh":
             system.kpoints = KPoints.from_mesh(kpt.mesh, kpt.shift)
-    for s in used:
+    for s in used if not (run_dir / "KPT.user").is_file() else []:
         kp = find(s.directory, "kpoints")
         if kp is not None:
             k, w = read_kpoints(kp)
