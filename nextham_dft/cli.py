@@ -285,6 +285,9 @@ def dataset_build(sources, output, force, require_both, select):
                     sid = f"{base}_{k}"
                 write_system(f.create_group(sid), system)
                 n += 1
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

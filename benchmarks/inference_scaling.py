@@ -1,0 +1,108 @@
+"""Predict time and peak memory versus cell size, on supercells built exactly from primitive runs.
+
+Each size runs in a fresh subprocess (peak RSS per size). Stages: graph build, model, assembly
+(padded corrections → block-sparse H), write (hamiltonian.h5). Prints a table, the fitted scaling
+exponent over the sizes ≥ 100 atoms, and writes JSON.
+Usage: python benchmarks/inference_scaling.py [--run DIR] [--cells 1 8 64 216 512] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parents[1]
+DEFAULT_RUNS = [str(HERE / "examples/abacus-si2"), str(HERE.parent / "shared/data/abacus-dojo-fr/supercell/alp_prim_soc")]
+
+
+def one(run: str, n: int, device: str) -> dict:
+    import resource
+
+    import h5py
+    import torch
+
+    from nextham_dft.core.supercell import make_supercell
+    from nextham_dft.dataset import write_system
+    from nextham_dft.model.graph import build_graph, corrections_to_blocks
+    from nextham_dft.model.store import bundled_model_path, load_model
+    from nextham_dft.registry import read_run
+
+    torch.set_num_threads(2)
+    prim = read_run(run)
+    a = round(n ** (1 / 3))
+    P = np.diag([a, a, max(1, round(n / (a * a)))])
+    t = time.perf_counter()
+    sc = make_supercell(prim, P)
+    sc.matrices.pop("H", None)
+    t_super = time.perf_counter() - t
+    model, _ = load_model(bundled_model_path())
+    model.to(device)
+    t = time.perf_counter()
+    g, idx = build_graph(sc, model.layout, with_target=False)
+    t_graph = time.perf_counter() - t
+    t = time.perf_counter()
+    with torch.no_grad():
+        d, s = model(g.to(device))
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t_model = time.perf_counter() - t
+    t = time.perf_counter()
+    dm = corrections_to_blocks(sc, idx, model.layout, d[: idx.n_stored].double().cpu().numpy(),
+                               None if s is None else s[: idx.n_stored].double().cpu().numpy())
+    h0 = sc.matrices["H0"]
+    sc.matrices["H"] = h0.with_data(h0.data + dm.data)
+    t_asm = time.perf_counter() - t
+    t = time.perf_counter()
+    out = Path("/tmp") / f"nextham_bench_{n}.h5"
+    with h5py.File(out, "w") as f:
+        write_system(f.create_group("x"), sc)
+    out.unlink()
+    t_write = time.perf_counter() - t
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # GiB
+    return {"atoms": sc.n_atoms, "edges": len(g.edge_src), "spin": sc.spin_mode, "supercell_s": t_super,
+            "graph_s": t_graph, "model_s": t_model, "assembly_s": t_asm, "write_s": t_write,
+            "predict_s": t_graph + t_model + t_asm, "peak_rss_gib": rss, "device": device}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run", nargs="+", default=DEFAULT_RUNS)
+    ap.add_argument("--cells", type=int, nargs="+", default=[1, 8, 27, 64, 216, 512])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", default="inference_scaling.json")
+    ap.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker:
+        print(json.dumps(one(a.worker[0], int(a.worker[1]), a.worker[2])))
+        return
+    rows = []
+    print(f"{'run':<16}{'atoms':>6}{'edges':>8}{'graph s':>9}{'model s':>9}{'assem s':>9}{'write s':>9}{'predict s':>10}{'peak GiB':>9}")
+    for run in a.run:
+        for n in a.cells:
+            res = subprocess.run([sys.executable, __file__, "--worker", run, str(n), a.device], capture_output=True,
+                                 text=True)
+            if res.returncode != 0:
+                print(f"{Path(run).name:<16}{n:>6} cells: failed: {res.stderr.strip().splitlines()[-1]}")
+                break
+            r = json.loads(res.stdout.strip().splitlines()[-1])
+            r["run"] = Path(run).name
+            rows.append(r)
+            print(f"{r['run']:<16}{r['atoms']:6d}{r['edges']:8d}{r['graph_s']:9.2f}{r['model_s']:9.2f}{r['assembly_s']:9.2f}"
+                  f"{r['write_s']:9.2f}{r['predict_s']:10.2f}{r['peak_rss_gib']:9.2f}", flush=True)
+    for run in {r["run"] for r in rows}:
+        big = [r for r in rows if r["run"] == run and r["atoms"] >= 100]
+        if len(big) >= 2:
+            x = np.log([r["atoms"] for r in big])
+            y = np.log([r["predict_s"] for r in big])
+            print(f"{run}: predict time ∝ N^{np.polyfit(x, y, 1)[0]:.2f} (≥ 100 atoms)")
+    Path(a.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
