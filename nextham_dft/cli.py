@@ -493,3 +493,34 @@ def setup(run_dir, out_dir, keep_kpoints, run_now, abacus_exe, mpi):
             click.echo(line.rstrip())
         if proc.wait() != 0:
             raise NexthamError(f"ABACUS exited with status {proc.returncode} (see {out})")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["deeph"]), default="deeph", show_default=True)
+@click.option("--source", type=click.Choice(sorted(SOURCES)), default="scf", show_default=True,
+              help="Which Hamiltonian to export.")
+@click.option("--out", "out_dir", type=click.Path(), required=True, help="New output folder.")
+@click.option("--model", "model_path", default=None, help="Model for --source predicted (default: bundled).")
+@click.option("--force", is_flag=True, help="Replace a previous nextham-dft output folder.")
+@run_options
+@friendly_errors
+def export(run_dir, fmt, source, out_dir, model_path, force, zeroth, converged, orbital_dir):
+    """Export a Hamiltonian and S in another tool's format (DeepH: hamiltonians.h5, overlaps.h5, …)."""
+    from .adapters.deeph import write_deeph
+    from .writers.output import output_dir
+
+    system = _read(run_dir, zeroth, converged, orbital_dir)
+    tag = SOURCES[source]
+    if source == "predicted":
+        from .model.compat import check_run
+        from .model.predict import predict_hamiltonian
+
+        model, card = _load_model(model_path)
+        for w in check_run(system, card, model.layout):
+            click.echo(f"warning: {w}", err=True)
+        system.matrices["HP"] = predict_hamiltonian(model, system, _device("auto"))
+    system.hamiltonian(tag)
+    with output_dir(out_dir, force) as tmp:
+        write_deeph(tmp, system, tag)
+    click.echo(f"wrote {out_dir} ({fmt}, {source})")

@@ -25,7 +25,7 @@ class Adapter(Protocol):
     def read_run(self, path: Path, **options: Any) -> System: ...
 
 
-_BUILTIN = {"abacus": "nextham_dft.adapters.abacus:AbacusAdapter"}
+_BUILTIN = {"abacus": "nextham_dft.adapters.abacus:AbacusAdapter", "deeph": "nextham_dft.adapters.deeph:DeepHAdapter"}
 _cache: dict[str, Adapter] | None = None
 
 
