@@ -94,7 +94,7 @@ def step_loss(model, batch: list[Item], cfg: TrainConfig, use_kspace: bool = Tru
         loss = loss + cfg.w_kspace * lk
         parts["kspace"] = lk.item()
     if spin is not None and g.target_spin is not None:
-        ls = real_space_loss(spin, g.target_spin, g.mask, scale)
+        ls = real_space_loss(spin, g.target_spin, g.mask, cfg.spin_scale)
         loss = loss + cfg.w_spin * ls
         parts["spin"] = ls.item()
     return loss, parts
