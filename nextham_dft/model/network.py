@@ -125,6 +125,15 @@ class HamiltonianCorrection(nn.Module):
         self.edge_lin = o3.Linear(self.irreps_in, bir)
         self.pair_tp = o3.FullyConnectedTensorProduct(h, h, bir)
         self.channel_gate = MLP([cfg.mlp_hidden + 2 * n0, cfg.mlp_hidden, bir.num_irreps])
+        # per-atom, per-shell potential shifts v_i[shell]: ΔH_ij += ½ (v_i[a] + v_j[b]) S_ij[a, b]
+        # (the self-consistent change of the local potential; equivariant since each shell-pair
+        # sub-block is only scaled)
+        self.register_buffer("slot_of", torch.tensor(self._slot_of_orbital(), dtype=torch.long), persistent=False)
+        n_slots = len(self.layout.shells)
+        self.potential = MLP([self.irreps_hidden.count("0e") + cfg.embed_dim, cfg.mlp_hidden, n_slots])
+        with torch.no_grad():
+            self.potential.net[-1].weight.zero_()
+            self.potential.net[-1].bias.zero_()
         self.out_lin = o3.Linear(bir, bir)
         with torch.no_grad():  # start from ΔH = 0, i.e. from H(0) itself
             for w in self.out_lin.parameters():
@@ -142,6 +151,12 @@ class HamiltonianCorrection(nn.Module):
                     w.zero_()
 
     # --------------------------------------------------------------------------------
+    def _slot_of_orbital(self) -> list[int]:
+        out = []
+        for k, (l, _z, _o) in enumerate(self.layout.shells):
+            out += [k] * (2 * l + 1)
+        return out
+
     def _scalars(self, h: torch.Tensor) -> torch.Tensor:
         return h[:, : self.irreps_hidden.count("0e")]
 
@@ -185,6 +200,10 @@ class HamiltonianCorrection(nn.Module):
         y = base * gates[:, self.out_index] + self.pair_tp(h[g.edge_src], h[g.edge_dst]) * size
         y = self.out_lin(y) * cfg.target_scale
         blocks = (y @ T.T).reshape(E, n, n)
+        v = self.potential(torch.cat([self._scalars(h), self.embed(g.z)], dim=1)) * cfg.target_scale  # [atoms, slots]
+        vi = v[g.edge_src][:, self.slot_of]  # [E, n]
+        vj = v[g.edge_dst][:, self.slot_of]
+        blocks = blocks + 0.5 * (vi[:, :, None] + vj[:, None, :]) * g.s
         blocks = 0.5 * (blocks + blocks[g.mirror].transpose(1, 2)) * g.mask
         spin = None
         if cfg.spin_head and g.spinor and g.h0_spin is not None:
