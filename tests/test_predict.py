@@ -1,0 +1,104 @@
+"""`nextham-dft predict` and `eval` with the bundled model, and its model card."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from nextham_dft.adapters.abacus import read_run
+from nextham_dft.cli import main
+from nextham_dft.dataset import read_system
+from nextham_dft.model.store import ModelFileError, bundled_model_path, load_model
+
+from .conftest import DATA, EXAMPLE, need
+from .test_cli import assert_clean_error
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_bundled_model_card_and_checksum(tmp_path):
+    model, card = load_model(bundled_model_path())
+    assert bundled_model_path().stat().st_size < 30e6
+    for key in ("elements", "orbital_files", "basis_labels", "spin_modes", "training", "split", "sha256"):
+        assert key in card
+    assert "Si" in card["elements"] and card["training"]["wall_clock_s"] <= 2.5 * 3600
+    bad = tmp_path / "model.pt"
+    data = bytearray(bundled_model_path().read_bytes())
+    data[-10] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    shutil.copy(bundled_model_path().with_suffix(".json"), tmp_path / "model.json")
+    with pytest.raises(ModelFileError, match="checksum"):
+        load_model(bad)
+
+
+def test_predict_example_writes_outputs_and_beats_nothing_silently(tmp_path):
+    out = tmp_path / "pred"
+    res = run("predict", str(need(EXAMPLE)), "--out", str(out), "--device", "cpu")
+    assert res.exit_code == 0, res.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["device"] == "cpu" and set(report["timings"]) >= {"read_s", "predict_s", "write_s"}
+    ev = report["eval"]
+    assert ev["predicted"]["ghost_states"] == 0
+    with h5py.File(out / "hamiltonian.h5") as f:
+        system = read_system(f[next(iter(f))])
+    assert set(system.matrices) == {"H0", "H", "S"}
+    # hermitian by construction, and the ABACUS files read back as the same matrix
+    from nextham_dft.adapters.abacus.csr import read_csr
+
+    c = read_csr(out / "abacus" / "data-HR-sparse_SPIN0.csr")
+    assert c.dim == 26
+    orig = read_run(EXAMPLE)
+    assert system.matrices["H0"].max_abs_diff(orig.matrices["H0"]) == 0.0
+    # an existing output folder is kept unless --force
+    assert_clean_error(run("predict", str(EXAMPLE), "--out", str(out)))
+
+
+def test_predicted_bands_plot(tmp_path):
+    res = run("bands", str(need(EXAMPLE)), "--source", "predicted", "--compare", "scf", "--out", str(tmp_path / "b"),
+              "--density", "10")
+    assert res.exit_code == 0, res.stderr
+    assert (tmp_path / "b" / "bands.png").is_file()
+
+
+def test_predict_soc_run_keeps_h0_spin_orbit_part():
+    from nextham_dft.evaluation import evaluate
+    from nextham_dft.model.predict import predict_hamiltonian
+
+    system = read_run(need(DATA / "runs" / "t0045"))
+    model, _ = load_model(bundled_model_path())
+    ev = evaluate(system, predict_hamiltonian(model, system))
+    assert ev["predicted"]["soc_mae_uev"] < 1.0  # μeV
+    assert ev["predicted"]["ghost_states"] == 0
+
+
+def test_predict_refuses_foreign_basis_and_magnetic_runs(tmp_path):
+    run_dir = tmp_path / "r"
+    shutil.copytree(need(EXAMPLE), run_dir)
+    orb = run_dir / "Si_gga_6au_100Ry_2s2p1d.orb"
+    text = orb.read_text().replace("Number of Sorbital-->       2", "Number of Sorbital-->       5")
+    orb.write_text(text)
+    res = run("predict", str(run_dir), "--out", str(tmp_path / "o1"))
+    assert_clean_error(res)
+    soc = tmp_path / "soc"
+    shutil.copytree(need(DATA / "runs" / "t0045"), soc)
+    stru = (soc / "STRU").read_text()
+    assert "\n2e-05\n" in stru
+    (soc / "STRU").write_text(stru.replace("\n2e-05\n", "\n1.5\n", 1))  # a real starting moment
+    res = run("predict", str(soc), "--out", str(tmp_path / "o2"), "--orbital-dir", str(DATA / "pp_orb"))
+    assert_clean_error(res)
+    assert "magnetic" in res.stderr
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_eval_command_on_a_run_directory(tmp_path):
+    res = run("eval", "bundled", str(need(EXAMPLE)), "--json", str(tmp_path / "e.json"))
+    assert res.exit_code == 0, res.stderr
+    d = json.loads((tmp_path / "e.json").read_text())
+    assert d["summary"]["h0"]["h_mae_mev"] > 0 and np.isfinite(d["summary"]["predicted"]["band_mae_mev"])
