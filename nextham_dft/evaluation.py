@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .core.blocks import BlockSparse
+from .core.blocks import BlockSparse, spinor_to_ab
 from .core.kspace import band_energies
 from .core.system import System
 
@@ -19,12 +19,7 @@ from .core.system import System
 def _parts(m: BlockSparse) -> tuple[np.ndarray, np.ndarray | None]:
     """Spin-free part (nnz,) and spin part (nnz, 3) (None without spinors) of a Hamiltonian's entries."""
     if m.spin == "spinor":
-        d = m.data
-        a = 0.5 * (d[:, 0, 0] + d[:, 1, 1]).real
-        from .core.sph import PAULI
-
-        b = np.stack([0.5 * np.einsum("st,nts->n", PAULI[c], d).imag for c in range(3)], axis=1)
-        return a, b
+        return spinor_to_ab(m.data)
     return m.data.real if np.iscomplexobj(m.data) else m.data, None
 
 

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nextham_dft.core.blocks import BlockSparse
+from nextham_dft.core.blocks import BlockSparse, ab_to_spinor
 from nextham_dft.core.kspace import Smearing
-from nextham_dft.core.sph import PAULI
 from nextham_dft.core.system import KPoints, System
 from nextham_dft.core.units import RY_TO_EV
 from nextham_dft.errors import ParseError
@@ -97,7 +96,7 @@ def read_structure(path: str | Path, sid: str, pp_orb: str | Path | None = None)
             if tag == "S":
                 m = BlockSparse.from_coo(norb, rows, cols, R, data, "none")
             elif data.ndim == 2:  # (a, bx, by, bz)
-                spinor = data[:, 0, None, None] * np.eye(2) + 1j * np.einsum("nc,cst->nst", data[:, 1:], PAULI)
+                spinor = ab_to_spinor(data[:, 0], data[:, 1:])
                 m = BlockSparse.from_coo(norb, rows, cols, R, spinor * RY_TO_EV, "spinor")
             else:
                 m = BlockSparse.from_coo(norb, rows, cols, R, data * RY_TO_EV, "none")

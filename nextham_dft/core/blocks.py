@@ -374,3 +374,22 @@ class BlockSparse:
         d = float(np.max(np.abs(a.data - other.data), initial=0.0))
         b = other.aligned_to(self)
         return max(d, float(np.max(np.abs(self.data - b.data), initial=0.0)))
+
+
+def spinor_to_ab(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Spinor entries (…, 2, 2) → real (a (…), b (…, 3)) with M = a ⊗ 1 + i b·σ.
+
+    Exact for a time-reversal-symmetric Hamiltonian; otherwise the time-reversal-even part.
+    """
+    from .sph import PAULI
+
+    a = 0.5 * (data[..., 0, 0] + data[..., 1, 1]).real
+    b = np.stack([0.5 * np.einsum("st,...ts->...", PAULI[c], data).imag for c in range(3)], axis=-1)
+    return a, b
+
+
+def ab_to_spinor(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Real (a (n,), b (n, 3)) → spinor entries (n, 2, 2) = a ⊗ 1 + i b·σ."""
+    from .sph import PAULI
+
+    return a[:, None, None] * np.eye(2) + 1j * np.einsum("nc,cst->nst", b, PAULI)

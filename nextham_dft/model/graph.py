@@ -11,8 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..core.blocks import BlockSparse
-from ..core.sph import PAULI
+from ..core.blocks import BlockSparse, ab_to_spinor, spinor_to_ab
 from ..core.system import System
 from .irreps import BasisLayout
 
@@ -48,14 +47,6 @@ class Graph:
     def to(self, device) -> Graph:
         kw = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
         return Graph(**kw)
-
-
-def _spin_parts(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Spinor entries (…, 2, 2) → (a, b) with M = a ⊗ 1 + i b·σ (time-reversal-even part)."""
-    a = 0.5 * (data[..., 0, 0] + data[..., 1, 1]).real
-    # tr(σ_c M) = 2 i b_c  →  b_c = Im tr(σ_c M) / 2 (real part of the TR-symmetric form)
-    b = np.stack([0.5 * np.einsum("st,...ts->...", PAULI[c], data).imag for c in range(3)], axis=-1)
-    return a, b
 
 
 @dataclass
@@ -115,7 +106,7 @@ def build_graph(system: System, layout: BasisLayout, with_target: bool = True, d
     spinor = h0.spin == "spinor"
     h0_spin = None
     if spinor:
-        a, b = _spin_parts(h0p)
+        a, b = spinor_to_ab(h0p)
         h0p, h0_spin = a, b
     mask_orb = [np.zeros(n, bool) for _ in system.bases]
     for k, p in enumerate(pos):
@@ -146,7 +137,7 @@ def build_graph(system: System, layout: BasisLayout, with_target: bool = True, d
     if with_target and "H" in system.matrices:
         hp = _padded(system, system.matrices["H"], idx, layout, pos)
         if spinor:
-            a, b = _spin_parts(hp)
+            a, b = spinor_to_ab(hp)
             g.target = torch.as_tensor(a, dtype=dtype) - g.h0
             g.target_spin = torch.as_tensor(b, dtype=dtype) - g.h0_spin
         else:
@@ -188,7 +179,7 @@ def corrections_to_blocks(system: System, idx: EdgeIndex, layout: BasisLayout, d
     a = delta[edge, r, c]
     if h0.spin == "spinor":
         b = delta_spin[edge, r, c] if delta_spin is not None else np.zeros((len(a), 3))
-        data = a[:, None, None] * np.eye(2) + 1j * np.einsum("nc,cst->nst", b, PAULI)
+        data = ab_to_spinor(a, b)
         m = BlockSparse(norb, ei, ej, R, off, data, "spinor")
     else:
         m = BlockSparse(norb, ei, ej, R, off, a.astype(np.float64), "none")

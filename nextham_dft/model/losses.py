@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..core.blocks import spinor_to_ab
 from ..core.kspace import KAssembler
 from ..core.system import System
 from .graph import EdgeIndex
@@ -50,7 +51,7 @@ def build_kdata(system: System, idx: EdgeIndex, layout: BasisLayout, kfrac: np.n
     d = h.aligned_to(h0)
     dd = d.data - h0.data
     if h0.spin == "spinor":
-        dd = 0.5 * (dd[..., 0, 0] + dd[..., 1, 1]).real
+        dd = spinor_to_ab(dd)[0]
     dm = h0.with_data(dd, "none")
     sk = KAssembler(s)(kfrac)
     w, v = np.linalg.eigh(sk)
