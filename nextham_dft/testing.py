@@ -104,3 +104,42 @@ def assert_hamiltonian_equivariant(predict, system, n_rotations: int = 2, rtol: 
         if err > rtol * scale:
             raise AssertionError(f"not equivariant under Q (det {np.linalg.det(q):+.0f}): max deviation {err:.3e} "
                                  f"(relative {err / scale:.2e} > {rtol:.1e})")
+
+
+def orbital_convention_residual(system, min_norm: float = 1e-3) -> tuple[float, int]:
+    """How far the overlap blocks are from the canonical real-harmonic convention.
+
+    For an s shell on atom i and a shell of angular momentum l on atom j at bond vector
+    d = τ_j + R − τ_i, the overlap <s_i| φ_j,lm> is a radial function of |d| times Y_lm(d̂):
+    in the canonical (e3nn) convention the (2l+1)-vector S[s, l-shell] is parallel to e3nn's
+    Y_l(d̂). Returns (largest relative perpendicular part, number of vectors checked) over all
+    off-site blocks of S whose vector norm exceeds ``min_norm``. A wrong order or sign of any m
+    gives O(1); the right convention gives round-off.
+    """
+    from .core.sph import e3nn_harmonics
+
+    s = system.matrices["S"]
+    ei, ej, R, off, data = s.full_blocks()
+    worst, count = 0.0, 0
+    for e in range(len(ei)):
+        i, j = int(ei[e]), int(ej[e])
+        d = system.positions[j] + R[e] @ system.lattice - system.positions[i]
+        if np.linalg.norm(d) < 1e-6:
+            continue
+        bi, bj = system.bases[system.kinds[i]], system.bases[system.kinds[j]]
+        blk = data[off[e] : off[e + 1]].reshape(bi.norb, bj.norb)
+        for sh_i, sl_i in zip(bi.shells, bi.shell_slices()):
+            if sh_i.l != 0:
+                continue
+            for sh_j, sl_j in zip(bj.shells, bj.shell_slices()):
+                if sh_j.l == 0:
+                    continue
+                v = blk[sl_i, sl_j][0]
+                nv = np.linalg.norm(v)
+                if nv < min_norm:
+                    continue
+                y = e3nn_harmonics(sh_j.l, d[None])[0]
+                y = y / np.linalg.norm(y)
+                worst = max(worst, float(np.linalg.norm(v - (v @ y) * y) / nv))
+                count += 1
+    return worst, count

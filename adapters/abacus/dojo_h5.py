@@ -21,7 +21,7 @@ from nextham_dft.core.system import KPoints, System
 from nextham_dft.core.units import RY_TO_EV
 from nextham_dft.errors import ParseError
 
-from .inputs import read_input, read_kpt, read_stru
+from .inputs import abacus_positions, read_input, read_kpt, read_stru
 from .run import _nelec, _smearing, canonical_transforms, read_basis
 
 
@@ -75,7 +75,7 @@ def read_structure(path: str | Path, sid: str, pp_orb: str | Path | None = None)
         transforms = canonical_transforms(bases)
         system = System(
             lattice=stru.lattice,
-            positions=stru.positions,
+            positions=abacus_positions(stru),
             kinds=kinds,
             bases=bases,
             spin_mode="noncollinear" if nspin == 4 else "none",

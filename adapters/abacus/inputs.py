@@ -58,6 +58,22 @@ class Stru:
     lattice_constant_bohr: float
 
 
+def abacus_positions(stru: Stru) -> np.ndarray:
+    """Cartesian positions (Å) as ABACUS uses them: fractional coordinates wrapped into [0, 1).
+
+    ABACUS moves every atom into the cell when it reads STRU (its periodic boundary adjustment:
+    taud += 1 while < 0, −= 1 while ≥ 1); the lattice vector R of every written H(R), S(R) and
+    density matrix refers to these wrapped positions, not to STRU's. An atom at fractional −0.01
+    sits at 0.99: keeping the STRU position would attach its blocks to the wrong bond vector
+    (eigenvalues do not notice, since the shift is a gauge change; geometry-aware models and
+    real-space densities do).
+    """
+    frac = stru.positions @ np.linalg.inv(stru.lattice)
+    frac = frac - np.floor(frac)
+    frac[frac >= 1.0] -= 1.0
+    return frac @ stru.lattice
+
+
 _SECTIONS = (
     "ATOMIC_SPECIES",
     "NUMERICAL_ORBITAL",

@@ -24,7 +24,7 @@ from nextham_dft.errors import BasisError, ParseError, RunDirectoryError
 
 from .convention import ABACUS_CONVENTION
 from .csr import CsrFile, read_csr
-from .inputs import OrbFile, read_input, read_kpt, read_orb, read_stru, read_upf_valence
+from .inputs import abacus_positions, OrbFile, read_input, read_kpt, read_orb, read_stru, read_upf_valence
 from .outputs import LogFacts, read_eig_occ, read_istate, read_kpoints, read_log
 from .textio import find
 
@@ -367,7 +367,7 @@ def read_run(
     logs = [s.log for s in used if s.log is not None]
     system = System(
         lattice=stru.lattice,
-        positions=stru.positions,
+        positions=abacus_positions(stru),
         kinds=kinds,
         bases=bases,
         spin_mode=spin_mode,
