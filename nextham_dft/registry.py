@@ -25,7 +25,12 @@ class Adapter(Protocol):
     def read_run(self, path: Path, **options: Any) -> System: ...
 
 
-_BUILTIN = {"abacus": "nextham_dft.adapters.abacus:AbacusAdapter", "deeph": "nextham_dft.adapters.deeph:DeepHAdapter"}
+_BUILTIN = {
+    "abacus": "nextham_dft.adapters.abacus:AbacusAdapter",
+    "deeph": "nextham_dft.adapters.deeph:DeepHAdapter",
+    "openmx": "nextham_dft.adapters.openmx:OpenMXAdapter",
+    "siesta": "nextham_dft.adapters.siesta:SiestaAdapter",
+}
 _cache: dict[str, Adapter] | None = None
 
 

@@ -376,6 +376,25 @@ class BlockSparse:
         return max(d, float(np.max(np.abs(self.data - b.data), initial=0.0)))
 
 
+def spinor_from_spin_entries(
+    norb: np.ndarray, rows: np.ndarray, cols: np.ndarray, R: np.ndarray, s: np.ndarray, t: np.ndarray,
+    values: np.ndarray,
+) -> BlockSparse:
+    """Spinor BlockSparse from entries <φ_row s| M |φ_col t, R> given one spin component at a time.
+
+    rows, cols: orbital indices (without spin); s, t: spin indices (0 = up, 1 = down); values complex.
+    Entries of both halves may be given (mirror pairs are averaged as in :meth:`BlockSparse.from_coo`);
+    spin components never given are zero.
+    """
+    R = np.asarray(R, dtype=np.int64).reshape(-1, 3)
+    key = np.stack([R[:, 0], R[:, 1], R[:, 2], np.asarray(rows), np.asarray(cols)], 1)
+    keys, inv = np.unique(key, axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    vals = np.zeros((len(keys), 2, 2), dtype=np.complex128)
+    vals[inv, np.asarray(s), np.asarray(t)] = values
+    return BlockSparse.from_coo(norb, keys[:, 3], keys[:, 4], keys[:, :3], vals, "spinor")
+
+
 def spinor_to_ab(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Spinor entries (…, 2, 2) → real (a (…), b (…, 3)) with M = a ⊗ 1 + i b·σ.
 
