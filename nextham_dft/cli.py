@@ -497,6 +497,55 @@ def setup(run_dir, out_dir, keep_kpoints, run_now, abacus_exe, mpi):
 
 @main.command()
 @click.argument("run_dir", type=click.Path())
+@click.option("--source", type=click.Choice(sorted(SOURCES)), default="predicted", show_default=True,
+              help="Which Hamiltonian starts the SCF.")
+@click.option("--out", "out_dir", type=click.Path(), required=True, help="New output folder.")
+@click.option("--model", "model_path", default=None, help="Model for --source predicted (default: bundled).")
+@click.option("--force", is_flag=True, help="Replace a previous nextham-dft output folder.")
+@run_options
+@friendly_errors
+def restart(run_dir, source, out_dir, model_path, force, zeroth, converged, orbital_dir):
+    """Starting files for the DFT code's SCF: density (cube), H(R), DM(R) and the INPUTs that read them.
+
+    ABACUS: OUT/SPIN*_CHG.cube + INPUT (init_chg file, every version), hrs1_nao.csr + INPUT.init_chg_hr
+    (ABACUS ≥ 3.11), dmrs1_nao.csr + INPUT.init_chg_dm (nspin 1). SIESTA: OUT/LABEL.DM (DM.UseSaveDM).
+    """
+    from .writers.output import output_dir
+
+    system = _read(run_dir, zeroth, converged, orbital_dir)
+    tag = SOURCES[source]
+    if source == "predicted":
+        from .model.compat import check_run
+        from .model.predict import predict_hamiltonian
+
+        model, card = _load_model(model_path)
+        for w in check_run(system, card, model.layout):
+            click.echo(f"warning: {w}", err=True)
+        system.matrices["HP"] = predict_hamiltonian(model, system, _device("auto"))
+    system.hamiltonian(tag)
+    code = system.meta.get("code")
+    with output_dir(out_dir, force) as tmp:
+        if code == "abacus":
+            from .adapters.abacus.restart import write_restart
+
+            info = write_restart(tmp, Path(run_dir), system, tag)
+            (tmp / "restart.json").write_text(json.dumps({"source": source, **info}, indent=1))
+            click.echo(f"wrote {out_dir}: {', '.join(info['files'])}  (E_F {info['fermi_ev']:.4f} eV, grid "
+                       f"{'×'.join(map(str, info['grid']))} {info['grid_source']}, {info['electrons_on_grid']:.4f} "
+                       f"electrons on the grid)")
+            click.echo(f"run it:  cd {out_dir} && abacus     (or: cp INPUT.init_chg_hr INPUT, ABACUS ≥ 3.11)")
+        elif code == "siesta":
+            from .adapters.siesta.restart import write_dm
+
+            info = write_dm(tmp, Path(run_dir), system, tag)
+            (tmp / "restart.json").write_text(json.dumps({"source": source, **info}, indent=1))
+            click.echo(f"wrote {out_dir}/{info['file']}: copy it beside your fdf and set DM.UseSaveDM true")
+        else:
+            raise NexthamError(f"no starting-file writer for {code} runs (ABACUS and SIESTA have one)")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(["deeph"]), default="deeph", show_default=True)
 @click.option("--source", type=click.Choice(sorted(SOURCES)), default="scf", show_default=True,
               help="Which Hamiltonian to export.")

@@ -78,6 +78,27 @@ def _max_scf(fdf) -> int | None:
     return None
 
 
+def kgrid(fdf) -> tuple[tuple[int, int, int], tuple[float, float, float]] | None:
+    """The Monkhorst–Pack mesh and shift of an fdf (list form ``[n1 n2 n3]`` or the diagonal block form)."""
+    for key in ("kgrid.MonkhorstPack", "kgrid_Monkhorst_Pack"):
+        v = _fdf_get(fdf, key)
+        if v is None:
+            continue
+        try:
+            if isinstance(v, (list, tuple)) and v and isinstance(v[0], str):
+                rows = [[float(x) for x in ln.split()] for ln in v[:3]]
+                mesh = tuple(int(round(rows[k][k])) for k in range(3))
+                shift = tuple(float(rows[k][3]) if len(rows[k]) > 3 else 0.0 for k in range(3))
+            else:
+                arr = np.asarray(v, dtype=float).reshape(-1)[:3]
+                mesh, shift = tuple(int(x) for x in arr), (0.0, 0.0, 0.0)
+            if all(n > 0 for n in mesh):
+                return mesh, shift  # type: ignore[return-value]
+        except (ValueError, IndexError, TypeError):
+            return None
+    return None
+
+
 def _steps_in(directory: Path) -> list[Step]:
     out = []
     fdfs = sorted(p for p in directory.glob("*.fdf") if p.name != "out.fdf")
@@ -325,7 +346,9 @@ def read_run(run: str | Path, *, zeroth: str | None = None, converged: str | Non
                 if len(kfrac) == e.shape[-2]:
                     system.reference_eigenvalues[tag] = (kfrac, e)
                     if system.kpoints is None:
-                        system.kpoints = KPoints(kfrac, w)
+                        mg = kgrid(_fdf(st.fdf)) if st.fdf is not None else None
+                        system.kpoints = KPoints(kfrac, w, mg[0] if mg else None)
+                        system.meta_kshift = mg[1] if mg else None  # type: ignore[attr-defined]
     if not (s0 or sc) and load_matrices:
         h, S = _to_blocks(H, perm_global, norb, used[0].matrix)
         system.matrices["H"] = h.transform_orbitals(kinds_of_atom, transforms)

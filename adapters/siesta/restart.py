@@ -1,0 +1,84 @@
+"""A SIESTA density matrix (``LABEL.DM``) from a Hamiltonian, to start an SCF with ``DM.UseSaveDM true``.
+
+The DM is computed on the run's full Monkhorst–Pack mesh with its occupation function and electron
+count (:func:`nextham_dft.core.density.density_matrix`), converted back to SIESTA's orbital order
+and signs, placed on the sparsity pattern SIESTA itself wrote (read again through sisl) and written
+by sisl. Unpolarized runs; spin-polarized and spinor DMs are not written yet.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from nextham_dft.core.density import density_matrix
+from nextham_dft.core.system import KPoints, System
+from nextham_dft.errors import MissingDataError
+
+from .run import _basis_of, _pick, _read_matrix, canonical_transforms, find_steps
+
+
+def full_mesh(system: System) -> KPoints:
+    """The full mesh of the run, with the shift that contains SIESTA's own k-points (.KP)."""
+    if system.kpoints is None or system.kpoints.mesh is None:
+        raise MissingDataError("the run's k-mesh is unknown (kgrid.MonkhorstPack in the fdf): the DM needs it")
+    mesh = system.kpoints.mesh
+    best = None
+    for shift in [(0.0, 0.0, 0.0), tuple(0.5 if n % 2 == 0 else 0.0 for n in mesh), (0.5, 0.5, 0.5)]:
+        cand = KPoints.from_mesh(mesh, shift)
+        x = system.kpoints.frac[:, None, :] - cand.frac[None]
+        y = system.kpoints.frac[:, None, :] + cand.frac[None]
+        ok = np.all(np.any(np.all(np.abs(x - np.round(x)) < 1e-4, -1) | np.all(np.abs(y - np.round(y)) < 1e-4, -1), 1))
+        if ok:
+            return cand
+        best = best or cand
+    return best  # type: ignore[return-value]
+
+
+def siesta_dm(system: System, source: str):
+    """(sisl DensityMatrix in SIESTA's conventions, E_F eV) of Hamiltonian ``source`` of a SIESTA run."""
+    h, s = system.hamiltonian(source), system.matrices["S"]
+    if h.spin != "none":
+        raise MissingDataError(f"{system.spin_mode} SIESTA runs: only unpolarized DM files are written yet")
+    if system.nelec is None:
+        raise MissingDataError("the electron count is unknown (no SIESTA output with 'Total number of electrons')")
+    mesh = full_mesh(system)
+    dm, ef = density_matrix(h, s, mesh.frac, mesh.weights, system.nelec, system.smearing)
+    return dm, ef
+
+
+def write_dm(directory: str | Path, run_dir: str | Path, system: System, source: str) -> dict[str, object]:
+    """Write ``LABEL.DM`` of Hamiltonian ``source`` into ``directory``; returns a summary."""
+    import sisl
+
+    run_dir = Path(run_dir)
+    dm, ef = siesta_dm(system, source)
+    steps = find_steps(run_dir)
+    st = _pick(steps, "converged", None) or _pick(steps, "zeroth", None) or steps[0]
+    H = _read_matrix(st.matrix)
+    g = H.geometry
+    # canonical → SIESTA: harmonics back, then shells back to SIESTA's order
+    back = [t.T for t in canonical_transforms(system.bases)]
+    d = dm.transform_orbitals(system.kinds, back)
+    perms = [_basis_of(atom, st.directory)[1] for atom in g.atoms.atom]
+    norb = d.norb
+    aoff = np.concatenate([[0], np.cumsum(norb)])
+    perm = np.concatenate([aoff[a] + perms[k] for a, k in enumerate(system.kinds)])
+    rows, cols, R, vals = d.to_coo(full=True)
+    rows, cols = perm[rows], perm[cols]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = sisl.DensityMatrix(g, spin=H.spin, orthogonal=False, dtype=np.float64)
+        isc = np.array([g.sc_index(r) for r in R]) if len(R) else np.zeros(0, int)
+        colsc = cols + isc * g.no
+        from scipy.sparse import csr_matrix
+
+        dmat = csr_matrix((vals, (rows, colsc)), shape=(g.no, g.no_s))
+        Ssp = H.tocsr(H.S_idx)
+        out = sisl.DensityMatrix.fromsp(g, [dmat], S=Ssp)
+        path = Path(directory) / f"{st.label}.DM"
+        out.write(str(path))
+    return {"file": path.name, "fermi_ev": ef, "entries": int(dmat.nnz),
+            "electrons": float((dmat.multiply(Ssp)).sum())}
