@@ -33,7 +33,7 @@ def main() -> None:
     for run in a.runs:
         meta = json.loads((Path(run) / "meta.json").read_text())
         t = time.perf_counter()
-        s = read_run(run)
+        s = read_run(run, matrices=("H0", "S"))  # what a user's zeroth-step run holds
         t_read = time.perf_counter() - t
         t = time.perf_counter()
         predict_hamiltonian(model, s)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nextham_dft.core.blocks import unique_rows
 from nextham_dft.core.density import density_matrix, density_on_grid
 from nextham_dft.core.system import KPoints, System
 from nextham_dft.core.units import ANG_TO_BOHR, EV_TO_RY
@@ -145,7 +146,7 @@ def write_restart(directory: str | Path, run_dir: str | Path, system: System, so
     write_matrix(directory / "hrs1_nao.csr", h, system, "2025", "H")
     if nspin == 1:
         rows, cols, R, vals = to_abacus_coo(dm, system, False)
-        uR, ridx = np.unique(R, axis=0, return_inverse=True)
+        uR, ridx = unique_rows(R)
         write_csr(directory / "dmrs1_nao.csr", "2025", system.dim, uR, rows, cols, ridx.reshape(-1), vals, quantity="DM")
     p = _restart_inputs(params, run_dir)
     write_input(directory / "INPUT", {**p, "init_chg": "file"})

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from nextham_dft.core.basis import RadialFunction, SpeciesBasis, file_sha256, orbital_transform
-from nextham_dft.core.blocks import BlockSparse
+from nextham_dft.core.blocks import BlockSparse, unique_rows
 from nextham_dft.core.kspace import Smearing
 from nextham_dft.core.sph import code_to_canonical
 from nextham_dft.core.system import KPoints, System
@@ -280,8 +280,7 @@ def _csr_to_blocks(
                 raise BasisError(f"{f.path}: matrix dimension {f.dim} ≠ {n} orbitals of the basis")
         key_a = np.stack([a.R[a.Ridx].T[0], a.R[a.Ridx].T[1], a.R[a.Ridx].T[2], a.rows, a.cols], 1)
         key_b = np.stack([b.R[b.Ridx].T[0], b.R[b.Ridx].T[1], b.R[b.Ridx].T[2], b.rows, b.cols], 1)
-        keys, inv = np.unique(np.concatenate([key_a, key_b]), axis=0, return_inverse=True)
-        inv = inv.reshape(-1)
+        keys, inv = unique_rows(np.concatenate([key_a, key_b]))
         vals = np.zeros((len(keys), 2))
         vals[inv[: len(key_a)], 0] = a.values.real
         vals[inv[len(key_a) :], 1] = b.values.real
@@ -298,8 +297,7 @@ def _csr_to_blocks(
     nu, t = f0.cols // 2, f0.cols % 2
     R = f0.R[f0.Ridx]
     key = np.stack([R[:, 0], R[:, 1], R[:, 2], mu, nu], 1)
-    keys, inv = np.unique(key, axis=0, return_inverse=True)
-    inv = inv.reshape(-1)
+    keys, inv = unique_rows(key)
     vals = np.zeros((len(keys), 2, 2), dtype=np.complex128)
     vals[inv, s, t] = f0.values
     if overlap:
@@ -333,8 +331,12 @@ def read_run(
     converged: str | None = None,
     orbital_dir: str | Path | None = None,
     load_matrices: bool = True,
+    matrices: tuple[str, ...] = ("H0", "H", "S"),
 ) -> System:
-    """Read an ABACUS run directory: structure, basis, H(0), converged H, S, k-points, eigenvalues."""
+    """Read an ABACUS run directory: structure, basis, H(0), converged H, S, k-points, eigenvalues.
+
+    ``matrices`` limits which matrices are read (prediction needs only H0 and S).
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunDirectoryError(f"{run_dir}: not a directory")
@@ -400,7 +402,7 @@ def read_run(
             gen_csr = c
             system.matrices["S"] = csr_to_blocks([c], norb, kinds, transforms, 1.0, overlap=True)
         for tag, st in (("H0", s0), ("H", sc)):
-            if st is None or not st.h_files:
+            if st is None or not st.h_files or tag not in matrices:
                 continue
             cs = [read_csr(p) for p in st.h_files]
             gen_csr = cs[0]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nextham_dft.core.blocks import BlockSparse
+from nextham_dft.core.blocks import BlockSparse, unique_rows
 from nextham_dft.core.system import System
 from nextham_dft.core.units import EV_TO_RY
 
@@ -40,7 +40,7 @@ def write_matrix(path: str | Path, m: BlockSparse, system: System, generation: s
     rows, cols, R, vals = to_abacus_coo(mm, system, spinor)
     if quantity == "H":
         vals = vals * EV_TO_RY
-    uR, ridx = np.unique(R, axis=0, return_inverse=True)
+    uR, ridx = unique_rows(R)
     dim = system.dim
     write_csr(path, generation, dim, uR, rows, cols, ridx.reshape(-1), vals, quantity=quantity,
               complex_values=spinor, spin_index=spin_index + 1, n_spin=2 if system.spin_mode == "collinear" else 1)

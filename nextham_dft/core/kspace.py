@@ -14,7 +14,7 @@ from scipy.special import erfc
 
 from nextham_dft.errors import OverlapNotPositiveDefiniteError
 
-from .blocks import BlockSparse
+from .blocks import BlockSparse, unique_rows
 from .units import RY_TO_EV
 
 
@@ -36,7 +36,7 @@ class KAssembler:
                 raise ValueError("a spin-resolved matrix needs spinor=True (or pick one spin channel)")
             rows, cols, R, vals = m.to_coo(full=True)
             self.dim = m.dim
-        self.R, ridx = np.unique(R, axis=0, return_inverse=True)
+        self.R, ridx = unique_rows(R)
         self.ridx = ridx.reshape(-1)
         self.flat = rows * self.dim + cols
         order = np.argsort(self.flat, kind="stable")
