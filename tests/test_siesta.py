@@ -149,3 +149,16 @@ def test_train_a_few_steps_on_converted_siesta_data(tmp_path):
     assert best.is_file()
     log = (tmp_path / "run" / "log.csv").read_text().splitlines()
     assert len(log) >= 3
+
+
+@pytest.mark.parametrize("case", ["SrTiO3_unpolarized", "SrTiO3_non-collinear", "fe_bcc_simple"])
+def test_band_lines_eigenvalues_match_siesta_bands_file(case):
+    """SIESTA's .bands (4 decimals) along its BandLines path: ours agree to the printed precision."""
+    from nextham_dft.adapters.siesta.run import band_path_eigenvalues
+
+    d = need(SI / case)
+    k, e = band_path_eigenvalues(d)
+    s = read_run(d)
+    ours = s.bands("H", k)
+    win = np.abs(e - s.fermi_ev["H"]) < 10
+    assert np.abs(ours - e)[win].max() < 1e-4

@@ -60,3 +60,47 @@ def read_log_facts(path: str | Path) -> dict[str, object]:
     if m:
         out["version"] = m.group(1)
     return out
+
+
+def read_bands(path: str | Path) -> tuple[float, np.ndarray, np.ndarray]:
+    """A .bands file: (E_F eV, path coordinate (nk,) Bohr⁻¹, eigenvalues eV (nk, nb) or (2, nk, nb))."""
+    path = Path(path)
+    try:
+        tok = path.read_text().split()
+        ef = float(tok[0])
+        nb, nspin, nk = int(tok[5]), int(tok[6]), int(tok[7])
+        per = nb * (2 if nspin == 2 else 1)
+        vals = np.array(tok[8 : 8 + nk * (per + 1)], dtype=float)
+        if vals.size != nk * (per + 1):
+            raise ValueError("fewer values than announced (truncated?)")
+    except (IndexError, ValueError) as exc:
+        raise ParseError(path, f"not a SIESTA .bands file ({exc})") from None
+    arr = vals.reshape(nk, per + 1)
+    e = arr[:, 1:]
+    if nspin == 2:
+        e = e.reshape(nk, 2, nb).transpose(1, 0, 2)
+    return ef, arr[:, 0], e
+
+
+def band_lines_kpoints(rows: list[str], scale: str, lattice_ang: np.ndarray, alat_ang: float) -> np.ndarray:
+    """Fractional k-points of a ``%block BandLines`` (n k1 k2 k3 [label] per line).
+
+    The first line is one point; each next line adds n points up to and including its k.
+    ``scale`` is BandLinesScale: ``pi/a`` (Cartesian, units of π/a; SIESTA's default) or
+    ``ReciprocalLatticeVectors`` (fractional).
+    """
+    pts: list[np.ndarray] = []
+    prev = None
+    for ln in rows:
+        t = ln.split()
+        n, k = int(t[0]), np.array([float(x) for x in t[1:4]])
+        if prev is None:
+            pts.append(k)
+        else:
+            for j in range(1, n + 1):
+                pts.append(prev + (k - prev) * j / n)
+        prev = k
+    kk = np.array(pts)
+    if scale.lower().startswith("reciprocal"):
+        return kk
+    return kk @ np.asarray(lattice_ang).T / (2.0 * alat_ang)

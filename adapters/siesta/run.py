@@ -374,3 +374,26 @@ def read_run(run: str | Path, *, zeroth: str | None = None, converged: str | Non
         "gamma_folded": bool(np.all(np.asarray(g.lattice.nsc) == 1)),
     }
     return system
+
+
+def band_path_eigenvalues(run: str | Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """SIESTA's own band-structure eigenvalues (.bands) with their fractional k-points (BandLines)."""
+    from .outputs import band_lines_kpoints, read_bands
+
+    run = Path(run)
+    for st in find_steps(run):
+        bands = st.directory / f"{st.label}.bands"
+        if not bands.is_file() or st.fdf is None:
+            continue
+        fd = _fdf(st.fdf)
+        rows = _fdf_get(fd, "BandLines")
+        if not rows:
+            continue
+        H = _read_matrix(st.matrix)
+        alat = _fdf_get(fd, "LatticeConstant", 1.0, unit="Ang")
+        k = band_lines_kpoints(list(rows), str(_fdf_get(fd, "BandLinesScale", "pi/a")), np.asarray(H.geometry.cell),
+                               float(alat))
+        _ef, _x, e = read_bands(bands)
+        if len(k) == e.shape[-2]:
+            return k, e
+    return None
