@@ -418,11 +418,11 @@ def spinor_to_ab(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Spinor entries (…, 2, 2) → real (a (…), b (…, 3)) with M = a ⊗ 1 + i b·σ.
 
     Exact for a time-reversal-symmetric Hamiltonian; otherwise the time-reversal-even part.
+    b_c = ½ Im Tr(σ_c M), written out per Pauli matrix.
     """
-    from .sph import PAULI
-
-    a = 0.5 * (data[..., 0, 0] + data[..., 1, 1]).real
-    b = np.stack([0.5 * np.einsum("st,...ts->...", PAULI[c], data).imag for c in range(3)], axis=-1)
+    d00, d01, d10, d11 = data[..., 0, 0], data[..., 0, 1], data[..., 1, 0], data[..., 1, 1]
+    a = 0.5 * (d00 + d11).real
+    b = np.stack([0.5 * (d01 + d10).imag, 0.5 * (d01 - d10).real, 0.5 * (d00 - d11).imag], axis=-1)
     return a, b
 
 

@@ -72,18 +72,37 @@ def edge_index(h0: BlockSparse) -> EdgeIndex:
     return EdgeIndex(ei, ej, R, off, mirror, n)
 
 
-def _padded(system: System, m: BlockSparse, idx: EdgeIndex, layout: BasisLayout, pos: list[np.ndarray]) -> np.ndarray:
-    """Padded blocks (E, n, n, *spin) of m on the directed edges idx (missing blocks are zero)."""
-    m = m.aligned_to_edges(idx.ei[: idx.n_stored], idx.ej[: idx.n_stored], idx.R[: idx.n_stored])
-    ei, ej, R, off, data = m.full_blocks()
+def _padded(system: System, m: BlockSparse, idx: EdgeIndex, layout: BasisLayout, pos: list[np.ndarray],
+            dtype=np.float32):
+    """Padded blocks of m on the directed edges idx (missing blocks are zero), in ``dtype``.
+
+    Spinless m: (E, n, n). Spinor m: the pair (a (E, n, n), b (E, n, n, 3)) of M = a ⊗ 1 + i b·σ,
+    taken from the compact entries before padding. Only the stored half is scattered; the mirror
+    edges are its transposes (a(−R)ᵀ = a(R), b(−R)ᵀ = −b(R)), so no adjoint of the whole matrix
+    is ever built (this was the peak of memory and time for big cells).
+    """
+    ns = idx.n_stored
+    m = m.aligned_to_edges(idx.ei[:ns], idx.ej[:ns], idx.R[:ns])
     n = layout.size
-    sshape = data.shape[1:]
-    out = np.zeros((len(ei), n, n) + sshape, dtype=data.dtype)
-    edge, lr, lc = _entry_index(off, system.norb[ei], system.norb[ej])
+    edge, lr, lc = _entry_index(m.offsets, system.norb[idx.ei[:ns]], system.norb[idx.ej[:ns]])
     pi = np.concatenate([pos[k] for k in system.kinds])
     aoff = np.concatenate([[0], np.cumsum(system.norb)])
-    out[edge, pi[aoff[ei[edge]] + lr], pi[aoff[ej[edge]] + lc]] = data
-    return out
+    r = pi[aoff[idx.ei[edge]] + lr]
+    c = pi[aoff[idx.ej[edge]] + lc]
+    mir_src = idx.mirror[ns:]  # stored edge of each appended mirror edge
+
+    def pad(values: np.ndarray, sign: float) -> np.ndarray:
+        out = np.zeros((len(idx.ei), n, n) + values.shape[1:], dtype=dtype)
+        out[edge, r, c] = values
+        out[ns:] = sign * np.swapaxes(out[mir_src], 1, 2)
+        return out
+
+    if m.spin == "spinor":
+        a, b = spinor_to_ab(m.data)
+        return pad(a, 1.0), pad(b, -1.0)
+    if m.spin != "none":
+        raise ValueError("collinear matrices are not supported by the model")
+    return pad(m.data.real if np.iscomplexobj(m.data) else m.data, 1.0)
 
 
 def _entry_index(off: np.ndarray, ni: np.ndarray, nj: np.ndarray):
@@ -101,13 +120,14 @@ def build_graph(system: System, layout: BasisLayout, with_target: bool = True, d
     pos = [layout.positions(b) for b in system.bases]
     idx = edge_index(h0)
     n = layout.size
-    h0p = _padded(system, h0, idx, layout, pos)
-    sp = _padded(system, system.matrices["S"], idx, layout, pos)
+    npdt = np.float32 if dtype == torch.float32 else np.float64
     spinor = h0.spin == "spinor"
     h0_spin = None
     if spinor:
-        a, b = spinor_to_ab(h0p)
-        h0p, h0_spin = a, b
+        h0p, h0_spin = _padded(system, h0, idx, layout, pos, npdt)
+    else:
+        h0p = _padded(system, h0, idx, layout, pos, npdt)
+    sp = _padded(system, system.matrices["S"], idx, layout, pos, npdt)
     mask_orb = [np.zeros(n, bool) for _ in system.bases]
     for k, p in enumerate(pos):
         mask_orb[k][p] = True
@@ -135,12 +155,12 @@ def build_graph(system: System, layout: BasisLayout, with_target: bool = True, d
         n_atoms=system.n_atoms,
     )
     if with_target and "H" in system.matrices:
-        hp = _padded(system, system.matrices["H"], idx, layout, pos)
         if spinor:
-            a, b = spinor_to_ab(hp)
+            a, b = _padded(system, system.matrices["H"], idx, layout, pos, np.float64)
             g.target = torch.as_tensor(a, dtype=dtype) - g.h0
             g.target_spin = torch.as_tensor(b, dtype=dtype) - g.h0_spin
         else:
+            hp = _padded(system, system.matrices["H"], idx, layout, pos, np.float64)
             g.target = torch.as_tensor(hp, dtype=dtype) - g.h0
     return g, idx
 
