@@ -160,58 +160,89 @@ class HamiltonianCorrection(nn.Module):
     def _scalars(self, h: torch.Tensor) -> torch.Tensor:
         return h[:, : self.irreps_hidden.count("0e")]
 
+    #: edges processed at once in the per-edge stages (bounds memory for big cells; no effect on results)
+    edge_chunk: int = 8192
+
+    def _chunks(self, n: int):
+        step = max(1, int(self.edge_chunk))
+        for a in range(0, n, step):
+            yield slice(a, min(n, a + step))
+
     def forward(self, g: Graph) -> tuple[torch.Tensor, torch.Tensor | None]:
         cfg = self.cfg
         n = self.layout.size
         E = len(g.edge_src)
         T = self.T.to(g.h0.dtype)
-        x = torch.cat([(g.h0 / cfg.h0_scale).reshape(E, -1) @ T, g.s.reshape(E, -1) @ T], dim=1)
+
+        def edge_inputs(sl: slice) -> torch.Tensor:
+            return torch.cat([(g.h0[sl] / cfg.h0_scale).reshape(-1, n * n) @ T, g.s[sl].reshape(-1, n * n) @ T], dim=1)
+
         r = torch.linalg.norm(g.edge_vec, dim=1)
-        norms = torch.log1p(instance_norms(x, self.in_index, self.irreps_in.num_irreps))
-        zi, zj = self.embed(g.z[g.edge_src]), self.embed(g.z[g.edge_dst])
-        s_e = self.edge_mlp(torch.cat([bessel(r, cfg.num_rbf, cfg.r_max), zi, zj, norms,
-                                       g.onsite.to(x.dtype)[:, None]], dim=1))
-        # nodes from their on-site blocks
         n_atoms = len(g.z)
-        on = torch.nonzero(g.onsite, as_tuple=False).squeeze(1)
-        x_node = torch.zeros(n_atoms, x.shape[1], dtype=x.dtype, device=x.device)
-        x_node[g.edge_src[on]] = x[on]
+        x_node = None
+        s_parts, size_parts = [], []
+        on_all = g.onsite
+        for sl in self._chunks(E):
+            x = edge_inputs(sl)
+            norms = torch.log1p(instance_norms(x, self.in_index, self.irreps_in.num_irreps))
+            zi, zj = self.embed(g.z[g.edge_src[sl]]), self.embed(g.z[g.edge_dst[sl]])
+            s_parts.append(self.edge_mlp(torch.cat([bessel(r[sl], cfg.num_rbf, cfg.r_max), zi, zj, norms,
+                                                    on_all[sl].to(x.dtype)[:, None]], dim=1)))
+            # the environment term is scaled by the size of the edge's own H(0)/S block (an invariant):
+            # corrections of far, tiny blocks stay tiny instead of picking up noise
+            size_parts.append(torch.linalg.norm(x, dim=1, keepdim=True))
+            on = torch.nonzero(on_all[sl], as_tuple=False).squeeze(1)
+            if x_node is None:
+                x_node = torch.zeros(n_atoms, x.shape[1], dtype=x.dtype, device=x.device)
+            x_node = x_node.index_copy(0, g.edge_src[sl][on], x[on]) if len(on) else x_node
+        s_e = torch.cat(s_parts)
+        size = torch.cat(size_parts)
+        # nodes from their on-site blocks
         h = self.node_in(torch.cat([x_node, self.embed(g.z)], dim=1))
         # attention-weighted equivariant message passing (on-site edges excluded)
         off = ~g.onsite
         src, dst = g.edge_src[off], g.edge_dst[off]
         vec = g.edge_vec[off]
-        sh = o3.spherical_harmonics(self.irreps_sh, vec, normalize=True, normalization="component")
         env = envelope(r[off], cfg.r_max)[:, None]
         s_off = s_e[off]
         for tp, cw, att, pre, gate in zip(self.convs, self.conv_w, self.attn, self.pre_gate, self.gates):
-            m = tp(h[dst], sh, cw(s_off))
             logit = att(torch.cat([s_off, self._scalars(h)[src], self._scalars(h)[dst]], dim=1)).squeeze(1)
             alpha = segment_softmax(logit, src, n_atoms)[:, None]
-            agg = torch.zeros(n_atoms, m.shape[1], dtype=m.dtype, device=m.device).index_add(0, src, alpha * env * m)
+            agg = None
+            for sl in self._chunks(len(src)):
+                sh = o3.spherical_harmonics(self.irreps_sh, vec[sl], normalize=True, normalization="component")
+                m = tp(h[dst[sl]], sh, cw(s_off[sl]))
+                if agg is None:
+                    agg = torch.zeros(n_atoms, m.shape[1], dtype=m.dtype, device=m.device)
+                agg = agg.index_add(0, src[sl], alpha[sl] * env[sl] * m)
+            if agg is None:
+                agg = torch.zeros(n_atoms, self.irreps_hidden.dim, dtype=h.dtype, device=h.device)
             h = h + gate(pre(agg))
-        # edge corrections
+        # edge corrections, chunk by chunk, then symmetrised with the mirror edges
         inv = torch.cat([s_e, self._scalars(h)[g.edge_src], self._scalars(h)[g.edge_dst]], dim=1)
-        base = self.edge_lin(x)
-        gates = 1.0 + self.channel_gate(inv)
-        # the environment term is scaled by the size of the edge's own H(0)/S block (an invariant):
-        # corrections of far, tiny blocks stay tiny instead of picking up noise
-        size = torch.linalg.norm(x, dim=1, keepdim=True)
-        y = base * gates[:, self.out_index] + self.pair_tp(h[g.edge_src], h[g.edge_dst]) * size
-        y = self.out_lin(y) * cfg.target_scale
-        blocks = (y @ T.T).reshape(E, n, n)
         v = self.potential(torch.cat([self._scalars(h), self.embed(g.z)], dim=1)) * cfg.target_scale  # [atoms, slots]
-        vi = v[g.edge_src][:, self.slot_of]  # [E, n]
-        vj = v[g.edge_dst][:, self.slot_of]
-        blocks = blocks + 0.5 * (vi[:, :, None] + vj[:, None, :]) * g.s
-        blocks = 0.5 * (blocks + blocks[g.mirror].transpose(1, 2)) * g.mask
+        spin_on = cfg.spin_head and g.spinor and g.h0_spin is not None
+        raw_parts, spin_parts = [], []
+        for sl in self._chunks(E):
+            x = edge_inputs(sl)
+            gates = 1.0 + self.channel_gate(inv[sl])
+            y = self.edge_lin(x) * gates[:, self.out_index] + self.pair_tp(h[g.edge_src[sl]], h[g.edge_dst[sl]]) * size[sl]
+            y = self.out_lin(y) * cfg.target_scale
+            blocks = (y @ T.T).reshape(-1, n, n)
+            vi = v[g.edge_src[sl]][:, self.slot_of]  # [e, n]
+            vj = v[g.edge_dst[sl]][:, self.slot_of]
+            raw_parts.append(blocks + 0.5 * (vi[:, :, None] + vj[:, None, :]) * g.s[sl])
+            if spin_on:
+                Tb = self.Tb.to(x.dtype)
+                xb = (g.h0_spin[sl] / cfg.h0_scale).reshape(-1, n * n * 3) @ Tb
+                yb = self.spin_lin(torch.cat([xb, x], dim=1))
+                yb = yb * (1.0 + self.spin_gate(inv[sl]))[:, self.spin_index]
+                yb = self.spin_out(yb) * cfg.target_scale
+                spin_parts.append((yb @ Tb.T).reshape(-1, n, n, 3))
+        raw = torch.cat(raw_parts)
+        blocks = 0.5 * (raw + raw[g.mirror].transpose(1, 2)) * g.mask
         spin = None
-        if cfg.spin_head and g.spinor and g.h0_spin is not None:
-            Tb = self.Tb.to(x.dtype)
-            xb = (g.h0_spin / cfg.h0_scale).reshape(E, -1) @ Tb
-            yb = self.spin_lin(torch.cat([xb, x], dim=1))
-            yb = yb * (1.0 + self.spin_gate(inv))[:, self.spin_index]
-            yb = self.spin_out(yb) * cfg.target_scale
-            sb = (yb @ Tb.T).reshape(E, n, n, 3)
+        if spin_on:
+            sb = torch.cat(spin_parts)
             spin = 0.5 * (sb - sb[g.mirror].transpose(1, 2)) * g.mask[..., None]
         return blocks, spin
