@@ -129,3 +129,63 @@ class BlockIrreps:
     def spin_from_irreps(self, x: torch.Tensor) -> torch.Tensor:
         n = self.layout.size
         return (x @ self.torch_matrix_spin.to(x.dtype).T).reshape(-1, n, n, 3)
+
+
+class BlockSparseMap(torch.nn.Module):
+    """x @ M and y @ Mᵀ for a block–Clebsch–Gordan matrix M without the dense product.
+
+    M (the maps of :class:`BlockIrreps`) sends the entries of each shell pair to its own
+    irreps: per shell pair a small orthogonal block, identical for all pairs of the same
+    (l1, l2). Grouping the pairs by type turns the dense (E, N) @ (N, N) product (≈ 3 % of
+    it non-zero for the DZP layout) into one batched small product per type; results are
+    the same to round-off. ``groups`` lists the flat input indices of each shell pair.
+    """
+
+    def __init__(self, matrix: np.ndarray, groups: list[np.ndarray]) -> None:
+        super().__init__()
+        self.n_in, self.n_out = matrix.shape
+        by_type: dict[tuple[int, bytes], list[tuple[np.ndarray, np.ndarray]]] = {}
+        blocks: dict[tuple[int, bytes], np.ndarray] = {}
+        for rows in groups:
+            sub = matrix[rows]
+            cols = np.nonzero(np.any(np.abs(sub) > 1e-14, axis=0))[0]
+            c = sub[:, cols]
+            key = (len(rows), np.round(c, 12).tobytes())
+            blocks.setdefault(key, c)
+            by_type.setdefault(key, []).append((rows, cols))
+        self.n_types = len(by_type)
+        for t, (key, members) in enumerate(by_type.items()):
+            self.register_buffer(f"rows{t}", torch.as_tensor(np.stack([r for r, _ in members])), persistent=False)
+            self.register_buffer(f"cols{t}", torch.as_tensor(np.stack([c for _, c in members])), persistent=False)
+            self.register_buffer(f"c{t}", torch.as_tensor(blocks[key], dtype=torch.float32), persistent=False)
+
+    def _parts(self):
+        for t in range(self.n_types):
+            yield getattr(self, f"rows{t}"), getattr(self, f"cols{t}"), getattr(self, f"c{t}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (E, n_in) → x @ M (E, n_out)."""
+        out = x.new_zeros(x.shape[0], self.n_out)
+        for rows, cols, c in self._parts():
+            out[:, cols] = x[:, rows] @ c.to(x.dtype)  # (E, P, k) @ (k, k)
+        return out
+
+    def transpose(self, y: torch.Tensor) -> torch.Tensor:
+        """y (E, n_out) → y @ Mᵀ (E, n_in)."""
+        out = y.new_zeros(y.shape[0], self.n_in)
+        for rows, cols, c in self._parts():
+            out[:, rows] = y[:, cols] @ c.to(y.dtype).T
+        return out
+
+
+def shell_pair_groups(layout: BasisLayout, spin: bool = False) -> list[np.ndarray]:
+    """Flat input indices of every shell pair of a padded block (n·n, or n·n·3 for the spin part)."""
+    n = layout.size
+    out = []
+    for l1, _z1, o1 in layout.shells:
+        for l2, _z2, o2 in layout.shells:
+            rows = (o1 + np.arange(2 * l1 + 1))[:, None] * n + (o2 + np.arange(2 * l2 + 1))[None, :]
+            if spin:
+                rows = (rows[..., None] * 3 + np.arange(3)).reshape(-1)
+            out.append(rows.reshape(-1))
+    return out
