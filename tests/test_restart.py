@@ -75,7 +75,7 @@ def test_restart_command_writes_abacus_starting_files(tmp_path):
     h = c2b([read_csr(out / "hrs1_nao.csr")], s.norb, s.kinds, canonical_transforms(s.bases), RY_TO_EV, False)
     assert h.max_abs_diff(s.matrices["H"]) < 1e-6
     text = (out / "INPUT").read_text()
-    assert "init_chg             file" in text and "read_file_dir        ." in text
+    assert "init_chg             file" in text and "read_file_dir        ./" in text
     assert "init_chg             hr" in (out / "INPUT.init_chg_hr").read_text()
     # a second run refuses to overwrite, --force replaces
     assert_clean_error(run("restart", str(src), "--source", "scf", "--out", str(out)))

@@ -98,7 +98,7 @@ def _restart_inputs(params: dict[str, str], run_dir: Path) -> dict[str, str]:
                 p.pop(k)
     p["calculation"] = "scf"
     p["suffix"] = "nextham-restart"
-    p["read_file_dir"] = "."
+    p["read_file_dir"] = "./"
     p["stru_file"] = "STRU"
     p["kpoint_file"] = "KPT"
     return p
