@@ -114,6 +114,7 @@ def describe(system) -> dict:
             else "zeroth step" if "H0" in system.matrices else "converged" if "H" in system.matrices else "overlap only",
         },
         "steps": meta.get("steps", []),
+        "gamma_folded": bool(meta.get("gamma_folded", False)),
     }
 
 
@@ -142,6 +143,8 @@ def info(run_dir, as_json, zeroth, converged, orbital_dir):
     click.echo(f"found           {d['found']['summary']} (zeroth: {d['found']['zeroth_step']}, converged: {d['found']['converged_step']})")
     for s in d["steps"]:
         click.echo(f"  step {s['name']:<12} {s['kind']:<12} {s['files']}")
+    if d["gamma_folded"]:
+        click.echo("note            Γ-only run: periodic images are folded into R = 0 (Γ bands only)")
 
 
 # ---------------------------------------------------------------------------- bands
@@ -276,6 +279,9 @@ def dataset_build(sources, output, force, require_both, select):
                 else:
                     system = _read(str(job), None, None, None)
                     sid = Path(str(job)).name
+                if system.meta.get("gamma_folded"):
+                    tqdm.write(f"warning {name}: Γ-only run, periodic images are folded into R = 0 (blocks do not "
+                               f"belong to single bonds); use a k-mesh run for training", file=sys.stderr)
                 if require_both and not ("H0" in system.matrices and "H" in system.matrices):
                     tqdm.write(f"skip {name}: needs both the zeroth step and the converged H", file=sys.stderr)
                     continue

@@ -230,7 +230,7 @@ def read_run(run: str | Path, *, zeroth: str | None = None, converged: str | Non
     if out_std is not None and out_std.is_file():
         import re
 
-        m = re.search(r"OpenMX Ver\.\s*(\S+)", out_std.read_text(errors="replace"))
+        m = re.search(r"OpenMX\s+Ver\.\s*(\S+)", out_std.read_text(errors="replace"))
         if m:
             system.meta["version"] = m.group(1)
     return system
