@@ -104,3 +104,22 @@ def test_fermi_level_counts_electrons(method):
 
         assert abs(electron_count(eigs, w, mu, sm, 2.0) - 7.0) < 1e-6
     assert eigs.min() < mu < eigs.max()
+
+
+def test_shift_invert_bands_near_energy_equal_dense_ones():
+    """The sparse shift-invert path returns exactly the dense eigenvalues closest to the energy (SOC cell)."""
+    import numpy as np
+
+    from nextham_dft.core.kspace import bands_near
+    from nextham_dft.registry import read_run
+
+    from .conftest import DATA, need
+
+    s = read_run(need(DATA / "supercell" / "alp_prim_soc"))
+    k = np.array([[0.1, 0.2, 0.3], [0.0, 0.0, 0.0]])
+    ef = s.fermi_ev["H"]
+    full = s.bands("H", k)
+    near = bands_near(s.matrices["H"], s.matrices["S"], k, ef, 8)
+    for a in range(len(k)):
+        ref = np.sort(full[a][np.argsort(np.abs(full[a] - ef))[:8]])
+        assert np.allclose(near[a], ref, atol=1e-9)
