@@ -194,3 +194,29 @@ def test_edge_chunks_change_nothing_and_sparse_cg_map_equals_dense(layout_maps):
         x = torch.randn(7, dense.shape[0], generator=rng, dtype=torch.float64)
         assert torch.allclose(sparse(x), x @ dense, atol=1e-6)
         assert torch.allclose(sparse.transpose(x), x @ dense.T, atol=1e-6)
+
+
+def test_unseen_elements_use_the_unknown_embedding():
+    """An element outside the model card's list is fed as 'unknown' (index 0), never as an untrained row."""
+    from nextham_dft.model.graph import build_graph
+
+    system = read_run(need(EXAMPLE))
+    model = _random_model()
+    model.known_elements = frozenset({"Ga"})  # Si unseen
+    got = predict_correction(model, system, dtype=torch.float64)
+    g, idx = build_graph(system, model.layout, with_target=False, dtype=torch.float64)
+    g.z = torch.zeros_like(g.z)
+    with torch.no_grad():
+        d, _ = model(g)
+    from nextham_dft.model.graph import corrections_to_blocks
+
+    want = corrections_to_blocks(system, idx, model.layout, d[: idx.n_stored].numpy(), None)
+    assert got.max_abs_diff(want) < 1e-12
+    model.known_elements = frozenset({"Si"})
+    assert predict_correction(model, system, dtype=torch.float64).max_abs_diff(want) > 1e-6
+
+
+def test_element_dropout_is_a_training_option(tmp_path):
+    cfg = TrainConfig(element_dropout=0.2)
+    (tmp_path / "c.yaml").write_text(dump_yaml(cfg))
+    assert load_train_config(tmp_path / "c.yaml").element_dropout == 0.2

@@ -57,6 +57,9 @@ class TrainConfig:
     w_spin: float = 1.0
     spin_scale: float = 1e-4
     k_per_structure: int = 4
+    #: fraction of atoms whose element is hidden (embedding 0, "unknown") at each training step, so
+    #: that the unknown-element path learns to correct from H(0) features alone (elements never seen)
+    element_dropout: float = 0.0
     budget_minutes: float = 60.0
     patience: int = 30
     checkpoint_every: int = 1

@@ -16,6 +16,10 @@ def predict_correction(model: HamiltonianCorrection, system: System, device: str
     """ΔH (eV) on the stored blocks of the system's H(0)."""
     model.eval()
     g, idx = build_graph(system, model.layout, with_target=False, dtype=dtype)
+    known = getattr(model, "known_elements", None)
+    if known:  # an element the model never saw uses the "unknown" embedding, not an untrained row
+        unseen = torch.tensor([el not in known for el in system.elements])
+        g.z = torch.where(unseen, torch.zeros_like(g.z), g.z)
     with torch.no_grad():
         delta, spin = model.to(device=device, dtype=dtype)(g.to(device))
     d = delta.detach().to("cpu", torch.float64).numpy()

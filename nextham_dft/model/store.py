@@ -58,6 +58,7 @@ def load_model(path: str | Path) -> tuple[HamiltonianCorrection, dict]:
     model = HamiltonianCorrection(model_config_from_dict(blob["config"]))
     model.load_state_dict(blob["state_dict"])
     model.eval()
+    model.known_elements = frozenset(card.get("elements", []))
     return model, card
 
 

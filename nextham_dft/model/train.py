@@ -79,6 +79,9 @@ def batches(items: list[Item], size: int, rng: random.Random) -> list[list[Item]
 
 def step_loss(model, batch: list[Item], cfg: TrainConfig, use_kspace: bool = True) -> tuple[torch.Tensor, dict]:
     g = batch_graphs([it.graph for it in batch])
+    if cfg.element_dropout > 0 and model.training:
+        hide = torch.rand(len(g.z)) < cfg.element_dropout
+        g.z = torch.where(hide.to(g.z.device), torch.zeros_like(g.z), g.z)
     delta, spin = model(g)
     scale = cfg.model.target_scale
     lr_ = real_space_loss(delta, g.target, g.mask, scale)
@@ -145,6 +148,7 @@ def train(cfg: TrainConfig, init: str | None = None, resume: bool = True, device
     for s in iter_dataset(cfg.data, matrices=()):
         elements[s.meta["id"]] = set(s.elements)
     split = split_ids(ids, elements, cfg)
+    train_elements = sorted(set().union(*[elements[i] for i in split["train"]])) if split["train"] else []
     if rank == 0:
         (out / "split.json").write_text(json.dumps(split, indent=1))
     train_items = load_items(cfg.data, split["train"], cfg, model.layout, cfg.seed)
@@ -209,7 +213,8 @@ def train(cfg: TrainConfig, init: str | None = None, resume: bool = True, device
                     state["best"] = v["val_mae_mev"]
                     state["bad_epochs"] = 0
                     save_model(out / "best.pt", model, {"train_config": to_dict(cfg), "epoch": state["epoch"],
-                                                       "val": v, "elapsed_s": state["elapsed"], "split": split})
+                                                       "val": v, "elapsed_s": state["elapsed"], "split": split,
+                                                       "elements": train_elements})
                 else:
                     state["bad_epochs"] += 1
                 if state["epoch"] % cfg.checkpoint_every == 0:
