@@ -24,7 +24,9 @@ def main() -> None:
     ap.add_argument("data")
     ap.add_argument("--pp-orb", default=None, help="Folder of the orbital files (for their checksums).")
     ap.add_argument("--metrics", default=None, help="JSON written by benchmarks/accuracy.py.")
-    ap.add_argument("--name", default="nextham-dojo-dzp-v1")
+    ap.add_argument("--name", default="nextham-dojo-dzp-v2")
+    ap.add_argument("--command", default=None, help="The training command(s), when not a single train run.")
+    ap.add_argument("--note", default="", help="Free text for the card (lineage, hardware sharing).")
     a = ap.parse_args()
     tdir = Path(a.train_dir)
     model, card = load_model(tdir / "best.pt")
@@ -56,7 +58,8 @@ def main() -> None:
         "split": split,
         "training": {"epochs": int(last[0]), "wall_clock_s": float(last[1]), "threads": torch.get_num_threads(),
                      "hardware": f"{platform.processor() or platform.machine()}, CPU only, 2 cores shared by two runs",
-                     "command": f"nextham-dft train {tdir / 'config.yaml'}", "config": card.get("train_config"),
+                     "command": a.command or f"nextham-dft train {tdir / 'config.yaml'}", "note": a.note,
+                     "config": card.get("train_config"),
                      "best_epoch": card.get("epoch"), "val": card.get("val")},
         "metrics": json.loads(Path(a.metrics).read_text())["summary"] if a.metrics else None,
     }
