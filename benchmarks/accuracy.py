@@ -40,6 +40,8 @@ def main() -> None:
     ap.add_argument("data")
     ap.add_argument("--model", default=str(bundled_model_path()))
     ap.add_argument("--ablation", default=None, help="Model trained without the k-space loss.")
+    ap.add_argument("--compare", action="append", default=[], metavar="LABEL=PATH",
+                    help="Another model to put beside (repeatable), e.g. 'w_kspace 0.1=runs/a/best.pt'.")
     ap.add_argument("--split", default="test")
     ap.add_argument("--json", default="accuracy.json")
     a = ap.parse_args()
@@ -50,6 +52,11 @@ def main() -> None:
         s2, r2, _ = run(a.ablation, a.data, a.split)
         table["no k-space loss"] = s2["predicted"]
         out["ablation_summary"] = s2
+    for item in a.compare:
+        label, _, path = item.partition("=")
+        s3, _r3, _ = run(path, a.data, a.split)
+        table[label] = s3["predicted"]
+        out.setdefault("compare", {})[label] = s3
     held_summ, held_rows, _ = run(a.model, a.data, a.split, held_only=True)
     if held_rows:
         table["model, held-out element"] = held_summ["predicted"]
