@@ -118,3 +118,23 @@ def test_siesta_dm_from_converged_h_equals_siesta_dm(tmp_path):
     # SIESTA saves the (mixed) DM of its last SCF step, converged to DM.Tolerance 1e-4
     assert abs(mine - ref).max() < 1e-2
     assert abs(mine - ref).mean() < 1e-4
+
+
+def test_siesta_polarized_dm_and_fermi_level_equal_siesta_own(tmp_path):
+    """bcc Fe, collinear spin, mesh from kgrid.Cutoff (inferred from .KP): E_F and both DM channels."""
+    import sisl
+
+    src = need(FIXTURES / "siesta" / "fe_bcc_simple")
+    out = tmp_path / "dm"
+    res = run("restart", str(src), "--source", "scf", "--out", str(out))
+    assert res.exit_code == 0, res.stderr
+    info = __import__("json").loads((out / "restart.json").read_text())
+    assert abs(info["fermi_ev"] - (-5.99796896)) < 1e-3  # SIESTA's own E_F (fe.EIG)
+    assert info["electrons"] == pytest.approx(16.0, abs=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mine = sisl.get_sile(str(out / "fe.DM")).read_density_matrix()
+        ref = sisl.get_sile(str(src / "fe.DM")).read_density_matrix()
+    for c in (0, 1):  # SIESTA's DM is its last, mixed iteration at DM.Tolerance 1e-3
+        d = abs(mine.tocsr(c) - ref.tocsr(c))
+        assert d.max() < 0.05 and d.mean() < 1e-3

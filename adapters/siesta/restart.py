@@ -40,8 +40,9 @@ def full_mesh(system: System) -> KPoints:
 def siesta_dm(system: System, source: str):
     """(sisl DensityMatrix in SIESTA's conventions, E_F eV) of Hamiltonian ``source`` of a SIESTA run."""
     h, s = system.hamiltonian(source), system.matrices["S"]
-    if h.spin != "none":
-        raise MissingDataError(f"{system.spin_mode} SIESTA runs: only unpolarized DM files are written yet")
+    if h.spin == "spinor":
+        raise MissingDataError(f"{system.spin_mode} SIESTA runs: spinor DM files are not written yet "
+                               f"(unpolarized and polarized are)")
     if system.nelec is None:
         raise MissingDataError("the electron count is unknown (no SIESTA output with 'Total number of electrons')")
     mesh = full_mesh(system)
@@ -68,6 +69,7 @@ def write_dm(directory: str | Path, run_dir: str | Path, system: System, source:
     perm = np.concatenate([aoff[a] + perms[k] for a, k in enumerate(system.kinds)])
     rows, cols, R, vals = d.to_coo(full=True)
     rows, cols = perm[rows], perm[cols]
+    comps = [vals[:, 0], vals[:, 1]] if d.spin == "collinear" else [vals]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = sisl.DensityMatrix(g, spin=H.spin, orthogonal=False, dtype=np.float64)
@@ -75,9 +77,10 @@ def write_dm(directory: str | Path, run_dir: str | Path, system: System, source:
         colsc = cols + isc * g.no
         from scipy.sparse import csr_matrix
 
-        dmat = csr_matrix((vals, (rows, colsc)), shape=(g.no, g.no_s))
+        mats = [csr_matrix((v, (rows, colsc)), shape=(g.no, g.no_s)) for v in comps]
+        dmat = mats[0] + (mats[1] if len(mats) > 1 else 0)
         Ssp = H.tocsr(H.S_idx)
-        out = sisl.DensityMatrix.fromsp(g, [dmat], S=Ssp)
+        out = sisl.DensityMatrix.fromsp(g, mats, S=Ssp)
         path = Path(directory) / f"{st.label}.DM"
         out.write(str(path))
     return {"file": path.name, "fermi_ev": ef, "entries": int(dmat.nnz),

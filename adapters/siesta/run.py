@@ -99,6 +99,22 @@ def kgrid(fdf) -> tuple[tuple[int, int, int], tuple[float, float, float]] | None
     return None
 
 
+def mesh_of_points(kfrac: np.ndarray, nmax: int = 64) -> tuple[int, int, int] | None:
+    """The smallest diagonal mesh containing SIESTA's k-points (Γ-centred or half-step shifted), e.g. when
+    the fdf only gives ``kgrid.Cutoff``; None when no mesh up to ``nmax`` fits."""
+    out = []
+    for c in range(3):
+        x = kfrac[:, c]
+        for n in range(1, nmax + 1):
+            y = x * n
+            if np.all(np.abs(y - np.round(y)) < 1e-4) or np.all(np.abs(y - 0.5 - np.round(y - 0.5)) < 1e-4):
+                out.append(n)
+                break
+        else:
+            return None
+    return tuple(out)  # type: ignore[return-value]
+
+
 def _steps_in(directory: Path) -> list[Step]:
     out = []
     fdfs = sorted(p for p in directory.glob("*.fdf") if p.name != "out.fdf")
@@ -347,7 +363,7 @@ def read_run(run: str | Path, *, zeroth: str | None = None, converged: str | Non
                     system.reference_eigenvalues[tag] = (kfrac, e)
                     if system.kpoints is None:
                         mg = kgrid(_fdf(st.fdf)) if st.fdf is not None else None
-                        system.kpoints = KPoints(kfrac, w, mg[0] if mg else None)
+                        system.kpoints = KPoints(kfrac, w, mg[0] if mg else mesh_of_points(kfrac))
                         system.meta_kshift = mg[1] if mg else None  # type: ignore[attr-defined]
     if not (s0 or sc) and load_matrices:
         h, S = _to_blocks(H, perm_global, norb, used[0].matrix)

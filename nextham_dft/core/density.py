@@ -30,7 +30,7 @@ def density_matrix(h: BlockSparse, s: BlockSparse, kfrac: np.ndarray, weights: n
     pattern of ``pattern`` (default: S's), with H's spin layout.
     """
     if h.spin == "collinear":
-        raise NotImplementedError("collinear spin: build one DM per channel with h.with_data(h.data[:, s], 'none')")
+        return _collinear_density_matrix(h, s, kfrac, weights, nelec, smearing, pattern)
     spinor = h.spin == "spinor"
     pattern = pattern if pattern is not None else s
     kfrac = np.atleast_2d(np.asarray(kfrac, dtype=float))
@@ -68,13 +68,47 @@ def density_matrix(h: BlockSparse, s: BlockSparse, kfrac: np.ndarray, weights: n
     return dm, float(ef)
 
 
+def _collinear_density_matrix(h, s, kfrac, weights, nelec, smearing, pattern):
+    """Both spin channels with one Fermi level (the electron count is shared): DM layout 'collinear'."""
+    kfrac = np.atleast_2d(np.asarray(kfrac, dtype=float))
+    w = np.asarray(weights, dtype=float) / np.sum(weights)
+    chans = [h.with_data(h.data[:, c].copy(), "none") for c in (0, 1)]
+    eig = np.stack([_eigs(ch, s, kfrac) for ch in chans])
+    ef = fermi_level(eig, w, nelec, smearing, 1.0)
+    parts = [_dm_at_fermi(ch, s, kfrac, w, ef, smearing, 1.0, pattern if pattern is not None else s) for ch in chans]
+    data = np.stack([p.data for p in parts], axis=1)
+    p0 = parts[0]
+    return BlockSparse(p0.norb, p0.edge_i, p0.edge_j, p0.R, p0.offsets, data, "collinear"), float(ef)
+
+
+def _eigs(h: BlockSparse, s: BlockSparse, kfrac: np.ndarray) -> np.ndarray:
+    ha, sa = KAssembler(h), KAssembler(s)
+    return np.concatenate([solve_generalized(ha(kfrac[a : a + 64]), sa(kfrac[a : a + 64]), kpoints=kfrac[a : a + 64])
+                           for a in range(0, len(kfrac), 64)])
+
+
+def _dm_at_fermi(h, s, kfrac, w, ef, smearing, g, pattern) -> BlockSparse:
+    """Spinless DM of one channel at a given Fermi level (degeneracy g)."""
+    ha, sa = KAssembler(h), KAssembler(s)
+    rows, cols, R, _ = pattern.to_coo(full=False)
+    out = np.zeros(len(rows), dtype=complex)
+    for a in range(0, len(kfrac), 64):
+        kk = kfrac[a : a + 64]
+        e, c = solve_generalized(ha(kk), sa(kk), vectors=True, kpoints=kk)
+        occ = g * smearing.occupation(e, ef) * w[a : a + 64, None]
+        for k in range(len(kk)):
+            out += np.einsum("en,en,n->e", c[k][rows].conj(), c[k][cols], occ[k]) * np.exp(2j * np.pi * (R @ kk[k]))
+    return BlockSparse(pattern.norb, pattern.edge_i, pattern.edge_j, pattern.R, pattern.offsets, out.real, "none")
+
+
 def electron_count(dm: BlockSparse, s: BlockSparse) -> float:
     """Σ_R Σ_ij DM(R)_ij S(R)_ij (both halves), i.e. Tr(DM·S): the number of electrons."""
     d = dm.aligned_to(s)
     w = np.where((s.edge_i == s.edge_j) & np.all(s.R == 0, axis=1), 1.0, 2.0)
     sizes = np.diff(s.offsets)
     wt = np.repeat(w, sizes)
-    dd = d.data if d.spin == "none" else np.trace(d.data, axis1=1, axis2=2)
+    dd = {"none": lambda x: x, "collinear": lambda x: x.sum(axis=1),
+          "spinor": lambda x: np.trace(x, axis1=1, axis2=2)}[d.spin](d.data)
     return float(np.sum(wt * (dd * s.data).real))
 
 
