@@ -138,3 +138,25 @@ def test_siesta_polarized_dm_and_fermi_level_equal_siesta_own(tmp_path):
     for c in (0, 1):  # SIESTA's DM is its last, mixed iteration at DM.Tolerance 1e-3
         d = abs(mine.tocsr(c) - ref.tocsr(c))
         assert d.max() < 0.05 and d.mean() < 1e-3
+
+
+def test_restart_collinear_channels_split_the_nspin1_density(tmp_path):
+    """nspin 2 with identical channels (made from the Si run): each channel holds half of the nspin 1 density."""
+    from nextham_dft.adapters.abacus.restart import write_restart
+
+    src = need(REF / "si_ns1")
+    s = read_run(src)
+    h = s.matrices["H"]
+    s2 = read_run(src)
+    s2.spin_mode = "collinear"
+    s2.matrices["H"] = h.with_data(np.stack([h.data, h.data], axis=1), "collinear")
+    a, b = tmp_path / "ns1", tmp_path / "ns2"
+    a.mkdir()
+    b.mkdir()
+    write_restart(a, src, s, "H")
+    info = write_restart(b, src, s2, "H")
+    assert info["electrons_on_grid"] == pytest.approx(8.0, rel=1e-3)
+    one = read_cube(a / "SPIN1_CHG.cube").values
+    up, dn = read_cube(b / "SPIN1_CHG.cube").values, read_cube(b / "SPIN2_CHG.cube").values
+    assert np.allclose(up, 0.5 * one, atol=1e-6 * one.max()) and np.allclose(up, dn)
+    assert {"hrs1_nao.csr", "hrs2_nao.csr", "dmrs1_nao.csr", "dmrs2_nao.csr"} <= {p.name for p in b.iterdir()}

@@ -2,10 +2,11 @@
 
 Writes, into one folder (the caller makes it atomically):
 
-* ``SPIN1_CHG.cube`` (nspin 1; nspin 4: ``SPIN1``–``SPIN4`` = charge, m_x, m_y, m_z) on ABACUS's
+* ``SPIN1_CHG.cube`` (nspin 1; nspin 2: ``SPIN1``/``SPIN2`` = up/down; nspin 4: ``SPIN1``–``SPIN4`` =
+  charge, m_x, m_y, m_z) on ABACUS's
   FFT grid, read with ``init_chg file`` — every ABACUS version;
 * ``hrs1_nao.csr`` (the H(R) in the 2025 format, read with ``init_chg hr``, ABACUS ≥ 3.11);
-* ``dmrs1_nao.csr`` (the density matrix, ``init_chg dm``, nspin 1);
+* ``dmrs1_nao.csr`` (the density matrix, ``init_chg dm``, nspin 1; nspin 2 also ``dmrs2``);
 * ``INPUT`` (charge-density start), ``INPUT.init_chg_hr``, ``INPUT.init_chg_dm``, with ``STRU`` and
   ``KPT`` (the user's mesh) beside them, pseudopotential and orbital folders as absolute paths.
 
@@ -126,8 +127,6 @@ def write_restart(directory: str | Path, run_dir: str | Path, system: System, so
     if system.nelec is None:
         raise MissingDataError("the electron count is unknown (no pseudopotential or log): needed for the DM")
     h, s = system.hamiltonian(source), system.matrices["S"]
-    if h.spin == "collinear":
-        raise MissingDataError("nspin 2 starting files are not written yet (nspin 1 and 4 are)")
     params, _dirs = _run_params(run_dir)
     mesh = full_mesh(system)
     dm, ef = density_matrix(h, s, mesh.frac, mesh.weights, system.nelec, system.smearing)
@@ -137,27 +136,31 @@ def write_restart(directory: str | Path, run_dir: str | Path, system: System, so
 
     numbers = [Element(e).Z for e in system.elements]
     zval = _valences(run_dir, params, system)
-    nspin = 4 if h.spin == "spinor" else 1
+    nspin = {"spinor": 4, "collinear": 2}.get(h.spin, 1)
     comment = (CUBE_COMMENT, f"{nspin} (nspin) {ef * EV_TO_RY:.6f} (fermi energy, in Ry)")
-    comps = rho if nspin == 4 else rho[None]
+    comps = rho if nspin > 1 else rho[None]
     for k, comp in enumerate(comps):
         write_cube(directory / f"SPIN{k + 1}_CHG.cube", comp, system.lattice, numbers, zval, system.positions, comment)
-    # H(R) for init_chg hr (2025 format), DM(R) for init_chg dm (nspin 1)
-    write_matrix(directory / "hrs1_nao.csr", h, system, "2025", "H")
-    if nspin == 1:
-        rows, cols, R, vals = to_abacus_coo(dm, system, False)
-        uR, ridx = unique_rows(R)
-        write_csr(directory / "dmrs1_nao.csr", "2025", system.dim, uR, rows, cols, ridx.reshape(-1), vals, quantity="DM")
+    # H(R) for init_chg hr (2025 format; nspin 2: hrs1, hrs2), DM(R) for init_chg dm (nspin 1 and 2)
+    for c in range(2 if nspin == 2 else 1):
+        write_matrix(directory / f"hrs{c + 1}_nao.csr", h, system, "2025", "H", c)
+    if nspin in (1, 2):
+        for c in range(nspin):
+            d = dm if nspin == 1 else dm.with_data(dm.data[:, c].copy(), "none")
+            rows, cols, R, vals = to_abacus_coo(d, system, False)
+            uR, ridx = unique_rows(R)
+            write_csr(directory / f"dmrs{c + 1}_nao.csr", "2025", system.dim, uR, rows, cols, ridx.reshape(-1), vals,
+                      quantity="DM", spin_index=c + 1, n_spin=nspin)
     p = _restart_inputs(params, run_dir)
     write_input(directory / "INPUT", {**p, "init_chg": "file"})
     write_input(directory / "INPUT.init_chg_hr", {**p, "init_chg": "hr"})
-    if nspin == 1:
+    if nspin in (1, 2):
         write_input(directory / "INPUT.init_chg_dm", {**p, "init_chg": "dm"})
     shutil.copy(run_dir / params.get("stru_file", "STRU"), directory / "STRU")
     kpt = run_dir / "KPT.user" if (run_dir / "KPT.user").is_file() else run_dir / params.get("kpoint_file", "KPT")
     if kpt.is_file():
         shutil.copy(kpt, directory / "KPT")
     vol = abs(np.linalg.det(system.lattice))
-    charge = float(comps[0].sum() * vol / comps[0].size)
+    charge = float((comps[:2].sum(0) if nspin == 2 else comps[0]).sum() * vol / comps[0].size)
     return {"fermi_ev": ef, "grid": list(shape), "grid_source": grid_src, "electrons_on_grid": charge,
             "nelec": system.nelec, "files": sorted(p.name for p in directory.iterdir() if not p.name.startswith("."))}

@@ -139,10 +139,14 @@ def _orbital_values(basis, d: np.ndarray) -> np.ndarray:
 def density_on_grid(system, dm: BlockSparse, shape: tuple[int, int, int], block: int = 6) -> np.ndarray:
     """ρ(r) (and for spinor DM the magnetisation) on the periodic grid of the cell, e/Å³.
 
-    Returns (nx, ny, nz) for a spinless DM, (4, nx, ny, nz) = (ρ, m_x, m_y, m_z) for spinors.
+    Returns (nx, ny, nz) for a spinless DM, (2, nx, ny, nz) = (ρ↑, ρ↓) for a collinear one,
+    (4, nx, ny, nz) = (ρ, m_x, m_y, m_z) for spinors.
     Works block by block of grid points: for each block the atom images whose orbitals reach it,
     their orbital values Φ (points × orbitals) and the DM between those images; ρ = Φ·DM·Φᵀ.
     """
+    if dm.spin == "collinear":  # (2, nx, ny, nz): spin up, spin down
+        return np.stack([density_on_grid(system, dm.with_data(dm.data[:, c].copy(), "none"), shape, block)
+                         for c in (0, 1)])
     lat = np.asarray(system.lattice)
     pts = grid_points(lat, shape)
     nx, ny, nz = shape
