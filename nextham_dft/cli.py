@@ -447,12 +447,12 @@ def predict(run_dir, out_dir, model_path, device, force, zeroth, converged, orbi
         (tmp / "report.json").write_text(json.dumps(report, indent=1))
     click.echo(f"wrote {out_dir}/hamiltonian.h5, {out_dir}/abacus/, {out_dir}/report.json "
                f"(predict {timings['predict_s']:.2f} s on {dev})")
-    click.echo(f"start the SCF from it: nextham-dft restart {run_dir} --out <new folder>  (density, H(R), DM(R))")
     if "eval" in report:
         e = report["eval"]
         click.echo(f"vs converged SCF: band MAE {e['predicted']['band_mae_mev']:.1f} meV "
                    f"(H(0): {e['h0']['band_mae_mev']:.1f}), shift removed {e['predicted']['band_mae_shifted_mev']:.1f} meV "
                    f"(H(0): {e['h0']['band_mae_shifted_mev']:.1f})")
+    click.echo(f"start the SCF from it: nextham-dft restart {run_dir} --out <new folder>  (density, H(R), DM(R))")
 
 
 def _with_prediction(system, h_pred):
