@@ -58,6 +58,7 @@ def main() -> None:
         "split": split,
         "training": {"epochs": int(last[0]), "wall_clock_s": float(last[1]), "threads": torch.get_num_threads(),
                      "hardware": f"{platform.processor() or platform.machine()}, CPU only, 2 cores shared by two runs",
+                     "threads_per_run": (card.get("train_config") or {}).get("threads"),
                      "command": a.command or f"nextham-dft train {tdir / 'config.yaml'}", "note": a.note,
                      "config": card.get("train_config"),
                      "best_epoch": card.get("epoch"), "val": card.get("val")},
