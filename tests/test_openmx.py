@@ -154,3 +154,18 @@ def test_cli_info_bands_and_predict_refusal(tmp_path):
     assert (tmp_path / "b" / "bands.png").is_file()
     res = run("predict", str(d), "--out", str(tmp_path / "p"))
     assert_clean_error(res)
+
+
+def test_zeroth_step_is_recognised_from_scf_maxiter(tmp_path):
+    """A .scfout whose embedded input says scf.maxIter 1 is the zeroth step; both steps side by side."""
+    data = (fe_dir() / "fe.scfout").read_bytes()
+    run_dir = tmp_path / "run"
+    (run_dir / "h0").mkdir(parents=True)
+    (run_dir / "scf").mkdir()
+    old = b"scf.maxIter                 100"
+    assert old in data
+    (run_dir / "h0" / "fe.scfout").write_bytes(data.replace(old, b"scf.maxIter                   1"))
+    (run_dir / "scf" / "fe.scfout").write_bytes(data)
+    s = read_run(run_dir)
+    assert s.meta["zeroth_step"] == "h0/fe.scfout" and s.meta["converged_step"] == "scf/fe.scfout"
+    assert set(s.matrices) == {"H0", "H", "S"}

@@ -162,3 +162,22 @@ def test_band_lines_eigenvalues_match_siesta_bands_file(case):
     ours = s.bands("H", k)
     win = np.abs(e - s.fermi_ev["H"]) < 10
     assert np.abs(ours - e)[win].max() < 1e-4
+
+
+@pytest.mark.parametrize("case,label", [("Pt2_soc", "Pt2_xx"), ("Si_pdos_k", "Si_pdos")])
+def test_tshs_alone_reads_with_the_basis_from_ion_files(tmp_path, case, label):
+    """TSHS stores no orbital quantum numbers: the basis comes from the .ion.xml files; E_F shift undone."""
+    d = tmp_path / "run"
+    shutil.copytree(need(SI / case), d)
+    (d / f"{label}.HSX").unlink()
+    s = read_run(d)
+    assert "TSHS" in s.meta["generation"]
+    assert eigenvalue_error(s, "H")[0] < 1e-4
+
+
+def test_tshs_without_any_basis_source_is_a_clear_error(tmp_path):
+    d = tmp_path / "run"
+    shutil.copytree(need(SI / "legacy_si_pdos_kgrid_siesta4"), d)
+    for f in d.glob("*.HSX"):
+        f.unlink()
+    assert_clean_error(run("info", str(d)))

@@ -232,6 +232,29 @@ def _ion_cutoffs(symbol: str, tag: str, ion_dir: Path) -> dict[int, float]:
         return {}
 
 
+def _basis_atoms(step: Step) -> list:
+    """sisl Atoms (species order) with full orbital quantum numbers, from the fdf's basis sources (ion files,
+    ORB_INDX); empty when one lacks them."""
+    out = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if step.fdf is not None:
+                atoms = _fdf(step.fdf).read_basis()
+            else:
+                atoms = None
+            if not atoms:
+                oi = step.directory / f"{step.label}.ORB_INDX"
+                atoms = _sisl().get_sile(str(oi)).read_basis() if oi.is_file() else []
+        for a in atoms or []:
+            if not all(hasattr(o, "l") for o in a.orbitals):
+                return []
+            out.append(a)
+    except Exception:  # noqa: BLE001 - reported by the caller as a missing basis
+        return []
+    return out
+
+
 def canonical_transforms(bases: list[SpeciesBasis]) -> list[np.ndarray]:
     per_l = {l: code_to_canonical(SIESTA_CONVENTION, l) for l in SIESTA_CONVENTION.table}
     return [orbital_transform(b, per_l) for b in bases]
@@ -247,9 +270,10 @@ def _read_matrix(path: Path):
             warnings.simplefilter("ignore")
             sile = sisl.get_sile(str(path))
             H = sile.read_hamiltonian()
-            # sisl shifts an HSX of SIESTA ≥ 4.1 (layout 1 and 2) so that E_F = 0; undo it, the
-            # absolute level is part of what the model corrects (the TSHS reader does not shift)
-            if type(sile).__name__ == "hsxSileSiesta" and getattr(sile, "version", 0) >= 1:
+            # sisl returns HSX (layouts 1, 2) and TSHS Hamiltonians with E_F at zero; put the absolute
+            # level back, it is part of what the model corrects (checked against .EIG for both files)
+            name = type(sile).__name__
+            if (name == "hsxSileSiesta" and getattr(sile, "version", 0) >= 1) or name == "tshsSileSiesta":
                 H.shift(sile.read_fermi_level())
             return H
     except Exception as exc:  # noqa: BLE001 - sisl raises many kinds on bad files
@@ -317,7 +341,13 @@ def read_run(run: str | Path, *, zeroth: str | None = None, converged: str | Non
     g = H.geometry
     kinds_of_atom = np.asarray(g.atoms.species, dtype=np.int64)
     bases, perms = [], []
-    for atom in g.atoms.atom:
+    fallback = _basis_atoms(used[0]) if any(not hasattr(o, "l") for a in g.atoms.atom for o in a.orbitals) else []
+    for k, atom in enumerate(g.atoms.atom):
+        if any(not hasattr(o, "l") for o in atom.orbitals):  # TSHS: no quantum numbers (nor elements) stored
+            if k >= len(fallback) or fallback[k].no != atom.no:
+                raise BasisError(f"{used[0].matrix.name} stores no orbital quantum numbers and no matching basis "
+                                 f"(.ion.xml / .ORB_INDX beside the fdf) was found for species {k + 1}")
+            atom = fallback[k]
         b, p = _basis_of(atom, used[0].directory)
         bases.append(b)
         perms.append(p)
