@@ -160,3 +160,22 @@ def test_restart_collinear_channels_split_the_nspin1_density(tmp_path):
     up, dn = read_cube(b / "SPIN1_CHG.cube").values, read_cube(b / "SPIN2_CHG.cube").values
     assert np.allclose(up, 0.5 * one, atol=1e-6 * one.max()) and np.allclose(up, dn)
     assert {"hrs1_nao.csr", "hrs2_nao.csr", "dmrs1_nao.csr", "dmrs2_nao.csr"} <= {p.name for p in b.iterdir()}
+
+
+@pytest.mark.parametrize("case,label", [("Bi_hexagonal", "Bi_hexagonal"), ("Pt2_soc", "Pt2_xx")])
+def test_siesta_spin_orbit_dm_equals_siesta_dm(tmp_path, case, label):
+    """SOC: all 8 spin components of the DM from the converged H equal SIESTA's own .DM."""
+    import sisl
+
+    src = need(FIXTURES / "siesta" / case)
+    out = tmp_path / "dm"
+    res = run("restart", str(src), "--source", "scf", "--out", str(out))
+    assert res.exit_code == 0, res.stderr
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mine = sisl.get_sile(str(out / f"{label}.DM")).read_density_matrix()
+        ref = sisl.get_sile(str(src / f"{label}.DM")).read_density_matrix()
+    assert mine.spin.is_spinorbit
+    for c in range(8):
+        d = abs(mine.tocsr(c) - ref.tocsr(c))
+        assert d.max() < 0.02 and d.mean() < 1e-3, c

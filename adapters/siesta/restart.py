@@ -3,7 +3,8 @@
 The DM is computed on the run's full Monkhorst–Pack mesh with its occupation function and electron
 count (:func:`nextham_dft.core.density.density_matrix`), converted back to SIESTA's orbital order
 and signs, placed on the sparsity pattern SIESTA itself wrote (read again through sisl) and written
-by sisl. Unpolarized runs; spin-polarized and spinor DMs are not written yet.
+by sisl. Every spin mode: unpolarized, polarized, non-collinear and spin–orbit (SIESTA's spin box is
+ours with the spin indices swapped, as its own SOC .DM files show).
 """
 
 from __future__ import annotations
@@ -40,9 +41,6 @@ def full_mesh(system: System) -> KPoints:
 def siesta_dm(system: System, source: str):
     """(sisl DensityMatrix in SIESTA's conventions, E_F eV) of Hamiltonian ``source`` of a SIESTA run."""
     h, s = system.hamiltonian(source), system.matrices["S"]
-    if h.spin == "spinor":
-        raise MissingDataError(f"{system.spin_mode} SIESTA runs: spinor DM files are not written yet "
-                               f"(unpolarized and polarized are)")
     if system.nelec is None:
         raise MissingDataError("the electron count is unknown (no SIESTA output with 'Total number of electrons')")
     mesh = full_mesh(system)
@@ -69,7 +67,18 @@ def write_dm(directory: str | Path, run_dir: str | Path, system: System, source:
     perm = np.concatenate([aoff[a] + perms[k] for a, k in enumerate(system.kinds)])
     rows, cols, R, vals = d.to_coo(full=True)
     rows, cols = perm[rows], perm[cols]
-    comps = [vals[:, 0], vals[:, 1]] if d.spin == "collinear" else [vals]
+    if d.spin == "collinear":
+        comps = [vals[:, 0], vals[:, 1]]
+    elif d.spin == "spinor":
+        # SIESTA's spin box is ours with the spin indices swapped (checked against SIESTA's own SOC .DM):
+        # its ↑↓ element is our ↓↑ one
+        uu, ud, du, dd = vals[:, 0, 0], vals[:, 1, 0], vals[:, 0, 1], vals[:, 1, 1]
+        if H.spin.is_spinorbit:
+            comps = [uu.real, dd.real, ud.real, ud.imag, uu.imag, dd.imag, du.real, du.imag]
+        else:
+            comps = [uu.real, dd.real, ud.real, ud.imag]
+    else:
+        comps = [vals]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = sisl.DensityMatrix(g, spin=H.spin, orthogonal=False, dtype=np.float64)
@@ -77,7 +86,7 @@ def write_dm(directory: str | Path, run_dir: str | Path, system: System, source:
         colsc = cols + isc * g.no
         from scipy.sparse import csr_matrix
 
-        mats = [csr_matrix((v, (rows, colsc)), shape=(g.no, g.no_s)) for v in comps]
+        mats = [csr_matrix((np.asarray(v, dtype=float), (rows, colsc)), shape=(g.no, g.no_s)) for v in comps]
         dmat = mats[0] + (mats[1] if len(mats) > 1 else 0)
         Ssp = H.tocsr(H.S_idx)
         out = sisl.DensityMatrix.fromsp(g, mats, S=Ssp)
