@@ -502,6 +502,21 @@ def setup(run_dir, out_dir, keep_kpoints, run_now, abacus_exe, mpi):
             raise NexthamError(f"ABACUS exited with status {proc.returncode} (see {out})")
 
 
+def _source_matrix(system, source: str, model_path: str | None) -> str:
+    """The matrix tag of ``source`` in ``system``, predicting it first for 'predicted' (warnings on stderr)."""
+    tag = SOURCES[source]
+    if source == "predicted":
+        from .model.compat import check_run
+        from .model.predict import predict_hamiltonian
+
+        model, card = _load_model(model_path)
+        for w in check_run(system, card, model.layout):
+            click.echo(f"warning: {w}", err=True)
+        system.matrices["HP"] = predict_hamiltonian(model, system, _device("auto"))
+    system.hamiltonian(tag)
+    return tag
+
+
 @main.command()
 @click.argument("run_dir", type=click.Path())
 @click.option("--source", type=click.Choice(sorted(SOURCES)), default="predicted", show_default=True,
@@ -520,16 +535,7 @@ def restart(run_dir, source, out_dir, model_path, force, zeroth, converged, orbi
     from .writers.output import output_dir
 
     system = _read(run_dir, zeroth, converged, orbital_dir)
-    tag = SOURCES[source]
-    if source == "predicted":
-        from .model.compat import check_run
-        from .model.predict import predict_hamiltonian
-
-        model, card = _load_model(model_path)
-        for w in check_run(system, card, model.layout):
-            click.echo(f"warning: {w}", err=True)
-        system.matrices["HP"] = predict_hamiltonian(model, system, _device("auto"))
-    system.hamiltonian(tag)
+    tag = _source_matrix(system, source, model_path)
     code = system.meta.get("code")
     with output_dir(out_dir, force) as tmp:
         if code == "abacus":
@@ -567,16 +573,7 @@ def export(run_dir, fmt, source, out_dir, model_path, force, zeroth, converged, 
     from .writers.output import output_dir
 
     system = _read(run_dir, zeroth, converged, orbital_dir)
-    tag = SOURCES[source]
-    if source == "predicted":
-        from .model.compat import check_run
-        from .model.predict import predict_hamiltonian
-
-        model, card = _load_model(model_path)
-        for w in check_run(system, card, model.layout):
-            click.echo(f"warning: {w}", err=True)
-        system.matrices["HP"] = predict_hamiltonian(model, system, _device("auto"))
-    system.hamiltonian(tag)
+    tag = _source_matrix(system, source, model_path)
     with output_dir(out_dir, force) as tmp:
         write_deeph(tmp, system, tag)
     click.echo(f"wrote {out_dir} ({fmt}, {source})")

@@ -20,6 +20,7 @@ from nextham_dft.core.sph import code_to_canonical
 from nextham_dft.core.system import KPoints, System
 from nextham_dft.core.units import BOHR_TO_ANG, HARTREE_TO_EV, KELVIN_TO_EV
 from nextham_dft.errors import BasisError, ParseError, RunDirectoryError
+from nextham_dft.steps import pick_step
 
 from .convention import OPENMX_CONVENTION
 from .inputs import OpenMXInput, atom_labels, kgrid, max_iter, parse_input, read_input, species
@@ -92,16 +93,7 @@ def find_steps(run: str | Path) -> list[Step]:
 
 
 def _pick(steps: list[Step], kind: str, explicit: str | None) -> Step | None:
-    if explicit:
-        for s in steps:
-            if explicit in (s.name, s.scfout.name, s.scfout.stem, s.scfout.parent.name):
-                return s
-        raise RunDirectoryError(f"no step {explicit!r}; found: {', '.join(s.name for s in steps) or 'none'}")
-    found = [s for s in steps if s.kind == kind]
-    if len(found) > 1:
-        raise RunDirectoryError(f"several {kind} steps ({', '.join(s.name for s in found)}): choose one with "
-                                f"--{'zeroth' if kind == 'zeroth' else 'converged'}")
-    return found[0] if found else None
+    return pick_step(steps, kind, explicit, lambda s: (s.name, s.scfout.name, s.scfout.stem, s.scfout.parent.name))
 
 
 def canonical_transforms(bases: list[SpeciesBasis]) -> list[np.ndarray]:

@@ -24,6 +24,7 @@ from nextham_dft.core.sph import code_to_canonical
 from nextham_dft.core.system import KPoints, System
 from nextham_dft.core.units import ANG_TO_BOHR
 from nextham_dft.errors import BasisError, ParseError, RunDirectoryError
+from nextham_dft.steps import pick_step
 
 from .convention import SIESTA_CONVENTION
 from .outputs import read_eig, read_kp, read_log_facts
@@ -159,16 +160,7 @@ def find_steps(run: str | Path) -> list[Step]:
 
 
 def _pick(steps: list[Step], kind: str, explicit: str | None) -> Step | None:
-    if explicit:
-        for s in steps:
-            if explicit in (s.name, s.matrix.name, s.label, s.directory.name):
-                return s
-        raise RunDirectoryError(f"no step {explicit!r}; found: {', '.join(s.name for s in steps) or 'none'}")
-    found = [s for s in steps if s.kind == kind]
-    if len(found) > 1:
-        raise RunDirectoryError(f"several {kind} steps ({', '.join(s.name for s in found)}): choose one with "
-                                f"--{'zeroth' if kind == 'zeroth' else 'converged'}")
-    return found[0] if found else None
+    return pick_step(steps, kind, explicit, lambda s: (s.name, s.matrix.name, s.label, s.directory.name))
 
 
 # ---------------------------------------------------------------------------- basis
