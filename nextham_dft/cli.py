@@ -170,16 +170,9 @@ def bands(run_dir, source, kmode, out_dir, compare, density, force, model_path, 
     from .writers.output import output_dir
 
     system = _read(run_dir, zeroth, converged, orbital_dir)
-    tag = SOURCES[source]
-    if "predicted" in (source, compare):
-        from .model.compat import check_run
-        from .model.predict import predict_hamiltonian
-
-        model, card = _load_model(model_path)
-        for w in check_run(system, card, model.layout):
-            click.echo(f"warning: {w}", err=True)
-        system.matrices["HP"] = predict_hamiltonian(model, system, _device("auto"))
-    system.hamiltonian(tag)
+    tag = _source_matrix(system, source, model_path)
+    if compare:
+        _source_matrix(system, compare, model_path)
     if "S" not in system.matrices:
         raise NexthamError(f"{run_dir}: no overlap S(R) found; bands need it")
     fermi = _fermi(system, tag)
@@ -505,7 +498,7 @@ def setup(run_dir, out_dir, keep_kpoints, run_now, abacus_exe, mpi):
 def _source_matrix(system, source: str, model_path: str | None) -> str:
     """The matrix tag of ``source`` in ``system``, predicting it first for 'predicted' (warnings on stderr)."""
     tag = SOURCES[source]
-    if source == "predicted":
+    if source == "predicted" and "HP" not in system.matrices:
         from .model.compat import check_run
         from .model.predict import predict_hamiltonian
 
@@ -529,32 +522,25 @@ def _source_matrix(system, source: str, model_path: str | None) -> str:
 def restart(run_dir, source, out_dir, model_path, force, zeroth, converged, orbital_dir):
     """Starting files for the DFT code's SCF: density (cube), H(R), DM(R) and the INPUTs that read them.
 
-    ABACUS: OUT/SPIN*_CHG.cube + INPUT (init_chg file, every version), hrs1_nao.csr + INPUT.init_chg_hr
-    (ABACUS ≥ 3.11), dmrs1_nao.csr + INPUT.init_chg_dm (nspin 1). SIESTA: OUT/LABEL.DM (DM.UseSaveDM).
+    ABACUS: OUT/SPIN*_CHG.cube + INPUT (init_chg file, every version), hrs*_nao.csr + INPUT.init_chg_hr
+    (ABACUS ≥ 3.11), dmrs*_nao.csr + INPUT.init_chg_dm (nspin 1, 2). SIESTA: OUT/LABEL.DM (DM.UseSaveDM).
     """
     from .writers.output import output_dir
 
-    system = _read(run_dir, zeroth, converged, orbital_dir)
+    from .registry import adapter_for
+
+    adapter = adapter_for(run_dir)
+    if not hasattr(adapter, "write_restart"):
+        raise NexthamError(f"no starting-file writer for {adapter.name} runs (ABACUS and SIESTA have one)")
+    system = adapter.read_run(Path(run_dir), zeroth=zeroth, converged=converged, orbital_dir=orbital_dir)
     tag = _source_matrix(system, source, model_path)
-    code = system.meta.get("code")
     with output_dir(out_dir, force) as tmp:
-        if code == "abacus":
-            from .adapters.abacus.restart import write_restart
-
-            info = write_restart(tmp, Path(run_dir), system, tag)
-            (tmp / "restart.json").write_text(json.dumps({"source": source, **info}, indent=1))
-            click.echo(f"wrote {out_dir}: {', '.join(info['files'])}  (E_F {info['fermi_ev']:.4f} eV, grid "
-                       f"{'×'.join(map(str, info['grid']))} {info['grid_source']}, {info['electrons_on_grid']:.4f} "
-                       f"electrons on the grid)")
-            click.echo(f"run it:  cd {out_dir} && abacus     (or: cp INPUT.init_chg_hr INPUT, ABACUS ≥ 3.11)")
-        elif code == "siesta":
-            from .adapters.siesta.restart import write_dm
-
-            info = write_dm(tmp, Path(run_dir), system, tag)
-            (tmp / "restart.json").write_text(json.dumps({"source": source, **info}, indent=1))
-            click.echo(f"wrote {out_dir}/{info['file']}: copy it beside your fdf and set DM.UseSaveDM true")
-        else:
-            raise NexthamError(f"no starting-file writer for {code} runs (ABACUS and SIESTA have one)")
+        info = adapter.write_restart(tmp, Path(run_dir), system, tag)
+        (tmp / "restart.json").write_text(json.dumps({"source": source, **info}, indent=1))
+    extra = (f", grid {'×'.join(map(str, info['grid']))} {info['grid_source']}, "
+             f"{info['electrons_on_grid']:.4f} electrons on the grid" if "grid" in info else "")
+    click.echo(f"wrote {out_dir}: {', '.join(info['files'])}  (E_F {info['fermi_ev']:.4f} eV{extra})")
+    click.echo(f"then: {info['how'].format(out=out_dir)}")
 
 
 @main.command()

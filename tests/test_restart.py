@@ -14,7 +14,7 @@ import pytest
 
 from nextham_dft.adapters.abacus.csr import read_csr
 from nextham_dft.adapters.abacus.cube import read_cube
-from nextham_dft.adapters.abacus.restart import fft_grid, full_mesh
+from nextham_dft.adapters.abacus.restart import fft_grid
 from nextham_dft.adapters.abacus.run import canonical_transforms, csr_to_blocks
 from nextham_dft.core.density import density_matrix, density_on_grid, electron_count
 from nextham_dft.core.units import RY_TO_EV
@@ -36,7 +36,7 @@ def abacus_dm(name, system):
 @pytest.mark.parametrize("name", ["si_ns1", "alp_soc"])
 def test_dm_from_converged_h_equals_abacus_dm(name):
     s = read_run(need(REF / name))
-    k = full_mesh(s)
+    k = s.full_kmesh()
     dm, ef = density_matrix(s.matrices["H"], s.matrices["S"], k.frac, k.weights, s.nelec, s.smearing)
     assert abs(ef - s.fermi_ev["H"]) < 1e-3
     assert electron_count(dm, s.matrices["S"]) == pytest.approx(s.nelec, abs=1e-8)

@@ -29,5 +29,13 @@ class AbacusAdapter:
     def steps(self, path: Path):
         return find_steps(path)
 
+    def write_restart(self, directory: Path, run_dir: Path, system: System, source: str) -> dict[str, Any]:
+        """SCF starting files (cube density, H(R), DM(R), INPUTs) of Hamiltonian ``source``; a summary."""
+        from .restart import write_restart
+
+        info = write_restart(directory, run_dir, system, source)
+        info["how"] = "cd {out} && abacus     (or first: cp INPUT.init_chg_hr INPUT, ABACUS ≥ 3.11)"
+        return info
+
 
 __all__ = ["AbacusAdapter", "read_run", "find_steps"]

@@ -22,19 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from nextham_dft.core.blocks import unique_rows
 from nextham_dft.core.density import density_matrix, density_on_grid
-from nextham_dft.core.system import KPoints, System
+from nextham_dft.core.system import System
 from nextham_dft.core.units import ANG_TO_BOHR, EV_TO_RY
 from nextham_dft.errors import MissingDataError, RunDirectoryError
 
-from .csr import write_csr
 from .cube import read_cube, write_cube
-from .inputs import read_input
 from .run import find_steps
 from .setup import write_input
 from .textio import find
-from .writers import to_abacus_coo, write_matrix
+from .writers import write_matrix
 
 CUBE_COMMENT = "STEP: 0  Cubefile created from nextham-dft (ABACUS layout). Inner loop is z, followed by y and x"
 
@@ -61,14 +58,13 @@ def fft_grid(lattice: np.ndarray, params: dict[str, str]) -> tuple[int, int, int
     return tuple(_smooth(int(np.ceil(2 * np.sqrt(ecutrho) * x / (2 * np.pi) - 1e-9))) for x in a)  # type: ignore[return-value]
 
 
-def _run_params(run_dir: Path) -> tuple[dict[str, str], list[Path]]:
+def _run_params(run_dir: Path) -> dict[str, str]:
+    """The INPUT parameters of the run's converged step (else its zeroth step, else its first)."""
     steps = find_steps(run_dir)
-    conv = [s for s in steps if s.kind == "converged"]
-    zero = [s for s in steps if s.kind == "zeroth"]
-    chosen = (conv or zero or steps)
+    chosen = [s for s in steps if s.kind == "converged"] or [s for s in steps if s.kind == "zeroth"] or steps
     if not chosen:
         raise RunDirectoryError(f"{run_dir}: no ABACUS step found")
-    return dict(chosen[0].params), [s.directory for s in steps]
+    return dict(chosen[0].params)
 
 
 def grid_for(system: System, run_dir: Path, params: dict[str, str]) -> tuple[tuple[int, int, int], str]:
@@ -78,12 +74,6 @@ def grid_for(system: System, run_dir: Path, params: dict[str, str]) -> tuple[tup
         if c is not None:
             return read_cube(c).shape, f"from {c.name} of {d.name}"
     return fft_grid(system.lattice, params), "from INPUT's cutoffs (ABACUS's rule)"
-
-
-def full_mesh(system: System) -> KPoints:
-    if system.kpoints is None or system.kpoints.mesh is None:
-        raise MissingDataError("the run's k-mesh is unknown (no KPT mesh): the density matrix needs it")
-    return KPoints.from_mesh(system.kpoints.mesh)
 
 
 def _restart_inputs(params: dict[str, str], run_dir: Path) -> dict[str, str]:
@@ -127,8 +117,8 @@ def write_restart(directory: str | Path, run_dir: str | Path, system: System, so
     if system.nelec is None:
         raise MissingDataError("the electron count is unknown (no pseudopotential or log): needed for the DM")
     h, s = system.hamiltonian(source), system.matrices["S"]
-    params, _dirs = _run_params(run_dir)
-    mesh = full_mesh(system)
+    params = _run_params(run_dir)
+    mesh = system.full_kmesh()
     dm, ef = density_matrix(h, s, mesh.frac, mesh.weights, system.nelec, system.smearing)
     shape, grid_src = grid_for(system, run_dir, params)
     rho = density_on_grid(system, dm, shape)
@@ -146,11 +136,7 @@ def write_restart(directory: str | Path, run_dir: str | Path, system: System, so
         write_matrix(directory / f"hrs{c + 1}_nao.csr", h, system, "2025", "H", c)
     if nspin in (1, 2):
         for c in range(nspin):
-            d = dm if nspin == 1 else dm.with_data(dm.data[:, c].copy(), "none")
-            rows, cols, R, vals = to_abacus_coo(d, system, False)
-            uR, ridx = unique_rows(R)
-            write_csr(directory / f"dmrs{c + 1}_nao.csr", "2025", system.dim, uR, rows, cols, ridx.reshape(-1), vals,
-                      quantity="DM", spin_index=c + 1, n_spin=nspin)
+            write_matrix(directory / f"dmrs{c + 1}_nao.csr", dm, system, "2025", "DM", c)
     p = _restart_inputs(params, run_dir)
     write_input(directory / "INPUT", {**p, "init_chg": "file"})
     write_input(directory / "INPUT.init_chg_hr", {**p, "init_chg": "hr"})

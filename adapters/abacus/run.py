@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from nextham_dft.core.basis import RadialFunction, SpeciesBasis, file_sha256, orbital_transform
-from nextham_dft.core.blocks import BlockSparse, unique_rows
+from nextham_dft.core.blocks import BlockSparse, check_hermitian, spinor_from_spin_entries, unique_rows
 from nextham_dft.core.kspace import Smearing
 from nextham_dft.core.sph import code_to_canonical
 from nextham_dft.core.system import KPoints, System
@@ -261,11 +261,7 @@ def csr_to_blocks(
     A matrix whose two halves disagree (M(-R) ≠ M(R)^†) beyond print precision is
     an inconsistent file and raises ParseError.
     """
-    m = _csr_to_blocks(files, norb, kinds, transforms, scale, overlap)
-    big = float(np.max(np.abs(m.data), initial=0.0))
-    if m.hermiticity_error > 1e-5 * max(big, 1.0):
-        raise ParseError(files[0].path, f"matrix is not hermitian: M(-R) and M(R)^T differ by {m.hermiticity_error:.3g} (corrupted file?)")
-    return m
+    return check_hermitian(_csr_to_blocks(files, norb, kinds, transforms, scale, overlap), files[0].path)
 
 
 def _csr_to_blocks(
@@ -293,21 +289,18 @@ def _csr_to_blocks(
         return m.transform_orbitals(kinds, transforms)
     if f0.dim != 2 * n:
         raise BasisError(f"{f0.path}: matrix dimension {f0.dim} matches neither {n} orbitals nor {2 * n} spinors of the basis")
-    mu, s = f0.rows // 2, f0.rows % 2
-    nu, t = f0.cols // 2, f0.cols % 2
-    R = f0.R[f0.Ridx]
-    key = np.stack([R[:, 0], R[:, 1], R[:, 2], mu, nu], 1)
-    keys, inv = unique_rows(key)
-    vals = np.zeros((len(keys), 2, 2), dtype=np.complex128)
-    vals[inv, s, t] = f0.values
+    # spinor-interleaved rows/columns 2μ + s
+    m = spinor_from_spin_entries(norb, f0.rows // 2, f0.cols // 2, f0.R[f0.Ridx], f0.rows % 2, f0.cols % 2,
+                                 f0.values * scale)
     if overlap:
-        off = np.max(np.abs(vals[:, 0, 1]), initial=0) + np.max(np.abs(vals[:, 1, 0]), initial=0)
-        diff = np.max(np.abs(vals[:, 0, 0] - vals[:, 1, 1]), initial=0)
-        if off > 1e-6 or diff > 1e-6 or np.max(np.abs(vals[:, 0, 0].imag), initial=0) > 1e-6:
+        v = m.data
+        off = np.max(np.abs(v[:, 0, 1]), initial=0) + np.max(np.abs(v[:, 1, 0]), initial=0)
+        diff = np.max(np.abs(v[:, 0, 0] - v[:, 1, 1]), initial=0)
+        if off > 1e-6 or diff > 1e-6 or np.max(np.abs(v[:, 0, 0].imag), initial=0) > 1e-6:
             raise ParseError(f0.path, "spinor overlap is not S ⊗ 1")
-        m = BlockSparse.from_coo(norb, keys[:, 3], keys[:, 4], keys[:, :3], vals[:, 0, 0].real * scale, "none")
-    else:
-        m = BlockSparse.from_coo(norb, keys[:, 3], keys[:, 4], keys[:, :3], vals * scale, "spinor")
+        herm = m.hermiticity_error
+        m = m.with_data(v[:, 0, 0].real.copy(), "none")
+        m.hermiticity_error = herm
     return m.transform_orbitals(kinds, transforms)
 
 

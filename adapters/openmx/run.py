@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from nextham_dft.core.basis import SpeciesBasis, orbital_transform, shells_from_zetas
-from nextham_dft.core.blocks import BlockSparse, spinor_from_spin_entries
+from nextham_dft.core.blocks import BlockSparse, check_hermitian, spinor_from_spin_entries
 from nextham_dft.core.kspace import Smearing
 from nextham_dft.core.sph import code_to_canonical
 from nextham_dft.core.system import KPoints, System
@@ -150,10 +150,7 @@ def _hamiltonian(sc: Scfout, norb: np.ndarray) -> BlockSparse:
 
 
 def _checked(m: BlockSparse, path: Path) -> BlockSparse:
-    big = float(np.max(np.abs(m.data), initial=0.0))
-    if m.hermiticity_error > 1e-6 * max(big, 1.0):
-        raise ParseError(path, f"matrix is not hermitian: M(-R) and M(R)^T differ by {m.hermiticity_error:.3g} (corrupted file?)")
-    return m
+    return check_hermitian(m, str(path), rtol=1e-6)
 
 
 def read_run(run: str | Path, *, zeroth: str | None = None, converged: str | None = None,
@@ -164,9 +161,9 @@ def read_run(run: str | Path, *, zeroth: str | None = None, converged: str | Non
     if not steps:
         raise RunDirectoryError(f"{run}: no OpenMX .scfout file (was HS.fileout on?)")
     s0, sc_ = _pick(steps, "zeroth", zeroth), _pick(steps, "converged", converged)
-    used = [s for s in (s0, sc_) if s is not None] or steps[:1]
-    files = {s.kind if s in (s0, sc_) else "H": read_scfout(s.scfout) for s in used}
-    first = files[used[0].kind] if used[0] in (s0, sc_) else files["H"]
+    used = [s for s in (s0, sc_) if s is not None]  # every step is one or the other (find_steps)
+    files = {s.name: read_scfout(s.scfout) for s in used}
+    first = files[used[0].name]
     inp = _input_for(used[0].scfout, first)
     bases, kinds = _bases(inp, first)
     norb = first.norb
@@ -194,7 +191,7 @@ def read_run(run: str | Path, *, zeroth: str | None = None, converged: str | Non
     for tag, st in (("H0", s0), ("H", sc_)):
         if st is None:
             continue
-        f = files[st.kind]
+        f = files[st.name]
         if not np.array_equal(f.norb, norb) or f.spin_switch != first.spin_switch:
             raise RunDirectoryError(f"{st.name} and {used[0].name} are not the same system (orbitals or spin differ)")
         if load_matrices:
@@ -205,8 +202,6 @@ def read_run(run: str | Path, *, zeroth: str | None = None, converged: str | Non
             k, e, _mu = read_band(band)
             e = e * HARTREE_TO_EV
             system.reference_eigenvalues[tag] = (k, e if spin_mode == "collinear" else e[0])
-    if not (s0 or sc_) and load_matrices:  # a single step that is neither: keep its H as converged
-        system.matrices["H"] = _checked(_hamiltonian(first, norb), first.path).transform_orbitals(kinds, transforms)
     version = {0: "OpenMX ≤ 3.8 (scfout version 0)", 3: "OpenMX 3.9 (scfout version 3)"}[first.version]
     system.meta = {
         "code": "openmx",

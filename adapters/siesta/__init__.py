@@ -31,5 +31,14 @@ class SiestaAdapter:
     def steps(self, path: Path):
         return find_steps(path)
 
+    def write_restart(self, directory: Path, run_dir: Path, system: System, source: str) -> dict[str, Any]:
+        """The density matrix ``LABEL.DM`` of Hamiltonian ``source``; a summary."""
+        from .restart import write_dm
+
+        info = write_dm(directory, run_dir, system, source)
+        info["files"] = [info["file"]]
+        info["how"] = "copy {out}/" + info["file"] + " beside your fdf and set DM.UseSaveDM true"
+        return info
+
 
 __all__ = ["SiestaAdapter", "read_run", "find_steps"]

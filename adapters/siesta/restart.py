@@ -15,27 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from nextham_dft.core.density import density_matrix
-from nextham_dft.core.system import KPoints, System
+from nextham_dft.core.system import System
 from nextham_dft.errors import MissingDataError
 
 from .run import _basis_of, _pick, _read_matrix, canonical_transforms, find_steps
-
-
-def full_mesh(system: System) -> KPoints:
-    """The full mesh of the run, with the shift that contains SIESTA's own k-points (.KP)."""
-    if system.kpoints is None or system.kpoints.mesh is None:
-        raise MissingDataError("the run's k-mesh is unknown (kgrid.MonkhorstPack in the fdf): the DM needs it")
-    mesh = system.kpoints.mesh
-    best = None
-    for shift in [(0.0, 0.0, 0.0), tuple(0.5 if n % 2 == 0 else 0.0 for n in mesh), (0.5, 0.5, 0.5)]:
-        cand = KPoints.from_mesh(mesh, shift)
-        x = system.kpoints.frac[:, None, :] - cand.frac[None]
-        y = system.kpoints.frac[:, None, :] + cand.frac[None]
-        ok = np.all(np.any(np.all(np.abs(x - np.round(x)) < 1e-4, -1) | np.all(np.abs(y - np.round(y)) < 1e-4, -1), 1))
-        if ok:
-            return cand
-        best = best or cand
-    return best  # type: ignore[return-value]
 
 
 def siesta_dm(system: System, source: str):
@@ -43,7 +26,7 @@ def siesta_dm(system: System, source: str):
     h, s = system.hamiltonian(source), system.matrices["S"]
     if system.nelec is None:
         raise MissingDataError("the electron count is unknown (no SIESTA output with 'Total number of electrons')")
-    mesh = full_mesh(system)
+    mesh = system.full_kmesh()
     dm, ef = density_matrix(h, s, mesh.frac, mesh.weights, system.nelec, system.smearing)
     return dm, ef
 
@@ -81,7 +64,6 @@ def write_dm(directory: str | Path, run_dir: str | Path, system: System, source:
         comps = [vals]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out = sisl.DensityMatrix(g, spin=H.spin, orthogonal=False, dtype=np.float64)
         isc = np.array([g.sc_index(r) for r in R]) if len(R) else np.zeros(0, int)
         colsc = cols + isc * g.no
         from scipy.sparse import csr_matrix

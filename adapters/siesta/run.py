@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from nextham_dft.core.basis import RadialFunction, SpeciesBasis, file_sha256, orbital_transform
-from nextham_dft.core.blocks import BlockSparse, spinor_from_spin_entries
+from nextham_dft.core.blocks import BlockSparse, check_hermitian, spinor_from_spin_entries
 from nextham_dft.core.kspace import Smearing
 from nextham_dft.core.sph import code_to_canonical
 from nextham_dft.core.system import KPoints, System
@@ -309,11 +309,7 @@ def _to_blocks(H, perm_global: np.ndarray, norb: np.ndarray, path: Path) -> tupl
         h = spinor_from_spin_entries(norb, np.tile(rows, 4), np.tile(cols, 4), np.tile(R, (4, 1)),
                                      np.concatenate([z, o, z, o]), np.concatenate([z, o, o, z]),
                                      np.concatenate([uu, dd, ud, du]))
-    for m in (h, S):
-        big = float(np.max(np.abs(m.data), initial=0.0))
-        if m.hermiticity_error > 1e-5 * max(big, 1.0):
-            raise ParseError(path, f"matrix is not hermitian: M(-R) and M(R)^T differ by {m.hermiticity_error:.3g}")
-    return h, S
+    return check_hermitian(h, str(path)), check_hermitian(S, str(path))
 
 
 # ---------------------------------------------------------------------------- run
@@ -327,7 +323,7 @@ def read_run(run: str | Path, *, zeroth: str | None = None, converged: str | Non
     if not steps:
         raise RunDirectoryError(f"{run}: no SIESTA .HSX or .TSHS file (set SaveHS true or TS.HS.Save)")
     s0, sc = _pick(steps, "zeroth", zeroth), _pick(steps, "converged", converged)
-    used = [s for s in (s0, sc) if s is not None] or steps[:1]
+    used = [s for s in (s0, sc) if s is not None]  # every step is one or the other (find_steps)
     mats = {id(s): _read_matrix(s.matrix) for s in used}
     H = mats[id(used[0])]
     g = H.geometry
@@ -386,11 +382,6 @@ def read_run(run: str | Path, *, zeroth: str | None = None, converged: str | Non
                     if system.kpoints is None:
                         mg = kgrid(_fdf(st.fdf)) if st.fdf is not None else None
                         system.kpoints = KPoints(kfrac, w, mg[0] if mg else mesh_of_points(kfrac))
-                        system.meta_kshift = mg[1] if mg else None  # type: ignore[attr-defined]
-    if not (s0 or sc) and load_matrices:
-        h, S = _to_blocks(H, perm_global, norb, used[0].matrix)
-        system.matrices["H"] = h.transform_orbitals(kinds_of_atom, transforms)
-        system.matrices["S"] = S.transform_orbitals(kinds_of_atom, transforms)
     facts: dict[str, object] = {}
     for name in ("RUN.out", f"{used[0].label}.out", "siesta.out"):
         p = used[0].directory / name

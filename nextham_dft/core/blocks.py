@@ -396,6 +396,18 @@ class BlockSparse:
         return max(d, float(np.max(np.abs(self.data - b.data), initial=0.0)))
 
 
+def check_hermitian(m: BlockSparse, source: str, rtol: float = 1e-5) -> BlockSparse:
+    """``m`` itself, or ParseError naming ``source`` when its two halves (M(−R) vs M(R)†, both given in a
+    file) disagree by more than ``rtol`` relative to its largest entry (at least 1): a corrupted file."""
+    from ..errors import ParseError
+
+    big = float(np.max(np.abs(m.data), initial=0.0))
+    if m.hermiticity_error > rtol * max(big, 1.0):
+        raise ParseError(source, f"matrix is not hermitian: M(-R) and M(R)^T differ by {m.hermiticity_error:.3g} "
+                                 "(corrupted file?)")
+    return m
+
+
 def spinor_from_spin_entries(
     norb: np.ndarray, rows: np.ndarray, cols: np.ndarray, R: np.ndarray, s: np.ndarray, t: np.ndarray,
     values: np.ndarray,

@@ -27,78 +27,52 @@ def density_matrix(h: BlockSparse, s: BlockSparse, kfrac: np.ndarray, weights: n
     """DM(R) of H on a full k-mesh (weights sum to 1) with the run's smearing; returns (DM, E_F in H's units).
 
     The k-points must be the full mesh (not reduced by symmetry). DM is returned on the sparsity
-    pattern of ``pattern`` (default: S's), with H's spin layout.
+    pattern of ``pattern`` (default: S's), with H's spin layout; the two channels of a collinear H
+    share one Fermi level.
     """
-    if h.spin == "collinear":
-        return _collinear_density_matrix(h, s, kfrac, weights, nelec, smearing, pattern)
-    spinor = h.spin == "spinor"
-    pattern = pattern if pattern is not None else s
     kfrac = np.atleast_2d(np.asarray(kfrac, dtype=float))
     w = np.asarray(weights, dtype=float) / np.sum(weights)
+    pattern = pattern if pattern is not None else s
+    spinor = h.spin == "spinor"
+    channels = [h.with_data(h.data[:, c].copy(), "none") for c in (0, 1)] if h.spin == "collinear" else [h]
+    solved = [_eigensystem(ch, s, kfrac, spinor) for ch in channels]
+    g = 2.0 if h.spin == "none" else 1.0
+    eig = np.stack([e for e, _ in solved]) if len(solved) == 2 else solved[0][0]
+    ef = fermi_level(eig, w, nelec, smearing, g)
+    rows, cols, R, _ = pattern.to_coo(full=False)
+    if spinor:  # the four spin components of every stored entry, spin-interleaved indices 2μ + s
+        rows = (2 * rows[:, None] + np.array([0, 0, 1, 1])).reshape(-1)
+        cols = (2 * cols[:, None] + np.array([0, 1, 0, 1])).reshape(-1)
+        R = np.repeat(R, 4, axis=0)
+    parts = [_accumulate(vec, g * smearing.occupation(e, ef) * w[:, None], kfrac, rows, cols, R) for e, vec in solved]
+    if spinor:
+        data, layout = parts[0].reshape(-1, 2, 2), "spinor"
+    elif len(parts) == 2:
+        data, layout = np.stack([p.real for p in parts], axis=1), "collinear"
+    else:
+        data, layout = parts[0].real, "none"
+    return BlockSparse(pattern.norb, pattern.edge_i, pattern.edge_j, pattern.R, pattern.offsets, data, layout), float(ef)
+
+
+def _eigensystem(h: BlockSparse, s: BlockSparse, kfrac: np.ndarray, spinor: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (nk, nb) and S-orthonormal eigenvectors (nk, dim, nb) at every k (64 k-points at a time)."""
     ha, sa = KAssembler(h, spinor=spinor), KAssembler(s, spinor=spinor)
     e, c = [], []
     for a in range(0, len(kfrac), 64):
-        ee, cc = solve_generalized(ha(kfrac[a : a + 64]), sa(kfrac[a : a + 64]), vectors=True, kpoints=kfrac[a : a + 64])
+        kk = kfrac[a : a + 64]
+        ee, cc = solve_generalized(ha(kk), sa(kk), vectors=True, kpoints=kk)
         e.append(ee)
         c.append(cc)
-    eig, vec = np.concatenate(e), np.concatenate(c)  # (nk, nb), (nk, dim, nb)
-    g = 1.0 if spinor else 2.0
-    ef = fermi_level(eig, w, nelec, smearing, g)
-    occ = g * smearing.occupation(eig, ef) * w[:, None]  # (nk, nb)
-    pat = pattern if not spinor or pattern.spin == "spinor" else pattern.with_data(
-        np.zeros((len(pattern.data), 2, 2), complex), "spinor")
-    rows, cols, R, _ = pat.to_coo(full=False)
-    if spinor:
-        r2 = (2 * rows[:, None] + np.array([0, 0, 1, 1])).reshape(-1)
-        c2 = (2 * cols[:, None] + np.array([0, 1, 0, 1])).reshape(-1)
-        R2 = np.repeat(R, 4, axis=0)
-    else:
-        r2, c2, R2 = rows, cols, R
-    out = np.zeros(len(r2), dtype=complex)
-    for k in range(len(kfrac)):
-        # Σ_n f c*_i c_j for the needed (i, j) only, then the phase of each entry's R
-        ci = vec[k][r2]  # (nnz, nb)
-        cj = vec[k][c2]
-        out += np.einsum("en,en,n->e", ci.conj(), cj, occ[k]) * np.exp(2j * np.pi * (R2 @ kfrac[k]))
-    if spinor:
-        data = out.reshape(-1, 2, 2)
-    else:
-        data = out.real
-    dm = BlockSparse(pat.norb, pat.edge_i, pat.edge_j, pat.R, pat.offsets, data, "spinor" if spinor else "none")
-    return dm, float(ef)
+    return np.concatenate(e), np.concatenate(c)
 
 
-def _collinear_density_matrix(h, s, kfrac, weights, nelec, smearing, pattern):
-    """Both spin channels with one Fermi level (the electron count is shared): DM layout 'collinear'."""
-    kfrac = np.atleast_2d(np.asarray(kfrac, dtype=float))
-    w = np.asarray(weights, dtype=float) / np.sum(weights)
-    chans = [h.with_data(h.data[:, c].copy(), "none") for c in (0, 1)]
-    eig = np.stack([_eigs(ch, s, kfrac) for ch in chans])
-    ef = fermi_level(eig, w, nelec, smearing, 1.0)
-    parts = [_dm_at_fermi(ch, s, kfrac, w, ef, smearing, 1.0, pattern if pattern is not None else s) for ch in chans]
-    data = np.stack([p.data for p in parts], axis=1)
-    p0 = parts[0]
-    return BlockSparse(p0.norb, p0.edge_i, p0.edge_j, p0.R, p0.offsets, data, "collinear"), float(ef)
-
-
-def _eigs(h: BlockSparse, s: BlockSparse, kfrac: np.ndarray) -> np.ndarray:
-    ha, sa = KAssembler(h), KAssembler(s)
-    return np.concatenate([solve_generalized(ha(kfrac[a : a + 64]), sa(kfrac[a : a + 64]), kpoints=kfrac[a : a + 64])
-                           for a in range(0, len(kfrac), 64)])
-
-
-def _dm_at_fermi(h, s, kfrac, w, ef, smearing, g, pattern) -> BlockSparse:
-    """Spinless DM of one channel at a given Fermi level (degeneracy g)."""
-    ha, sa = KAssembler(h), KAssembler(s)
-    rows, cols, R, _ = pattern.to_coo(full=False)
+def _accumulate(vec: np.ndarray, occ: np.ndarray, kfrac: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                R: np.ndarray) -> np.ndarray:
+    """Σ_k Σ_n occ_nk c*_row,nk c_col,nk e^{i2πk·R} for the requested entries only (loop over k only)."""
     out = np.zeros(len(rows), dtype=complex)
-    for a in range(0, len(kfrac), 64):
-        kk = kfrac[a : a + 64]
-        e, c = solve_generalized(ha(kk), sa(kk), vectors=True, kpoints=kk)
-        occ = g * smearing.occupation(e, ef) * w[a : a + 64, None]
-        for k in range(len(kk)):
-            out += np.einsum("en,en,n->e", c[k][rows].conj(), c[k][cols], occ[k]) * np.exp(2j * np.pi * (R @ kk[k]))
-    return BlockSparse(pattern.norb, pattern.edge_i, pattern.edge_j, pattern.R, pattern.offsets, out.real, "none")
+    for k in range(len(kfrac)):
+        out += np.einsum("en,en,n->e", vec[k][rows].conj(), vec[k][cols], occ[k]) * np.exp(2j * np.pi * (R @ kfrac[k]))
+    return out
 
 
 def electron_count(dm: BlockSparse, s: BlockSparse) -> float:
@@ -136,6 +110,55 @@ def _orbital_values(basis, d: np.ndarray) -> np.ndarray:
     return out
 
 
+class _PairLookup:
+    """Vectorised (i, j, R) → index of the block in ``full_blocks()`` order, or the index of the zero block."""
+
+    def __init__(self, ei: np.ndarray, ej: np.ndarray, R: np.ndarray) -> None:
+        self.n_atoms = int(max(ei.max(initial=0), ej.max(initial=0))) + 1
+        self.span = int(np.abs(R).max(initial=0))
+        self.keys = self._key(ei, ej, R)
+        self.order = np.argsort(self.keys)
+        self.sorted = self.keys[self.order]
+        self.missing = len(ei)
+
+    def _key(self, i, j, R) -> np.ndarray:
+        w = 2 * self.span + 1
+        r = np.clip(R + self.span, 0, w - 1)
+        inside = np.all(np.abs(R) <= self.span, axis=-1)
+        k = ((np.asarray(i) * self.n_atoms + np.asarray(j)) * w + r[..., 0]) * w * w + r[..., 1] * w + r[..., 2]
+        return np.where(inside, k, -1)
+
+    def __call__(self, i, j, R) -> np.ndarray:
+        k = self._key(i, j, R)
+        pos = np.clip(np.searchsorted(self.sorted, k), 0, max(len(self.sorted) - 1, 0))
+        hit = (len(self.sorted) > 0) & (self.sorted[pos] == k) & (k >= 0)
+        return np.where(hit, self.order[pos], self.missing)
+
+
+def _padded_components(dm: BlockSparse, spinor: bool) -> np.ndarray:
+    """Every directed DM block (``full_blocks()`` order) as (E + 1, ncomp, nb, nb), nb = largest atom's orbitals.
+
+    Spinless: the one charge component. Spinor: charge Σ_s DM_ss and magnetisation Σ_st σ_a[s, t] DM_st
+    (real parts: the imaginary ones cancel against the mirror block). The last block is zero.
+    """
+    ei, ej, _R, off, data = dm.full_blocks()
+    nb = int(dm.norb.max())
+    ncomp = 4 if spinor else 1
+    out = np.zeros((len(ei) + 1, ncomp, nb, nb))
+    sizes = np.diff(off)
+    edge = np.repeat(np.arange(len(ei)), sizes)
+    local = np.arange(len(edge)) - off[edge]
+    nj = dm.norb[ej][edge]
+    r, c = local // nj, local % nj
+    if spinor:
+        comps = [data[:, 0, 0] + data[:, 1, 1]] + [np.einsum("st,est->e", PAULI[a], data) for a in range(3)]
+        for a, v in enumerate(comps):
+            out[edge, a, r, c] = v.real
+    else:
+        out[edge, 0, r, c] = data
+    return out
+
+
 def density_on_grid(system, dm: BlockSparse, shape: tuple[int, int, int], block: int = 6) -> np.ndarray:
     """ρ(r) (and for spinor DM the magnetisation) on the periodic grid of the cell, e/Å³.
 
@@ -162,41 +185,30 @@ def density_on_grid(system, dm: BlockSparse, shape: tuple[int, int, int], block:
     img_atom = np.repeat(np.arange(system.n_atoms), len(T))
     img_T = np.tile(T, (system.n_atoms, 1))
     img_pos = system.positions[img_atom] + img_T @ lat
-    # DM blocks by key
-    ei, ej, R, off, data = dm.full_blocks()
-    key = {(int(a), int(b), int(r0), int(r1), int(r2)): e for e, (a, b, (r0, r1, r2)) in enumerate(zip(ei, ej, R))}
+    # DM blocks padded to the largest atom (zero rows/columns beyond an atom's orbitals), plus one zero
+    # block for absent pairs; charge and magnetisation components taken once for all blocks
+    blk = _padded_components(dm, spinor)  # (E + 1, ncomp, nb, nb)
+    nb = blk.shape[-1]
+    ei, ej, R, _, _ = dm.full_blocks()
+    lookup = _PairLookup(ei, ej, R)
     norb = dm.norb
     for bx in range(0, nx, block):
         for by in range(0, ny, block):
             for bz in range(0, nz, block):
                 p = pts[bx : bx + block, by : by + block, bz : bz + block].reshape(-1, 3)
-                if len(p) == 0:
-                    continue
                 centre = p.mean(0)
                 radius = np.linalg.norm(p - centre, axis=1).max()
                 near = np.nonzero(np.linalg.norm(img_pos - centre, axis=1) < rc[img_atom] + radius)[0]
                 if len(near) == 0:
                     continue
-                phis = [_orbital_values(bases[img_atom[a]], p - img_pos[a]) for a in near]
-                Phi = np.concatenate(phis, axis=1)
-                starts = np.concatenate([[0], np.cumsum([norb[img_atom[a]] for a in near])])
-                M = starts[-1]
-                D = np.zeros((M, M) + ((2, 2) if spinor else ()), dtype=complex if spinor else float)
+                Phi = np.zeros((len(p), len(near), nb))
                 for x, a in enumerate(near):
-                    for y, b in enumerate(near):
-                        Rab = img_T[b] - img_T[a]
-                        e = key.get((int(img_atom[a]), int(img_atom[b]), int(Rab[0]), int(Rab[1]), int(Rab[2])))
-                        if e is None:
-                            continue
-                        ni, nj = norb[img_atom[a]], norb[img_atom[b]]
-                        D[starts[x] : starts[x + 1], starts[y] : starts[y + 1]] = data[off[e] : off[e + 1]].reshape(
-                            (ni, nj) + D.shape[2:])
+                    Phi[:, x, : norb[img_atom[a]]] = _orbital_values(bases[img_atom[a]], p - img_pos[a])
+                Phi = Phi.reshape(len(p), -1)
+                # DM between every pair of near images: block (i, j, T_b − T_a), zero when absent
+                e = lookup(img_atom[near][:, None], img_atom[near][None, :], img_T[near][None, :] - img_T[near][:, None])
+                D = blk[e].transpose(2, 0, 3, 1, 4).reshape(ncomp, len(near) * nb, len(near) * nb)
+                vals = np.sum((Phi[None] @ D) * Phi[None], axis=2)  # ρ_c(p) = Φ_p · DM_c · Φ_p (BLAS)
                 sl = (slice(None), slice(bx, bx + block), slice(by, by + block), slice(bz, bz + block))
-                bshape = rho[sl].shape[1:]
-                if spinor:
-                    comps = [D[..., 0, 0] + D[..., 1, 1]] + [np.einsum("st,mnst->mn", PAULI[c], D) for c in range(3)]
-                    vals = [np.einsum("pm,mn,pn->p", Phi, cm.real, Phi) for cm in comps]
-                    rho[sl] = np.stack(vals).reshape((4,) + bshape)
-                else:
-                    rho[sl] = np.einsum("pm,mn,pn->p", Phi, D, Phi).reshape((1,) + bshape)
+                rho[sl] = vals.reshape(rho[sl].shape)
     return rho if spinor else rho[0]

@@ -95,36 +95,30 @@ def solve_generalized(hk: np.ndarray, sk: np.ndarray, vectors: bool = False, kpo
     return e, c
 
 
-class SparseKAssembler:
+class SparseKAssembler(KAssembler):
     """M(k) as a scipy CSR matrix, for big cells where a dense H(k) does not pay (memory-bound).
 
-    Same conventions as :class:`KAssembler`; the sparsity pattern is fixed once, each k only
-    recomputes the values (one bincount over the stored entries).
+    Same entries and phases as :class:`KAssembler`; the sparsity pattern is fixed once (the
+    distinct flat positions, already sorted there), each k only sums the values into it.
     """
 
     def __init__(self, m: BlockSparse, spinor: bool = False) -> None:
         from scipy import sparse
 
-        rows, cols, R, vals = m.to_spinor_coo() if spinor else m.to_coo(full=True)
-        self.dim = 2 * m.dim if spinor else m.dim
-        key = rows.astype(np.int64) * self.dim + cols
-        self.ukey, self.slot = np.unique(key, return_inverse=True)
-        self.R, self.ridx = unique_rows(R)
-        self.vals = np.asarray(vals).astype(np.complex128)
-        coo = sparse.coo_matrix((np.ones(len(self.ukey)), (self.ukey // self.dim, self.ukey % self.dim)),
-                                shape=(self.dim, self.dim)).tocsr()
-        coo.sort_indices()
-        self.template = coo
-        # CSR data order equals sorted (row, col) order, i.e. ukey order
-        self.sparse = sparse
+        super().__init__(m, spinor)
+        ukey, self.slot = np.unique(self.flat, return_inverse=True)
+        # CSR with sorted indices stores its data in (row, col) order, i.e. in ukey order
+        self.template = sparse.csr_matrix((np.zeros(len(ukey), complex), (ukey // self.dim, ukey % self.dim)),
+                                          shape=(self.dim, self.dim))
+        self.template.sort_indices()
 
-    def __call__(self, k: np.ndarray):
-        phase = np.exp(2j * np.pi * (self.R @ np.asarray(k, dtype=float)))
-        v = self.vals * phase[self.ridx]
-        data = np.bincount(self.slot, weights=v.real, minlength=len(self.ukey)) + 1j * np.bincount(
-            self.slot, weights=v.imag, minlength=len(self.ukey))
-        out = self.template.copy().astype(np.complex128)
-        out.data = data
+    def __call__(self, k: np.ndarray):  # type: ignore[override]
+        """One k-point (3,) → CSR (dim, dim) complex."""
+        v = self.vals * np.exp(2j * np.pi * (self.R @ np.asarray(k, dtype=float)))[self.ridx]
+        out = self.template.copy()
+        n = len(out.data)
+        out.data = np.bincount(self.slot, weights=v.real, minlength=n) + 1j * np.bincount(self.slot, weights=v.imag,
+                                                                                           minlength=n)
         return out
 
 

@@ -42,6 +42,25 @@ class KPoints:
         return cls(k, np.full(len(k), 1.0 / len(k)), tuple(mesh))
 
 
+    def full_mesh(self) -> KPoints:
+        """The whole mesh these k-points come from (no symmetry reduction), uniform weights.
+
+        The shift is the one (Γ-centred, half a step on even axes, or half a step on all) whose
+        points contain these k-points up to time reversal; codes list reduced sets of either.
+        """
+        if self.mesh is None:
+            raise MissingDataError("the run's k-mesh is unknown (no mesh in its input): a density matrix needs it")
+        shifts = [(0.0, 0.0, 0.0), tuple(0.5 if n % 2 == 0 else 0.0 for n in self.mesh), (0.5, 0.5, 0.5)]
+        for shift in shifts:
+            cand = KPoints.from_mesh(self.mesh, shift)
+            d = self.frac[:, None, :] - cand.frac[None]
+            p = self.frac[:, None, :] + cand.frac[None]
+            hit = np.all(np.abs(d - np.round(d)) < 1e-4, -1) | np.all(np.abs(p - np.round(p)) < 1e-4, -1)
+            if np.all(hit.any(axis=1)):
+                return cand
+        return KPoints.from_mesh(self.mesh)
+
+
 @dataclass
 class System:
     """One calculation in canonical form.
@@ -132,6 +151,12 @@ class System:
     def bands(self, source: str, kfrac: np.ndarray) -> np.ndarray:
         """Eigenvalues (eV) of matrix ``source`` at fractional k-points."""
         return band_energies(self.hamiltonian(source), self.matrices["S"], kfrac)
+
+    def full_kmesh(self) -> KPoints:
+        """The run's whole k-mesh (see :meth:`KPoints.full_mesh`); MissingDataError when it is unknown."""
+        if self.kpoints is None:
+            raise MissingDataError("the run's k-points are unknown: a density matrix needs its k-mesh")
+        return self.kpoints.full_mesh()
 
     def fermi_from_bands(self, eigs: np.ndarray, weights: np.ndarray) -> float:
         """Fermi level (eV) from eigenvalues on a k-mesh and the electron count."""

@@ -141,8 +141,7 @@ class HamiltonianCorrection(nn.Module):
         if cfg.spin_head:
             bsp = self.blocks.irreps_spin
             self.irreps_spin = bsp
-            self.register_buffer("Tb", torch.as_tensor(self.blocks.matrix_spin, dtype=torch.float32), persistent=False)
-            # the same map as Tb without its dense product (5x faster; Tb dominated SOC inference)
+            # the spin-part Clebsch–Gordan map, applied per shell pair (its dense 2187² product dominated SOC inference)
             self.spin_map = BlockSparseMap(self.blocks.matrix_spin, shell_pair_groups(self.layout, spin=True))
             self.register_buffer("spin_index", _irrep_instance_index(bsp), persistent=False)
             self.spin_lin = o3.Linear(bsp + self.irreps_in, bsp)
