@@ -169,3 +169,10 @@ def test_zeroth_step_is_recognised_from_scf_maxiter(tmp_path):
     s = read_run(run_dir)
     assert s.meta["zeroth_step"] == "h0/fe.scfout" and s.meta["converged_step"] == "scf/fe.scfout"
     assert set(s.matrices) == {"H0", "H", "S"}
+
+
+def test_restart_is_refused_cleanly_for_openmx(tmp_path):
+    """No starting-file writer for OpenMX: one line, non-zero exit, no output folder left behind."""
+    res = run("restart", str(fe_dir()), "--source", "scf", "--out", str(tmp_path / "start"))
+    assert_clean_error(res)
+    assert not (tmp_path / "start").exists()
