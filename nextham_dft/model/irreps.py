@@ -153,29 +153,41 @@ class BlockSparseMap(torch.nn.Module):
             key = (len(rows), np.round(c, 12).tobytes())
             blocks.setdefault(key, c)
             by_type.setdefault(key, []).append((rows, cols))
-        self.n_types = len(by_type)
+        # one gather puts the inputs of each type side by side, one gather restores the output order
+        in_perm = np.concatenate([r for members in by_type.values() for r, _ in members])
+        out_perm = np.concatenate([c for members in by_type.values() for _, c in members])
+        if not (np.array_equal(np.sort(in_perm), np.arange(self.n_in))
+                and np.array_equal(np.sort(out_perm), np.arange(self.n_out))):
+            raise ValueError("the shell-pair groups must partition the rows and columns of the map")
+        self.register_buffer("in_perm", torch.as_tensor(in_perm), persistent=False)
+        self.register_buffer("in_unperm", torch.as_tensor(np.argsort(in_perm)), persistent=False)
+        self.register_buffer("out_perm", torch.as_tensor(out_perm), persistent=False)
+        self.register_buffer("out_unperm", torch.as_tensor(np.argsort(out_perm)), persistent=False)
+        self.types: list[tuple[int, int, int]] = []  # (pairs, rows per pair, columns per pair)
         for t, (key, members) in enumerate(by_type.items()):
-            self.register_buffer(f"rows{t}", torch.as_tensor(np.stack([r for r, _ in members])), persistent=False)
-            self.register_buffer(f"cols{t}", torch.as_tensor(np.stack([c for _, c in members])), persistent=False)
-            self.register_buffer(f"c{t}", torch.as_tensor(blocks[key], dtype=torch.float32), persistent=False)
+            c = blocks[key]
+            self.types.append((len(members), c.shape[0], c.shape[1]))
+            self.register_buffer(f"c{t}", torch.as_tensor(c, dtype=torch.float32), persistent=False)
+        self.n_types = len(self.types)
 
-    def _parts(self):
-        for t in range(self.n_types):
-            yield getattr(self, f"rows{t}"), getattr(self, f"cols{t}"), getattr(self, f"c{t}")
+    def _map(self, x: torch.Tensor, perm: torch.Tensor, unperm: torch.Tensor, transpose: bool) -> torch.Tensor:
+        xp = x.index_select(1, perm)
+        parts, a = [], 0
+        for t, (p, k_in, k_out) in enumerate(self.types):
+            c = getattr(self, f"c{t}").to(x.dtype)
+            k, kk = (k_out, k_in) if transpose else (k_in, k_out)
+            seg = xp[:, a: a + p * k].reshape(-1, p, k)
+            parts.append((seg @ (c.T if transpose else c)).reshape(-1, p * kk))
+            a += p * k
+        return torch.cat(parts, dim=1).index_select(1, unperm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (E, n_in) → x @ M (E, n_out)."""
-        out = x.new_zeros(x.shape[0], self.n_out)
-        for rows, cols, c in self._parts():
-            out[:, cols] = x[:, rows] @ c.to(x.dtype)  # (E, P, k) @ (k, k)
-        return out
+        return self._map(x, self.in_perm, self.out_unperm, transpose=False)
 
     def transpose(self, y: torch.Tensor) -> torch.Tensor:
         """y (E, n_out) → y @ Mᵀ (E, n_in)."""
-        out = y.new_zeros(y.shape[0], self.n_in)
-        for rows, cols, c in self._parts():
-            out[:, rows] = y[:, cols] @ c.to(y.dtype).T
-        return out
+        return self._map(y, self.out_perm, self.in_unperm, transpose=True)
 
 
 def shell_pair_groups(layout: BasisLayout, spin: bool = False) -> list[np.ndarray]:

@@ -99,7 +99,8 @@ class HamiltonianCorrection(nn.Module):
         self.irreps_in = (bir + bir)  # H(0) irreps ⊕ S irreps
         self.irreps_hidden = o3.Irreps(cfg.hidden_irreps)
         self.irreps_sh = o3.Irreps.spherical_harmonics(cfg.sh_lmax)
-        self.register_buffer("T", torch.as_tensor(self.blocks.matrix, dtype=torch.float32), persistent=False)
+        # block ⇄ irreps map, applied per shell pair (the dense 729² product dominated small-cell inference)
+        self.block_map = BlockSparseMap(self.blocks.matrix, shell_pair_groups(self.layout))
         self.register_buffer("in_index", _irrep_instance_index(self.irreps_in), persistent=False)
         self.register_buffer("out_index", _irrep_instance_index(bir), persistent=False)
         n_norm = self.irreps_in.num_irreps
@@ -173,13 +174,29 @@ class HamiltonianCorrection(nn.Module):
         cfg = self.cfg
         n = self.layout.size
         E = len(g.edge_src)
-        T = self.T.to(g.h0.dtype)
+        n_atoms = len(g.z)
+        single = E <= self.edge_chunk
+        cache: dict[str, torch.Tensor] = {}
 
         def edge_inputs(sl: slice) -> torch.Tensor:
-            return torch.cat([(g.h0[sl] / cfg.h0_scale).reshape(-1, n * n) @ T, g.s[sl].reshape(-1, n * n) @ T], dim=1)
+            """H(0)/h0_scale ⊕ S irreps of the edges in sl (kept when all edges fit in one chunk)."""
+            if single and "x" in cache:
+                return cache["x"]
+            e = sl.stop - sl.start
+            both = torch.cat([(g.h0[sl] / cfg.h0_scale).reshape(e, n * n), g.s[sl].reshape(e, n * n)])
+            ir = self.block_map(both)
+            x = torch.cat([ir[:e], ir[e:]], dim=1)
+            if single:
+                cache["x"] = x
+            return x
+
+        def pair_term(sl: slice) -> torch.Tensor:
+            """h_i ⊗ h_j of the edges in sl, computed once per atom pair (periodic images share it)."""
+            key = g.edge_src[sl] * n_atoms + g.edge_dst[sl]
+            uniq, inv = torch.unique(key, return_inverse=True)
+            return self.pair_tp(h[uniq // n_atoms], h[uniq % n_atoms])[inv]
 
         r = torch.linalg.norm(g.edge_vec, dim=1)
-        n_atoms = len(g.z)
         x_node = None
         s_parts, size_parts = [], []
         on_all = g.onsite
@@ -227,9 +244,9 @@ class HamiltonianCorrection(nn.Module):
         for sl in self._chunks(E):
             x = edge_inputs(sl)
             gates = 1.0 + self.channel_gate(inv[sl])
-            y = self.edge_lin(x) * gates[:, self.out_index] + self.pair_tp(h[g.edge_src[sl]], h[g.edge_dst[sl]]) * size[sl]
+            y = self.edge_lin(x) * gates[:, self.out_index] + pair_term(sl) * size[sl]
             y = self.out_lin(y) * cfg.target_scale
-            blocks = (y @ T.T).reshape(-1, n, n)
+            blocks = self.block_map.transpose(y).reshape(-1, n, n)
             vi = v[g.edge_src[sl]][:, self.slot_of]  # [e, n]
             vj = v[g.edge_dst[sl]][:, self.slot_of]
             raw_parts.append(blocks + 0.5 * (vi[:, :, None] + vj[:, None, :]) * g.s[sl])
