@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -60,11 +61,12 @@ def test_block_irreps_are_orthogonal_and_equivariant(layout_maps):
     assert np.allclose(bi.from_irreps(torch.tensor(c)[None])[0].numpy(), B[0], atol=1e-12)
 
 
-@pytest.mark.parametrize("run", ["s0221", "t0045"])
-def test_model_is_e3_equivariant_and_hermitian(run):
-    """Random rotations and inversion: predicted blocks transform with Wigner-D (and SU(2) for SOC)."""
+@pytest.mark.parametrize("run,trace", [("s0221", False), ("t0045", False), ("t0045", True)])
+def test_model_is_e3_equivariant_and_hermitian(run, trace):
+    """Random rotations and inversion: predicted blocks transform with Wigner-D (and SU(2) for SOC);
+    with the trace-based non-linearity too."""
     system = read_run(need(DATA / "runs" / run))
-    model = _random_model()
+    model = _random_model(dataclasses.replace(SMALL, trace_feedback=trace))
     predict = lambda s: predict_correction(model, s, dtype=torch.float64)  # noqa: E731
     assert_hamiltonian_equivariant(predict, system, n_rotations=2, rtol=1e-5)
     d = predict(system)
@@ -90,9 +92,10 @@ def test_equivariance_helper_catches_a_broken_model():
         assert_hamiltonian_equivariant(broken, system, n_rotations=1, inversion=False)
 
 
-def test_translation_and_permutation_invariance():
+@pytest.mark.parametrize("trace", [False, True])
+def test_translation_and_permutation_invariance(trace):
     system = read_run(need(EXAMPLE))
-    model = _random_model()
+    model = _random_model(dataclasses.replace(SMALL, trace_feedback=trace))
     base = predict_correction(model, system, dtype=torch.float64)
     import copy
 
@@ -220,3 +223,23 @@ def test_element_dropout_is_a_training_option(tmp_path):
     cfg = TrainConfig(element_dropout=0.2)
     (tmp_path / "c.yaml").write_text(dump_yaml(cfg))
     assert load_train_config(tmp_path / "c.yaml").element_dropout == 0.2
+
+
+def test_trace_feedback_starts_at_the_model_it_fine_tunes_and_then_acts():
+    """An older model loads into the trace-feedback architecture unchanged (zero-initialised
+    extension); once its weights move, the prediction moves, and only through the trace path."""
+    from nextham_dft.model.store import ModelFileError, load_weights_into
+
+    system = read_run(need(EXAMPLE))
+    old = _random_model()
+    new = HamiltonianCorrection(dataclasses.replace(SMALL, trace_feedback=True)).double()
+    load_weights_into(new, old.state_dict())
+    base = predict_correction(old, system, dtype=torch.float64)
+    assert predict_correction(new, system, dtype=torch.float64).max_abs_diff(base) == 0.0
+    with torch.no_grad():
+        for p in list(new.trace_gate.parameters()) + list(new.trace_potential.parameters()):
+            p.normal_(0, 0.3)
+    assert predict_correction(new, system, dtype=torch.float64).max_abs_diff(base) > 1e-4
+    other = HamiltonianCorrection(dataclasses.replace(SMALL, mlp_hidden=8)).double()
+    with pytest.raises(ModelFileError, match="does not fit"):
+        load_weights_into(other, old.state_dict())

@@ -263,11 +263,9 @@ class BlockSparse:
             np.concatenate([vals, _adjoint_entries(vals[m], self.spin)]),
         )
 
-    def full_blocks(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Both halves as blocks: (edge_i, edge_j, R, offsets, data), mirrors appended after the stored edges.
-
-        The on-site blocks (i = j, R = 0) appear once.
-        """
+    def full_edges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The block list of both halves without the data: (edge_i, edge_j, R, offsets, mir), where
+        mir are the stored edges whose mirrors are appended (in that order) after the stored ones."""
         onsite = (self.edge_i == self.edge_j) & np.all(self.R == 0, axis=1)
         mir = np.nonzero(~onsite)[0]
         ei = np.concatenate([self.edge_i, self.edge_j[mir]])
@@ -275,6 +273,14 @@ class BlockSparse:
         R = np.concatenate([self.R, -self.R[mir]])
         sizes = self.norb[ei] * self.norb[ej]
         offsets = np.concatenate([[0], np.cumsum(sizes)])
+        return ei, ej, R, offsets, mir
+
+    def full_blocks(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Both halves as blocks: (edge_i, edge_j, R, offsets, data), mirrors appended after the stored edges.
+
+        The on-site blocks (i = j, R = 0) appear once.
+        """
+        ei, ej, R, offsets, mir = self.full_edges()
         edge, lr, lc = self.entry_index()
         # position of every stored entry inside its mirror block (transposed)
         new_of = np.full(self.n_edges, -1)
@@ -353,6 +359,8 @@ class BlockSparse:
     def aligned_to_edges(self, ei: np.ndarray, ej: np.ndarray, R: np.ndarray) -> BlockSparse:
         """This matrix on the stored edges (ei, ej, R) (vectorised key matching; absent blocks are zero)."""
         ei, ej, R = np.asarray(ei), np.asarray(ej), np.asarray(R).reshape(-1, 3)
+        if np.array_equal(ei, self.edge_i) and np.array_equal(ej, self.edge_j) and np.array_equal(R, self.R):
+            return self
         keys_self = np.stack([self.edge_i, self.edge_j, *self.R.T], 1)
         keys_new = np.stack([ei, ej, *R.T], 1)
         allk, inv = unique_rows(np.concatenate([keys_self, keys_new]))

@@ -31,6 +31,10 @@ class ModelConfig:
     h0_scale: float = 10.0
     target_scale: float = 0.05
     spin_head: bool = True
+    #: trace-based non-linearity: invariants of the predicted ΔH blocks (per irrep, the trace of the
+    #: projected block times its transpose) gate the correction a second time, and those of each atom's
+    #: on-site block shift its potential; zero-initialised, so a model without it fine-tunes into it
+    trace_feedback: bool = False
 
 
 @dataclass(frozen=True)

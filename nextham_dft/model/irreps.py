@@ -80,8 +80,9 @@ class BlockIrreps:
         n = layout.size
         cols: dict[tuple[int, int], list[np.ndarray]] = {}
         cols_b: dict[tuple[int, int], list[np.ndarray]] = {}
-        for l1, _z1, o1 in layout.shells:
-            for l2, _z2, o2 in layout.shells:
+        pairs: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        for a, (l1, _z1, o1) in enumerate(layout.shells):
+            for b, (l2, _z2, o2) in enumerate(layout.shells):
                 p = (-1) ** (l1 + l2)
                 rows = ((o1 + np.arange(2 * l1 + 1))[:, None] * n + (o2 + np.arange(2 * l2 + 1))[None, :])
                 for L in range(abs(l1 - l2), l1 + l2 + 1):
@@ -89,12 +90,15 @@ class BlockIrreps:
                     m = np.zeros((n * n, 2 * L + 1))
                     m[rows.reshape(-1)] = w.reshape(-1, 2 * L + 1)
                     cols.setdefault((L, p), []).append(m)
+                    pairs.setdefault((L, p), []).append((a, b))
                     # spin part: (L ⊗ 1e) → L'
                     for Lp in range(abs(L - 1), L + 2):
                         v = _w3j(L, 1, Lp) * np.sqrt(2 * Lp + 1)  # (2L+1, 3, 2L'+1)
                         mb = np.einsum("rM,Mcq->rcq", m, v).reshape(n * n * 3, 2 * Lp + 1)
                         cols_b.setdefault((Lp, p), []).append(mb)
         self.irreps, self.matrix = self._assemble(cols)
+        #: (num_irreps, 2) the shell slots (row, column) each irrep instance of ``irreps`` comes from
+        self.instance_shells = np.array([ab for k in sorted(pairs, key=lambda k: (k[0], -k[1])) for ab in pairs[k]])
         self.irreps_spin, self.matrix_spin = self._assemble(cols_b)
 
     @staticmethod

@@ -139,6 +139,22 @@ class HamiltonianCorrection(nn.Module):
         with torch.no_grad():  # start from ΔH = 0, i.e. from H(0) itself
             for w in self.out_lin.parameters():
                 w.zero_()
+        if cfg.trace_feedback:
+            # trace-based non-linearity: t_e = log(1 + |ΔH_e projected on each irrep|) (the square root of
+            # Tr(B_L B_Lᵀ) of the predicted block's L-th part; invariant) feeds back as a second gate on
+            # the edge's irreps, with the on-site invariants τ_i, τ_j of both atoms; τ_i also shifts
+            # atom i's shell potentials. Both start at exactly zero.
+            n_out = bir.num_irreps
+            shells = torch.as_tensor(self.blocks.instance_shells, dtype=torch.long)
+            self.register_buffer("inst_row", shells[:, 0], persistent=False)
+            self.register_buffer("inst_col", shells[:, 1], persistent=False)
+            self.register_buffer("slot_first", torch.tensor([o for _l, _z, o in self.layout.shells]), persistent=False)
+            self.trace_gate = MLP([cfg.mlp_hidden + 2 * n0 + 3 * n_out, cfg.mlp_hidden, n_out])
+            self.trace_potential = MLP([n0 + n_out, cfg.mlp_hidden, n_slots])
+            with torch.no_grad():
+                for mlp in (self.trace_gate, self.trace_potential):
+                    mlp.net[-1].weight.zero_()
+                    mlp.net[-1].bias.zero_()
         if cfg.spin_head:
             bsp = self.blocks.irreps_spin
             self.irreps_spin = bsp
@@ -159,6 +175,9 @@ class HamiltonianCorrection(nn.Module):
             out += [k] * (2 * l + 1)
         return out
 
+    #: parameters a model file may lack: zero-initialised extensions (fine-tuning an older model into them)
+    optional_prefixes: tuple[str, ...] = ("trace_gate.", "trace_potential.")
+
     def _scalars(self, h: torch.Tensor) -> torch.Tensor:
         return h[:, : self.irreps_hidden.count("0e")]
 
@@ -178,19 +197,21 @@ class HamiltonianCorrection(nn.Module):
         single = E <= self.edge_chunk
         cache: dict[str, torch.Tensor] = {}
 
-        def edge_inputs(sl: slice) -> torch.Tensor:
-            """H(0)/h0_scale ⊕ S irreps of the edges in sl (kept when all edges fit in one chunk)."""
-            if single and "x" in cache:
+        def edge_inputs(sl: slice | torch.Tensor) -> torch.Tensor:
+            """H(0)/h0_scale ⊕ S irreps of the edges sl (a chunk, or an index tensor); a chunk holding
+            every edge is kept."""
+            whole = single and isinstance(sl, slice)
+            if whole and "x" in cache:
                 return cache["x"]
-            e = sl.stop - sl.start
-            both = torch.cat([(g.h0[sl] / cfg.h0_scale).reshape(e, n * n), g.s[sl].reshape(e, n * n)])
-            ir = self.block_map(both)
+            h0, s = g.h0[sl], g.s[sl]
+            e = h0.shape[0]
+            ir = self.block_map(torch.cat([(h0 / cfg.h0_scale).reshape(e, n * n), s.reshape(e, n * n)]))
             x = torch.cat([ir[:e], ir[e:]], dim=1)
-            if single:
+            if whole:
                 cache["x"] = x
             return x
 
-        def pair_term(sl: slice) -> torch.Tensor:
+        def pair_term(sl: slice | torch.Tensor) -> torch.Tensor:
             """h_i ⊗ h_j of the edges in sl, computed once per atom pair (periodic images share it)."""
             key = g.edge_src[sl] * n_atoms + g.edge_dst[sl]
             uniq, inv = torch.unique(key, return_inverse=True)
@@ -240,17 +261,46 @@ class HamiltonianCorrection(nn.Module):
         inv = torch.cat([s_e, self._scalars(h)[g.edge_src], self._scalars(h)[g.edge_dst]], dim=1)
         v = self.potential(torch.cat([self._scalars(h), self.embed(g.z)], dim=1)) * cfg.target_scale  # [atoms, slots]
         spin_on = cfg.spin_head and g.spinor and g.h0_spin is not None
-        raw_parts, spin_parts = [], []
-        for sl in self._chunks(E):
+        n_out = self.irreps_block.num_irreps
+
+        def correction_irreps(sl: slice | torch.Tensor) -> torch.Tensor:
+            """ΔH irreps (units of target_scale) of the edges in sl, before the trace feedback."""
             x = edge_inputs(sl)
             gates = 1.0 + self.channel_gate(inv[sl])
             y = self.edge_lin(x) * gates[:, self.out_index] + pair_term(sl) * size[sl]
-            y = self.out_lin(y) * cfg.target_scale
+            return self.out_lin(y)
+
+        tau = None
+        if cfg.trace_feedback:
+            # shells each atom has (padding slots excluded from the invariants)
+            on_idx = torch.nonzero(g.onsite, as_tuple=False).squeeze(1)
+            has = torch.zeros(n_atoms, len(self.slot_first), dtype=h.dtype, device=h.device)
+            has = has.index_copy(0, g.edge_src[on_idx], g.mask[on_idx][:, self.slot_first, self.slot_first].to(h.dtype))
+
+            def traces(y: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+                """log(1 + ‖y_k‖) of every irrep instance k whose two shells exist on atoms i, j."""
+                return torch.log1p(instance_norms(y, self.out_index, n_out)) * has[i][:, self.inst_row] * has[j][:, self.inst_col]
+
+            # on-site invariants τ of every atom first (the on-site edges are few)
+            tau = torch.zeros(n_atoms, n_out, dtype=h.dtype, device=h.device)
+            if len(on_idx):
+                src_on = g.edge_src[on_idx]
+                tau = tau.index_copy(0, src_on, traces(correction_irreps(on_idx), src_on, src_on))
+            v = v + self.trace_potential(torch.cat([self._scalars(h), tau], dim=1)) * cfg.target_scale
+        raw_parts, spin_parts = [], []
+        for sl in self._chunks(E):
+            y = correction_irreps(sl)
+            if tau is not None:
+                t = traces(y, g.edge_src[sl], g.edge_dst[sl])
+                g2 = self.trace_gate(torch.cat([inv[sl], t, tau[g.edge_src[sl]], tau[g.edge_dst[sl]]], dim=1))
+                y = y * (1.0 + g2)[:, self.out_index]
+            y = y * cfg.target_scale
             blocks = self.block_map.transpose(y).reshape(-1, n, n)
             vi = v[g.edge_src[sl]][:, self.slot_of]  # [e, n]
             vj = v[g.edge_dst[sl]][:, self.slot_of]
             raw_parts.append(blocks + 0.5 * (vi[:, :, None] + vj[:, None, :]) * g.s[sl])
             if spin_on:
+                x = edge_inputs(sl)
                 xb = self.spin_map((g.h0_spin[sl] / cfg.h0_scale).reshape(-1, n * n * 3))
                 yb = self.spin_lin(torch.cat([xb, x], dim=1))
                 yb = yb * (1.0 + self.spin_gate(inv[sl]))[:, self.spin_index]

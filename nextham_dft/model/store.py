@@ -62,5 +62,18 @@ def load_model(path: str | Path) -> tuple[HamiltonianCorrection, dict]:
     return model, card
 
 
+def load_weights_into(model: HamiltonianCorrection, state: dict) -> None:
+    """Copy ``state`` into ``model``; only the zero-initialised optional extensions may be missing
+    (an older model fine-tunes into them). Anything else that does not fit is a ModelFileError."""
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatch
+        raise ModelFileError(f"the initial model does not fit this architecture: {str(exc).splitlines()[-1].strip()}") from None
+    missing = [k for k in missing if not k.startswith(model.optional_prefixes)]
+    if missing or unexpected:
+        raise ModelFileError("the initial model does not fit this architecture: "
+                             + ", ".join((missing + unexpected)[:4]) + (" ..." if len(missing + unexpected) > 4 else ""))
+
+
 def bundled_model_path() -> Path:
     return PRETRAINED / "model.pt"

@@ -25,7 +25,7 @@ from .config import TrainConfig, dump_yaml, to_dict
 from .graph import Graph, batch_graphs, build_graph
 from .losses import KData, build_kdata, kspace_loss, real_space_loss
 from .network import HamiltonianCorrection
-from .store import load_model, save_model
+from .store import load_model, load_weights_into, save_model
 
 
 @dataclass
@@ -141,7 +141,7 @@ def train(cfg: TrainConfig, init: str | None = None, resume: bool = True, device
     model = HamiltonianCorrection(cfg.model)
     if init:
         src, _card = load_model(init)
-        model.load_state_dict(src.state_dict())
+        load_weights_into(model, src.state_dict())
     model.to(device)
     ids = list_ids(cfg.data)
     elements = {}
