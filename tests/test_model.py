@@ -160,6 +160,17 @@ def test_train_cli_checkpoints_resumes_and_logs(tmp_path, tiny_dataset):
     assert res.exit_code == 0, res.stderr
 
 
+def test_band_window_loss_trains_and_is_logged(tmp_path, tiny_dataset):
+    """w_window > 0 adds the band-window term: it is logged, relative to H(0) (≈ 1 at the start, where
+    the correction is zero), and trains without the orthonormalised term."""
+    cfg = _config(tmp_path, tiny_dataset, epochs=1, w_kspace=0.0, w_window=1.0)
+    res = CliRunner().invoke(main, ["train", str(cfg), "--device", "cpu"])
+    assert res.exit_code == 0, res.stderr
+    head, row = (tmp_path / "run" / "log.csv").read_text().splitlines()[:2]
+    window = float(row.split(",")[head.split(",").index("window")])
+    assert 0.0 < window < 5.0
+
+
 def test_two_gloo_ranks_hold_identical_weights(tmp_path, tiny_dataset):
     cfg = _config(tmp_path, tiny_dataset, epochs=1)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -243,3 +254,46 @@ def test_trace_feedback_starts_at_the_model_it_fine_tunes_and_then_acts():
     other = HamiltonianCorrection(dataclasses.replace(SMALL, mlp_hidden=8)).double()
     with pytest.raises(ModelFileError, match="does not fit"):
         load_weights_into(other, old.state_dict())
+
+
+@pytest.mark.parametrize("run", ["s0221", "t0045"])
+def test_band_window_loss_is_first_order_band_error_without_the_rigid_shift(run):
+    """The window loss is 0 for the true ΔH, 1 for ΔH = 0 (H(0) itself), blind to a rigid shift μS
+    (which the orthonormalised loss sees), and its diagonal is the first-order band-energy error."""
+    from nextham_dft.model.graph import build_graph
+    from nextham_dft.model.irreps import BasisLayout
+    from nextham_dft.model.losses import _delta_k, build_kdata, kspace_losses
+
+    system = read_run(need(DATA / "runs" / run))
+    layout = BasisLayout()
+    g, idx = build_graph(system, layout)
+    kd = build_kdata(system, idx, layout, np.array([[0.0, 0.0, 0.0], [0.25, 0.1, 0.4]]))
+    assert kd.C is not None and kd.wmask.sum() > 0
+    full, win = kspace_losses(g.target, kd)
+    assert float(win) < 1e-6 and float(full) < 1e-6
+    assert abs(float(kspace_losses(torch.zeros_like(g.target), kd)[1]) - 1.0) < 1e-5
+    shifted = g.target + 0.3 * g.s * g.mask  # H → H + 0.3 eV · S
+    full_s, win_s = kspace_losses(shifted, kd)
+    assert float(win_s) < 1e-6 and float(full_s) > 1e-4 > float(full)
+    # diagonal = first-order change of the window's band energies under a small perturbation
+    rng = np.random.default_rng(0)
+    pert = torch.as_tensor(rng.normal(size=g.target.shape).astype(np.float32)) * g.mask * 1e-5
+    pert = 0.5 * (pert + pert[g.mirror].transpose(1, 2))  # hermitian ΔH(k)
+    dk = _delta_k(pert, kd)[0].numpy().astype(complex)
+    c = kd.C[0].numpy()[:, kd.wmask[0].numpy() > 0]
+    first = np.einsum("dn,de,en->n", c.conj(), dk, c).real
+    from nextham_dft.core.kspace import KAssembler, solve_generalized
+    from nextham_dft.core.blocks import spinor_to_ab
+
+    h = system.matrices["H"]
+    ha = h if h.spin == "none" else h.with_data(spinor_to_ab(h.data)[0], "none")
+    hk = KAssembler(ha)(np.zeros((1, 3)))
+    sk = KAssembler(system.matrices["S"])(np.zeros((1, 3)))
+    e0 = solve_generalized(hk, sk)[0]
+    e1 = solve_generalized(hk + dk[None], sk)[0]
+    # match window states to their bands by energy (first-order shifts ≪ level spacing except degeneracies)
+    ew = np.sort(np.einsum("dn,de,en->n", c.conj(), hk[0], c).real)
+    i0 = int(np.searchsorted(e0, ew.min() - 1e-4))  # C is complex64
+    sel = np.arange(i0, i0 + len(ew))  # the window states are a contiguous run of bands
+    assert np.allclose(e0[sel], ew, atol=1e-5)
+    assert abs(first.sum() - (e1 - e0)[sel].sum()) < 1e-3 * np.abs(first).sum()

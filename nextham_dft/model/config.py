@@ -58,6 +58,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     w_real: float = 1.0
     w_kspace: float = 0.05
+    #: band-window loss (first-order band errors of the converged bands in the metrics' window, rigid
+    #: shift removed; see model.losses)
+    w_window: float = 0.0
     w_spin: float = 1.0
     spin_scale: float = 1e-4
     k_per_structure: int = 4

@@ -6,6 +6,13 @@ is exactly what creates ghost states in the bands, so the network is taught to a
 The rigid shift μS is *predicted* (the loss is not made shift-invariant): the absolute
 level of the converged H is well defined (ABACUS drops the G = 0 potential in both steps),
 and metrics are reported with and without it.
+
+The band-window term is first-order perturbation theory on the converged bands: with C_w the
+generalised eigenvectors (C^† S C = 1) of the converged H(k) whose energies lie in the band window
+of the metrics (2 eV below the VBM to 2 eV above the CBM; metals ±2 eV around E_F), the matrix
+C_w^† (H_pred(k) − H(k)) C_w holds the first-order errors of those band energies on its diagonal and
+their mixing off it. It is made invariant to a rigid shift (the mean of the diagonal is removed):
+the real-space term carries the absolute level, this one the bands relative to each other.
 """
 
 from __future__ import annotations
@@ -36,6 +43,9 @@ class KData:
     flat: torch.Tensor  # row * d + col
     dim: int
     ref_norm: float  # |S^-1/2 ΔH_true S^-1/2|² summed over k (H(0)'s error)
+    C: torch.Tensor | None = None  # (nk, d, nw) converged eigenvectors in the band window, zero-padded
+    wmask: torch.Tensor | None = None  # (nk, nw) 1 for a real window state
+    ref_window: float = 1.0  # the window loss of H(0) itself
 
 
 def build_kdata(system: System, idx: EdgeIndex, layout: BasisLayout, kfrac: np.ndarray, s_floor: float = 1e-2) -> KData:
@@ -68,6 +78,7 @@ def build_kdata(system: System, idx: EdgeIndex, layout: BasisLayout, kfrac: np.n
     dim = int(norb.sum())
     phase = np.exp(2j * np.pi * (kfrac @ idx.R.T))
     ref = float(np.sum(np.abs(X @ dhk @ X) ** 2))
+    C, wmask, ref_w = _window_vectors(system, kfrac, sk, dhk)
     return KData(
         X=torch.as_tensor(X, dtype=torch.complex64),
         dH=torch.as_tensor(dhk, dtype=torch.complex64),
@@ -78,23 +89,80 @@ def build_kdata(system: System, idx: EdgeIndex, layout: BasisLayout, kfrac: np.n
         flat=torch.as_tensor(row * dim + col),
         dim=dim,
         ref_norm=max(ref, 1e-12),
+        C=None if C is None else torch.as_tensor(C, dtype=torch.complex64),
+        wmask=None if wmask is None else torch.as_tensor(wmask, dtype=torch.float32),
+        ref_window=ref_w,
     )
 
 
-def kspace_loss(delta: torch.Tensor, kd: KData) -> torch.Tensor:
-    """|S^-1/2 (ΔH_pred(k) − ΔH_true(k)) S^-1/2|² relative to |S^-1/2 ΔH_true(k) S^-1/2|² (H(0)'s error).
+def _window_vectors(system: System, kfrac: np.ndarray, sk: np.ndarray, dhk: np.ndarray):
+    """(C (nk, d, nw), mask (nk, nw), H(0)'s window loss) of the spin-free part of the converged H.
 
-    Relative, so that every structure weighs the same whatever its conditioning: 1 means
-    "no better than H(0)". delta: (E, n, n) predicted padded blocks of this structure's
-    directed edges (eV).
+    The window is the metrics' (from the bands of the full converged H at these k-points); the
+    vectors are those of its spin-free part (for SOC runs the two differ by the SOC splitting, well
+    inside the 2 eV margins). None when no state lies in the window.
     """
+    from ..core.kspace import band_energies, solve_generalized
+    from ..evaluation import band_window
+
+    h, s = system.matrices["H"], system.matrices["S"]
+    e_full = band_energies(h, s, kfrac)
+    fermi = system.fermi_ev.get("H", float(np.median(e_full)))
+    lo, hi, _ = band_window(e_full, system.nelec, system.spin_degeneracy, fermi)
+    ha = h if h.spin == "none" else h.with_data(spinor_to_ab(h.data)[0], "none")
+    e, c = solve_generalized(KAssembler(ha)(kfrac), sk, vectors=True)
+    inside = (e >= lo) & (e <= hi)
+    nw = int(inside.sum(axis=1).max())
+    if nw == 0:
+        return None, None, 1.0
+    C = np.zeros((len(kfrac), c.shape[1], nw), dtype=complex)
+    mask = np.zeros((len(kfrac), nw))
+    for k in range(len(kfrac)):
+        cols = np.nonzero(inside[k])[0]
+        C[k, :, : len(cols)] = c[k][:, cols]
+        mask[k, : len(cols)] = 1.0
+    ref = float(_window_error(torch.as_tensor(C), torch.as_tensor(mask), torch.as_tensor(-dhk)))
+    return C, mask, max(ref, 1e-12)
+
+
+def _window_error(C: torch.Tensor, mask: torch.Tensor, err_k: torch.Tensor) -> torch.Tensor:
+    """Σ |C^† E(k) C − μ 1|² over the window states, μ the mean first-order band shift (rigid shift removed)."""
+    m = C.conj().transpose(1, 2) @ err_k.to(C.dtype) @ C  # (nk, nw, nw)
+    pair = mask[:, :, None] * mask[:, None, :]
+    diag = torch.diagonal(m, dim1=1, dim2=2).real * mask
+    mu = diag.sum() / mask.sum().clamp_min(1)
+    eye = torch.diag_embed(mask.to(m.real.dtype))
+    return ((m - mu * eye).abs() ** 2 * pair).sum()
+
+
+def _delta_k(delta: torch.Tensor, kd: KData) -> torch.Tensor:
+    """ΔH_pred(k) (nk, d, d) at the structure's sampled k-points from its padded edge blocks."""
     vals = delta[kd.edge, kd.pr, kd.pc].to(torch.complex64)  # (nnz,)
     contrib = kd.phase[:, kd.edge] * vals[None, :]  # (nk, nnz)
     nk = contrib.shape[0]
     hk = torch.zeros(nk, kd.dim * kd.dim, dtype=torch.complex64, device=delta.device)
-    hk = hk.index_add(1, kd.flat, contrib).reshape(nk, kd.dim, kd.dim)
-    err = kd.X @ (hk - kd.dH) @ kd.X
-    return (err.abs() ** 2).sum() / kd.ref_norm
+    return hk.index_add(1, kd.flat, contrib).reshape(nk, kd.dim, kd.dim)
+
+
+def kspace_losses(delta: torch.Tensor, kd: KData, window: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(orthonormalised-H(k) loss, band-window loss) of one structure, each relative to H(0)'s (1 = no
+    better than H(0)), so that every structure weighs the same whatever its conditioning.
+
+    Orthonormalised: |S^-1/2 (ΔH_pred(k) − ΔH_true(k)) S^-1/2|². Band window: see the module
+    docstring (None when the structure has no state in the window or ``window`` is False).
+    delta: (E, n, n) predicted padded blocks of this structure's directed edges (eV).
+    """
+    diff = _delta_k(delta, kd) - kd.dH
+    full = ((kd.X @ diff @ kd.X).abs() ** 2).sum() / kd.ref_norm
+    win = None
+    if window and kd.C is not None:
+        win = _window_error(kd.C, kd.wmask, diff) / kd.ref_window
+    return full, win
+
+
+def kspace_loss(delta: torch.Tensor, kd: KData) -> torch.Tensor:
+    """The orthonormalised-H(k) loss alone (see :func:`kspace_losses`)."""
+    return kspace_losses(delta, kd, window=False)[0]
 
 
 def real_space_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, scale: float,

@@ -23,7 +23,7 @@ import torch
 from ..dataset import iter_dataset, list_ids
 from .config import TrainConfig, dump_yaml, to_dict
 from .graph import Graph, batch_graphs, build_graph
-from .losses import KData, build_kdata, kspace_loss, real_space_loss
+from .losses import KData, build_kdata, kspace_losses, real_space_loss
 from .network import HamiltonianCorrection
 from .store import load_model, load_weights_into, save_model
 
@@ -87,15 +87,22 @@ def step_loss(model, batch: list[Item], cfg: TrainConfig, use_kspace: bool = Tru
     lr_ = real_space_loss(delta, g.target, g.mask, scale)
     loss = cfg.w_real * lr_
     parts = {"real": lr_.item()}
-    if use_kspace and cfg.w_kspace > 0:
-        lk, e0 = 0.0, 0
+    if use_kspace and (cfg.w_kspace > 0 or cfg.w_window > 0):
+        lk, lw, nw, e0 = 0.0, 0.0, 0, 0
         for it in batch:
             ne = len(it.graph.edge_src)
-            lk = lk + kspace_loss(delta[e0 : e0 + ne], it.kdata)
+            full, win = kspace_losses(delta[e0 : e0 + ne], it.kdata, window=cfg.w_window > 0)
+            lk = lk + full
+            if win is not None:
+                lw, nw = lw + win, nw + 1
             e0 += ne
         lk = lk / len(batch)
-        loss = loss + cfg.w_kspace * lk
+        if cfg.w_kspace > 0:
+            loss = loss + cfg.w_kspace * lk
         parts["kspace"] = lk.item()
+        if nw:
+            loss = loss + cfg.w_window * lw / nw
+            parts["window"] = (lw / nw).item()
     if spin is not None and g.target_spin is not None:
         ls = real_space_loss(spin, g.target_spin, g.mask, cfg.spin_scale)
         loss = loss + cfg.w_spin * ls
@@ -178,7 +185,8 @@ def train(cfg: TrainConfig, init: str | None = None, resume: bool = True, device
     with open(log_path, "w" if new_log else "a", newline="") as fh:
         log = csv.writer(fh)
         if new_log:
-            log.writerow(["epoch", "elapsed_s", "lr", "loss", "real", "kspace", "spin", "val_mae_mev", "val_h0_mae_mev"])
+            log.writerow(["epoch", "elapsed_s", "lr", "loss", "real", "kspace", "spin", "val_mae_mev", "val_h0_mae_mev",
+                          "window"])
         while state["epoch"] < cfg.epochs:
             frac = max(state["epoch"] / cfg.epochs, (time.time() - t0) / budget)
             lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
@@ -206,7 +214,8 @@ def train(cfg: TrainConfig, init: str | None = None, resume: bool = True, device
             v = validate(model, val_items) if val_items else {"val_mae_mev": sums.get("loss", 0), "val_h0_mae_mev": 0}
             if rank == 0:
                 log.writerow([state["epoch"], round(state["elapsed"], 1), f"{lr:.3e}", *(f"{sums.get(k, 0):.5g}" for k in
-                              ("loss", "real", "kspace", "spin")), f"{v['val_mae_mev']:.4f}", f"{v['val_h0_mae_mev']:.4f}"])
+                              ("loss", "real", "kspace", "spin")), f"{v['val_mae_mev']:.4f}", f"{v['val_h0_mae_mev']:.4f}",
+                              f"{sums.get('window', 0):.5g}"])
                 fh.flush()
                 improved = v["val_mae_mev"] < state["best"]
                 if improved:
