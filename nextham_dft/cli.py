@@ -408,9 +408,12 @@ def predict(run_dir, out_dir, model_path, device, force, zeroth, converged, orbi
     from .model.predict import predict_hamiltonian
     from .writers.output import output_dir
 
+    from .registry import adapter_for
+
     timings = {}
     t = time.perf_counter()
     system = _read(run_dir, zeroth, converged, orbital_dir)
+    adapter = adapter_for(run_dir)
     timings["read_s"] = time.perf_counter() - t
     t = time.perf_counter()
     model, card = _load_model(model_path)
@@ -431,14 +434,10 @@ def predict(run_dir, out_dir, model_path, device, force, zeroth, converged, orbi
         t = time.perf_counter()
         with h5py.File(tmp / "hamiltonian.h5", "w") as f:
             write_system(f.create_group(system.meta.get("id", Path(run_dir).name) or "run"), predicted)
-        if system.meta.get("code") == "abacus":
-            from .adapters.abacus.writers import write_hs
-
-            (tmp / "abacus").mkdir()
-            write_hs(tmp / "abacus", predicted, "H", system.meta.get("csr_generation") or "old")
+        native = adapter.write_prediction(tmp, predicted) if hasattr(adapter, "write_prediction") else None
         timings["write_s"] = time.perf_counter() - t
         (tmp / "report.json").write_text(json.dumps(report, indent=1))
-    click.echo(f"wrote {out_dir}/hamiltonian.h5, {out_dir}/abacus/, {out_dir}/report.json "
+    click.echo(f"wrote {out_dir}/hamiltonian.h5, {f'{out_dir}/{native}, ' if native else ''}{out_dir}/report.json "
                f"(predict {timings['predict_s']:.2f} s on {dev})")
     if "eval" in report:
         e = report["eval"]

@@ -29,6 +29,15 @@ class AbacusAdapter:
     def steps(self, path: Path):
         return find_steps(path)
 
+    def write_prediction(self, directory: Path, system: System) -> str:
+        """The predicted H(R) and S(R) in the sparse-file generation that was read, under
+        ``directory/abacus/`` (so ABACUS's own tools read them); the folder name."""
+        from .writers import write_hs
+
+        (directory / "abacus").mkdir()
+        write_hs(directory / "abacus", system, "H", system.meta.get("csr_generation") or "old")
+        return "abacus/"
+
     def write_restart(self, directory: Path, run_dir: Path, system: System, source: str) -> dict[str, Any]:
         """SCF starting files (cube density, H(R), DM(R), INPUTs) of Hamiltonian ``source``; a summary."""
         from .restart import write_restart
