@@ -163,12 +163,21 @@ def test_train_cli_checkpoints_resumes_and_logs(tmp_path, tiny_dataset):
 def test_band_window_loss_trains_and_is_logged(tmp_path, tiny_dataset):
     """w_window > 0 adds the band-window term: it is logged, relative to H(0) (≈ 1 at the start, where
     the correction is zero), and trains without the orthonormalised term."""
-    cfg = _config(tmp_path, tiny_dataset, epochs=1, w_kspace=0.0, w_window=1.0)
+    cfg = _config(tmp_path, tiny_dataset, epochs=1, w_kspace=0.0, w_window=1.0, select_on="loss")
+    cfg.write_text(cfg.read_text().replace("val_fraction: 0.0", "val_fraction: 0.34"))
     res = CliRunner().invoke(main, ["train", str(cfg), "--device", "cpu"])
     assert res.exit_code == 0, res.stderr
     head, row = (tmp_path / "run" / "log.csv").read_text().splitlines()[:2]
-    window = float(row.split(",")[head.split(",").index("window")])
-    assert 0.0 < window < 5.0
+    col = dict(zip(head.split(","), row.split(",")))
+    assert 0.0 < float(col["window"]) < 5.0 and 0.0 < float(col["val_window"]) < 5.0
+    import json
+
+    val = json.loads((tmp_path / "run" / "best.json").read_text())["val"]
+    assert val["score"] > val["val_mae_mev"] / 50.0  # the objective (k-space terms included), not the MAE alone
+    bad = cfg.read_text().replace("select_on: loss", "select_on: bands")
+    cfg.write_text(bad)
+    res = CliRunner().invoke(main, ["train", str(cfg), "--device", "cpu"])
+    assert res.exit_code != 0 and "select_on" in res.output + res.stderr
 
 
 def test_two_gloo_ranks_hold_identical_weights(tmp_path, tiny_dataset):

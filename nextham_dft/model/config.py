@@ -67,6 +67,9 @@ class TrainConfig:
     #: fraction of atoms whose element is hidden (embedding 0, "unknown") at each training step, so
     #: that the unknown-element path learns to correct from H(0) features alone (elements never seen)
     element_dropout: float = 0.0
+    #: what picks best.pt: "h_mae" (validation H MAE) or "loss" (the weighted training objective on the
+    #: validation split, k-space terms included: use it when the k-space terms carry the goal, e.g. bands)
+    select_on: str = "h_mae"
     budget_minutes: float = 60.0
     patience: int = 30
     checkpoint_every: int = 1
@@ -99,6 +102,8 @@ def train_config_from_dict(d: dict) -> TrainConfig:
     bad = set(d) - known
     if bad:
         raise ValueError(f"unknown training option(s): {', '.join(sorted(bad))}")
+    if d.get("select_on", "h_mae") not in ("h_mae", "loss"):
+        raise ValueError(f"select_on must be 'h_mae' or 'loss', not {d['select_on']!r}")
     d = dict(d)
     model = model_config_from_dict(d.pop("model", {}) or {})
     return TrainConfig(model=model, **{k: _tuplify(v) for k, v in d.items()})
