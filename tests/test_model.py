@@ -279,11 +279,11 @@ def test_band_window_loss_is_first_order_band_error_without_the_rigid_shift(run)
     kd = build_kdata(system, idx, layout, np.array([[0.0, 0.0, 0.0], [0.25, 0.1, 0.4]]))
     assert kd.C is not None and kd.wmask.sum() > 0
     full, win = kspace_losses(g.target, kd)
-    assert float(win) < 1e-6 and float(full) < 1e-6
+    assert float(win) < 1e-4 and float(full) < 1e-6
     assert abs(float(kspace_losses(torch.zeros_like(g.target), kd)[1]) - 1.0) < 1e-5
     shifted = g.target + 0.3 * g.s * g.mask  # H → H + 0.3 eV · S
     full_s, win_s = kspace_losses(shifted, kd)
-    assert float(win_s) < 1e-6 and float(full_s) > 1e-4 > float(full)
+    assert float(win_s) < 1e-4 and float(full_s) > 1e-4 > float(full)
     # diagonal = first-order change of the window's band energies under a small perturbation
     rng = np.random.default_rng(0)
     pert = torch.as_tensor(rng.normal(size=g.target.shape).astype(np.float32)) * g.mask * 1e-5

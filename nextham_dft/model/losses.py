@@ -12,7 +12,9 @@ generalised eigenvectors (C^† S C = 1) of the converged H(k) whose energies li
 of the metrics (2 eV below the VBM to 2 eV above the CBM; metals ±2 eV around E_F), the matrix
 C_w^† (H_pred(k) − H(k)) C_w holds the first-order errors of those band energies on its diagonal and
 their mixing off it. It is made invariant to a rigid shift (the mean of the diagonal is removed):
-the real-space term carries the absolute level, this one the bands relative to each other.
+the real-space term carries the absolute level, this one the bands relative to each other. The
+term is the norm of that matrix relative to H(0)'s (1 = no better than H(0)), with H(0)'s taken as at
+least WINDOW_FLOOR_EV rms per state.
 """
 
 from __future__ import annotations
@@ -122,7 +124,13 @@ def _window_vectors(system: System, kfrac: np.ndarray, sk: np.ndarray, dhk: np.n
         C[k, :, : len(cols)] = c[k][:, cols]
         mask[k, : len(cols)] = 1.0
     ref = float(_window_error(torch.as_tensor(C), torch.as_tensor(mask), torch.as_tensor(-dhk)))
-    return C, mask, max(ref, 1e-12)
+    # errors below WINDOW_FLOOR_EV (rms per state) are not amplified: where H(0)'s window is already
+    # nearly right, the relative loss would otherwise make a few structures dominate training
+    return C, mask, max(ref, float(mask.sum()) * WINDOW_FLOOR_EV**2)
+
+
+#: eV, the rms band error per window state below which the band-window loss stops being relative
+WINDOW_FLOOR_EV = 0.02
 
 
 def _window_error(C: torch.Tensor, mask: torch.Tensor, err_k: torch.Tensor) -> torch.Tensor:
@@ -155,8 +163,8 @@ def kspace_losses(delta: torch.Tensor, kd: KData, window: bool = True) -> tuple[
     diff = _delta_k(delta, kd) - kd.dH
     full = ((kd.X @ diff @ kd.X).abs() ** 2).sum() / kd.ref_norm
     win = None
-    if window and kd.C is not None:
-        win = _window_error(kd.C, kd.wmask, diff) / kd.ref_window
+    if window and kd.C is not None:  # a norm ratio, not its square: outliers weigh less
+        win = torch.sqrt(_window_error(kd.C, kd.wmask, diff) / kd.ref_window + 1e-12)
     return full, win
 
 
