@@ -19,6 +19,7 @@ least WINDOW_FLOOR_EV rms per state.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +49,12 @@ class KData:
     C: torch.Tensor | None = None  # (nk, d, nw) converged eigenvectors in the band window, zero-padded
     wmask: torch.Tensor | None = None  # (nk, nw) 1 for a real window state
     ref_window: float = 1.0  # the window loss of H(0) itself
+
+    def to(self, device) -> KData:
+        """The same data on ``device`` (a no-op where it already is)."""
+        kw = {f.name: (v.to(device) if isinstance(v := getattr(self, f.name), torch.Tensor) else v)
+              for f in dataclasses.fields(self)}
+        return KData(**kw)
 
 
 def build_kdata(system: System, idx: EdgeIndex, layout: BasisLayout, kfrac: np.ndarray, s_floor: float = 1e-2) -> KData:

@@ -78,7 +78,8 @@ def batches(items: list[Item], size: int, rng: random.Random) -> list[list[Item]
 
 
 def step_loss(model, batch: list[Item], cfg: TrainConfig, use_kspace: bool = True) -> tuple[torch.Tensor, dict]:
-    g = batch_graphs([it.graph for it in batch])
+    dev = next(model.parameters()).device
+    g = batch_graphs([it.graph for it in batch]).to(dev)  # items stay on the CPU; one batch at a time on the device
     if cfg.element_dropout > 0 and model.training:
         hide = torch.rand(len(g.z)) < cfg.element_dropout
         g.z = torch.where(hide.to(g.z.device), torch.zeros_like(g.z), g.z)
@@ -91,7 +92,7 @@ def step_loss(model, batch: list[Item], cfg: TrainConfig, use_kspace: bool = Tru
         lk, lw, nw, e0 = 0.0, 0.0, 0, 0
         for it in batch:
             ne = len(it.graph.edge_src)
-            full, win = kspace_losses(delta[e0 : e0 + ne], it.kdata, window=cfg.w_window > 0)
+            full, win = kspace_losses(delta[e0 : e0 + ne], it.kdata.to(dev), window=cfg.w_window > 0)
             lk = lk + full
             if win is not None:
                 lw, nw = lw + win, nw + 1
@@ -119,14 +120,16 @@ def validate(model, items: list[Item], cfg: TrainConfig | None = None) -> dict:
     err = base = n = 0.0
     ks, ws, nw = 0.0, 0.0, 0
     want_k = cfg is not None and cfg.select_on == "loss"
+    dev = next(model.parameters()).device
     for it in items:
-        delta, _ = model(it.graph)
-        m = it.graph.mask
-        err += float(((delta - it.graph.target).abs() * m).sum())
-        base += float((it.graph.target.abs() * m).sum())
+        g = it.graph.to(dev)
+        delta, _ = model(g)
+        m = g.mask
+        err += float(((delta - g.target).abs() * m).sum())
+        base += float((g.target.abs() * m).sum())
         n += float(m.sum())
         if want_k:
-            full, win = kspace_losses(delta, it.kdata, window=cfg.w_window > 0)
+            full, win = kspace_losses(delta, it.kdata.to(dev), window=cfg.w_window > 0)
             ks += float(full)
             if win is not None:
                 ws, nw = ws + float(win), nw + 1
