@@ -281,15 +281,19 @@ class HamiltonianCorrection(nn.Module):
                 """log(1 + ‖y_k‖) of every irrep instance k whose two shells exist on atoms i, j."""
                 return torch.log1p(instance_norms(y, self.out_index, n_out)) * has[i][:, self.inst_row] * has[j][:, self.inst_col]
 
-            # on-site invariants τ of every atom first (the on-site edges are few)
+            # on-site invariants τ of every atom first (from the one chunk when all edges fit, else
+            # from a pass over the few on-site edges)
             tau = torch.zeros(n_atoms, n_out, dtype=h.dtype, device=h.device)
+            if single:
+                cache["y"] = correction_irreps(slice(0, E))
             if len(on_idx):
                 src_on = g.edge_src[on_idx]
-                tau = tau.index_copy(0, src_on, traces(correction_irreps(on_idx), src_on, src_on))
+                y_on = cache["y"][on_idx] if single else correction_irreps(on_idx)
+                tau = tau.index_copy(0, src_on, traces(y_on, src_on, src_on))
             v = v + self.trace_potential(torch.cat([self._scalars(h), tau], dim=1)) * cfg.target_scale
         raw_parts, spin_parts = [], []
         for sl in self._chunks(E):
-            y = correction_irreps(sl)
+            y = cache["y"] if "y" in cache else correction_irreps(sl)
             if tau is not None:
                 t = traces(y, g.edge_src[sl], g.edge_dst[sl])
                 g2 = self.trace_gate(torch.cat([inv[sl], t, tau[g.edge_src[sl]], tau[g.edge_dst[sl]]], dim=1))
