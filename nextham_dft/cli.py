@@ -376,10 +376,14 @@ def eval_cmd(model_path, data, split, json_out, device):
     keys = ["h_mae_mev", "h_mae_onsite_mev", "h_mae_offsite_mev", "h_mae_shifted_mev", "soc_mae_uev",
             "band_mae_mev", "band_mae_shifted_mev", "ghost_states"]
     click.echo(f"{len(rows)} structures ({split})")
-    click.echo(f"{'metric':<24}{'predicted':>12}{'H(0)':>12}")
+    click.echo(f"{'metric':<28}{'predicted':>12}{'H(0)':>12}")
+    keys += ["h_mae_median_mev", "band_mae_shifted_median_mev"]
     for k in keys:
         if k in summ["predicted"]:
-            click.echo(f"{k:<24}{summ['predicted'][k]:12.4f}{summ['h0'][k]:12.4f}")
+            click.echo(f"{k:<28}{summ['predicted'][k]:12.4f}{summ['h0'][k]:12.4f}")
+    if "structures_better_than_h0_bands" in summ["predicted"]:
+        click.echo(f"band MAE (shift removed) better than H(0) on {summ['predicted']['structures_better_than_h0_bands']:.0f}"
+                   f" of {len(rows)} structures")
     if summ["predicted"].get("h_mae_shifted_mev", 0) >= summ["h0"].get("h_mae_shifted_mev", 1):
         click.echo("WARNING: the model does not beat H(0) on this data (it may only reproduce its input)", err=True)
     if json_out:

@@ -81,7 +81,9 @@ def evaluate(system: System, predicted: BlockSparse, kfrac: np.ndarray | None = 
 
 
 def summarise(rows: list[dict]) -> dict[str, dict[str, float]]:
-    """Mean of every numeric metric over structures, per source (predicted, h0)."""
+    """Per source (predicted, h0): the mean of every numeric metric over structures (ghost states:
+    the sum), the medians of the H and shifted band MAE; for predicted also on how many structures its shifted
+    band MAE beats H(0)'s."""
     out: dict[str, dict[str, float]] = {}
     for src in ("predicted", "h0"):
         keys = {k for r in rows for k, v in r[src].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -89,4 +91,11 @@ def summarise(rows: list[dict]) -> dict[str, dict[str, float]]:
         for key in sorted(keys):
             vals = [r[src][key] for r in rows if key in r[src]]
             out[src][key] = float(np.sum(vals)) if key == "ghost_states" else float(np.mean(vals))
+        for key in ("band_mae_shifted_mev", "h_mae_mev"):  # one outlier crystal can carry the mean
+            vals = [r[src][key] for r in rows if key in r[src]]
+            if vals:
+                out[src][key.replace("_mev", "_median_mev")] = float(np.median(vals))
+        if src == "predicted":
+            out[src]["structures_better_than_h0_bands"] = float(sum(
+                r["predicted"].get("band_mae_shifted_mev", 0) < r["h0"].get("band_mae_shifted_mev", 0) for r in rows))
     return out
