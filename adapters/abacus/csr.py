@@ -60,17 +60,18 @@ def _ints(line: str) -> list[int] | None:
         return None
 
 
-def _parse_values(tokens_text: str, path: str, lineno: int) -> np.ndarray:
-    if "(" in tokens_text:
+def _parse_values(tokens: list[str], path: str, lineno: int) -> np.ndarray:
+    """Real values, or complex ones from ``(re,im)`` tokens."""
+    if tokens and tokens[0].startswith("("):
         try:
-            flat = np.array(tokens_text.translate(_COMPLEX_CHARS).split(), dtype=np.float64)
+            flat = np.array(" ".join(tokens).translate(_COMPLEX_CHARS).split(), dtype=np.float64)
         except ValueError:
             raise ParseError(path, "non-numeric matrix value", lineno) from None
         if len(flat) % 2:
             raise ParseError(path, "odd number of components in complex values", lineno)
         return flat[0::2] + 1j * flat[1::2]
     try:
-        return np.array(tokens_text.split(), dtype=np.float64)
+        return np.array(tokens, dtype=np.float64)
     except ValueError:
         raise ParseError(path, "non-numeric matrix value", lineno) from None
 
@@ -123,20 +124,20 @@ def read_csr(path: str | Path) -> CsrFile:
     pos = 0
     Rs, rows_l, cols_l, ridx_l, vals_l = [], [], [], [], []
 
-    def take(count: int, kind: str, start_line: int) -> tuple[str, int]:
+    def take(count: int, kind: str, start_line: int) -> tuple[list[str], int]:
+        """The next ``count`` tokens (over one or more lines), each line split once; the last line number."""
         nonlocal pos
-        got, parts, last = 0, [], start_line
-        while got < count:
+        tokens: list[str] = []
+        last = start_line
+        while len(tokens) < count:
             if pos >= len(body):
                 raise ParseError(p, f"file ends inside the {kind} of a matrix block (truncated?)", last)
             last, ln = body[pos]
-            n_tok = len(ln.split())
-            parts.append(ln)
-            got += n_tok
+            tokens += ln.split()
             pos += 1
-        if got != count:
-            raise ParseError(p, f"expected {count} {kind}, found {got}", last)
-        return " ".join(parts), last
+        if len(tokens) != count:
+            raise ParseError(p, f"expected {count} {kind}, found {len(tokens)}", last)
+        return tokens, last
 
     while pos < len(body):
         lineno, ln = body[pos]
@@ -155,15 +156,15 @@ def read_csr(path: str | Path) -> CsrFile:
                     pos += 1
             Rs.append(R)
             continue
-        vtext, vl = take(nnz, "values", lineno)
-        ctext, cl = take(nnz, "column indices", vl)
-        ptext, pl = take(dim + 1, "row pointers", cl)
-        vals = _parse_values(vtext, p, vl)
+        vtok, vl = take(nnz, "values", lineno)
+        ctok, cl = take(nnz, "column indices", vl)
+        ptok, pl = take(dim + 1, "row pointers", cl)
+        vals = _parse_values(vtok, p, vl)
         if len(vals) != nnz:
             raise ParseError(p, f"expected {nnz} values, found {len(vals)}", vl)
         try:
-            cols = np.array(ctext.split(), dtype=np.int64)
-            ptr = np.array(ptext.split(), dtype=np.int64)
+            cols = np.array(ctok, dtype=np.int64)
+            ptr = np.array(ptok, dtype=np.int64)
         except ValueError:
             raise ParseError(p, "non-integer column index or row pointer", cl) from None
         if ptr[0] != 0 or ptr[-1] != nnz or np.any(np.diff(ptr) < 0):
