@@ -24,7 +24,7 @@ def main() -> None:
     ap.add_argument("data")
     ap.add_argument("--pp-orb", default=None, help="Folder of the orbital files (for their checksums).")
     ap.add_argument("--metrics", default=None, help="JSON written by benchmarks/accuracy.py.")
-    ap.add_argument("--name", default="nextham-dojo-dzp-v2")
+    ap.add_argument("--name", default="nextham-dojo-dzp-v3")
     ap.add_argument("--command", default=None, help="The training command(s), when not a single train run.")
     ap.add_argument("--note", default="", help="Free text for the card (lineage, hardware sharing).")
     a = ap.parse_args()

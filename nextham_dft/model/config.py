@@ -61,6 +61,8 @@ class TrainConfig:
     #: band-window loss (first-order band errors of the converged bands in the metrics' window, rigid
     #: shift removed; see model.losses)
     w_window: float = 0.0
+    #: eV added on both sides of the band window of that loss (1.0: the window where ghost states are counted)
+    window_margin: float = 0.0
     w_spin: float = 1.0
     spin_scale: float = 1e-4
     k_per_structure: int = 4

@@ -57,7 +57,8 @@ class KData:
         return KData(**kw)
 
 
-def build_kdata(system: System, idx: EdgeIndex, layout: BasisLayout, kfrac: np.ndarray, s_floor: float = 1e-2) -> KData:
+def build_kdata(system: System, idx: EdgeIndex, layout: BasisLayout, kfrac: np.ndarray, s_floor: float = 1e-2,
+                window_margin: float = 0.0) -> KData:
     """k-space training data of the spin-free part (a) of ΔH; S(k)^-1/2 by eigendecomposition.
 
     Eigenvalues of S(k) below ``s_floor`` are raised to it: the amplification of errors along
@@ -87,7 +88,7 @@ def build_kdata(system: System, idx: EdgeIndex, layout: BasisLayout, kfrac: np.n
     dim = int(norb.sum())
     phase = np.exp(2j * np.pi * (kfrac @ idx.R.T))
     ref = float(np.sum(np.abs(X @ dhk @ X) ** 2))
-    C, wmask, ref_w = _window_vectors(system, kfrac, sk, dhk)
+    C, wmask, ref_w = _window_vectors(system, kfrac, sk, dhk, window_margin)
     return KData(
         X=torch.as_tensor(X, dtype=torch.complex64),
         dH=torch.as_tensor(dhk, dtype=torch.complex64),
@@ -104,8 +105,10 @@ def build_kdata(system: System, idx: EdgeIndex, layout: BasisLayout, kfrac: np.n
     )
 
 
-def _window_vectors(system: System, kfrac: np.ndarray, sk: np.ndarray, dhk: np.ndarray):
+def _window_vectors(system: System, kfrac: np.ndarray, sk: np.ndarray, dhk: np.ndarray, margin: float = 0.0):
     """(C (nk, d, nw), mask (nk, nw), H(0)'s window loss) of the spin-free part of the converged H.
+
+    ``margin`` (eV) widens the window on both sides (1 eV: the window in which ghost states are counted).
 
     The window is the metrics' (from the bands of the full converged H at these k-points); the
     vectors are those of its spin-free part (for SOC runs the two differ by the SOC splitting, well
@@ -118,6 +121,7 @@ def _window_vectors(system: System, kfrac: np.ndarray, sk: np.ndarray, dhk: np.n
     e_full = band_energies(h, s, kfrac)
     fermi = system.fermi_ev.get("H", float(np.median(e_full)))
     lo, hi, _ = band_window(e_full, system.nelec, system.spin_degeneracy, fermi)
+    lo, hi = lo - margin, hi + margin
     ha = h if h.spin == "none" else h.with_data(spinor_to_ab(h.data)[0], "none")
     e, c = solve_generalized(KAssembler(ha)(kfrac), sk, vectors=True)
     inside = (e >= lo) & (e <= hi)
