@@ -71,11 +71,29 @@ def test_predict_soc_run_keeps_h0_spin_orbit_part():
     from nextham_dft.evaluation import evaluate
     from nextham_dft.model.predict import predict_hamiltonian
 
+    from nextham_dft.core.kspace import band_energies
+    from nextham_dft.evaluation import band_window
+
     system = read_run(need(DATA / "runs" / "t0045"))
     model, _ = load_model(bundled_model_path())
-    ev = evaluate(system, predict_hamiltonian(model, system))
+    h = predict_hamiltonian(model, system)
+    ev = evaluate(system, h)
     assert ev["predicted"]["soc_mae_uev"] < 1.0  # μeV
-    assert ev["predicted"]["ghost_states"] == 0
+    assert ev["predicted"]["band_mae_shifted_mev"] < ev["h0"]["band_mae_shifted_mev"]
+    # no spurious (ghost) states: every predicted state in the band window lies near a DFT band at its k
+    # (BN's 4.7 eV gap would show one). The ghost_states metric also counts real bands that cross the
+    # window's edges, which BN's large H(0) error makes common, so it is not the assertion here.
+    s, k = system.matrices["S"], system.kpoints.frac
+    e_ref = band_energies(system.matrices["H"], s, k)
+    lo, hi, _ = band_window(e_ref, system.nelec, system.spin_degeneracy, system.fermi_from_bands(e_ref, system.kpoints.weights))
+    inside = (e_ref >= lo) & (e_ref <= hi)
+    worst = {}
+    for name, m in (("predicted", h), ("h0", system.matrices["H0"])):
+        e = band_energies(m, s, k)
+        e = e - (e - e_ref)[inside].mean()
+        near = np.abs(e[:, :, None] - e_ref[:, None, :]).min(axis=2)
+        worst[name] = near[(e >= lo) & (e <= hi)].max()
+    assert worst["predicted"] < 1.0 and worst["predicted"] <= worst["h0"]
 
 
 def test_predict_refuses_foreign_basis_and_magnetic_runs(tmp_path):
