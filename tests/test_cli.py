@@ -212,3 +212,17 @@ def test_mutated_real_files_never_give_a_traceback(plain_example, tmp_path_facto
         assert_clean_error(res)
     if op == "truncate" and which.endswith(".csr") and where < 0.95:
         assert res.exit_code != 0  # a truncated matrix is always detected
+
+
+def test_orbital_dir_option_is_relative_to_the_working_directory(tmp_path, monkeypatch):
+    """--orbital-dir as a user types it: relative to where the command runs, not to the run folder."""
+    run_dir = tmp_path / "runs" / "si2"
+    shutil.copytree(need(EXAMPLE), run_dir)
+    orbs = tmp_path / "orbitals"
+    orbs.mkdir()
+    shutil.move(str(run_dir / "Si_gga_6au_100Ry_2s2p1d.orb"), orbs)
+    monkeypatch.chdir(tmp_path)
+    assert_clean_error(run("info", "runs/si2"))  # the orbital file is gone from the run
+    res = run("info", "runs/si2", "--orbital-dir", "orbitals")
+    assert res.exit_code == 0, res.output
+    assert "2s2p1d" in res.output

@@ -195,7 +195,9 @@ def read_basis(run_dir: Path, stru, params: dict[str, str], orbital_dir: str | P
     for sp in stru.species:
         if not sp.orbital:
             raise BasisError(f"species {sp.label}: no orbital file in STRU (NUMERICAL_ORBITAL)")
-        tried = _resolve(run_dir, str(orbital_dir) if orbital_dir else params.get("orbital_dir"), sp.orbital)
+        tried = _resolve(run_dir, params.get("orbital_dir"), sp.orbital)
+        if orbital_dir:  # given by the user (--orbital-dir): relative to the working directory, searched first
+            tried = [Path(orbital_dir).absolute() / sp.orbital] + tried
         path = next((p for p in tried if p.is_file()), None)
         if path is None:
             raise BasisError(f"orbital file {sp.orbital} of {sp.label} not found (looked in {', '.join(str(p.parent) for p in tried)})")
