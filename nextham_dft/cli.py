@@ -410,14 +410,13 @@ def predict(run_dir, out_dir, model_path, device, force, zeroth, converged, orbi
     from .evaluation import evaluate
     from .model.compat import check_run
     from .model.predict import predict_hamiltonian
-    from .writers.output import output_dir
-
     from .registry import adapter_for
+    from .writers.output import output_dir
 
     timings = {}
     t = time.perf_counter()
-    system = _read(run_dir, zeroth, converged, orbital_dir)
     adapter = adapter_for(run_dir)
+    system = adapter.read_run(Path(run_dir), zeroth=zeroth, converged=converged, orbital_dir=orbital_dir)
     timings["read_s"] = time.perf_counter() - t
     t = time.perf_counter()
     model, card = _load_model(model_path)
@@ -528,9 +527,8 @@ def restart(run_dir, source, out_dir, model_path, force, zeroth, converged, orbi
     ABACUS: OUT/SPIN*_CHG.cube + INPUT (init_chg file, every version), hrs*_nao.csr + INPUT.init_chg_hr
     (ABACUS ≥ 3.11), dmrs*_nao.csr + INPUT.init_chg_dm (nspin 1, 2). SIESTA: OUT/LABEL.DM (DM.UseSaveDM).
     """
-    from .writers.output import output_dir
-
     from .registry import adapter_for
+    from .writers.output import output_dir
 
     adapter = adapter_for(run_dir)
     if not hasattr(adapter, "write_restart"):

@@ -203,7 +203,7 @@ class BlockSparse:
         n_flat = int(offsets[-1])
         cnt = np.bincount(flat, minlength=n_flat)
         if dtype == np.float64 and vals.ndim == 1:  # bincount: an order of magnitude faster than np.add.at
-            acc = np.bincount(flat, weights=vals.real if np.iscomplexobj(vals) else vals, minlength=n_flat)
+            acc = np.bincount(flat, weights=vals, minlength=n_flat)
         else:
             acc = np.zeros(shape, dtype=dtype)
             np.add.at(acc, flat, vals)

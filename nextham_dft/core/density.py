@@ -189,7 +189,7 @@ def density_on_grid(system, dm: BlockSparse, shape: tuple[int, int, int], block:
     # block for absent pairs; charge and magnetisation components taken once for all blocks
     blk = _padded_components(dm, spinor)  # (E + 1, ncomp, nb, nb)
     nb = blk.shape[-1]
-    ei, ej, R, _, _ = dm.full_blocks()
+    ei, ej, R, _, _ = dm.full_edges()  # the same block order as full_blocks(), without the data
     lookup = _PairLookup(ei, ej, R)
     norb = dm.norb
     for bx in range(0, nx, block):

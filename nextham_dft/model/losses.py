@@ -26,8 +26,9 @@ import numpy as np
 import torch
 
 from ..core.blocks import spinor_to_ab
-from ..core.kspace import KAssembler
+from ..core.kspace import KAssembler, band_energies, solve_generalized
 from ..core.system import System
+from ..evaluation import band_window
 from .graph import EdgeIndex
 from .irreps import BasisLayout
 
@@ -114,16 +115,13 @@ def _window_vectors(system: System, kfrac: np.ndarray, sk: np.ndarray, dhk: np.n
     vectors are those of its spin-free part (for SOC runs the two differ by the SOC splitting, well
     inside the 2 eV margins). None when no state lies in the window.
     """
-    from ..core.kspace import band_energies, solve_generalized
-    from ..evaluation import band_window
-
     h, s = system.matrices["H"], system.matrices["S"]
-    e_full = band_energies(h, s, kfrac)
+    ha = h if h.spin == "none" else h.with_data(spinor_to_ab(h.data)[0], "none")
+    e, c = solve_generalized(KAssembler(ha)(kfrac), sk, vectors=True)
+    e_full = e if h.spin == "none" else band_energies(h, s, kfrac)  # spinors: the window from the full bands
     fermi = system.fermi_ev.get("H", float(np.median(e_full)))
     lo, hi, _ = band_window(e_full, system.nelec, system.spin_degeneracy, fermi)
     lo, hi = lo - margin, hi + margin
-    ha = h if h.spin == "none" else h.with_data(spinor_to_ab(h.data)[0], "none")
-    e, c = solve_generalized(KAssembler(ha)(kfrac), sk, vectors=True)
     inside = (e >= lo) & (e <= hi)
     nw = int(inside.sum(axis=1).max())
     if nw == 0:
@@ -177,11 +175,6 @@ def kspace_losses(delta: torch.Tensor, kd: KData, window: bool = True) -> tuple[
     if window and kd.C is not None:  # a norm ratio, not its square: outliers weigh less
         win = torch.sqrt(_window_error(kd.C, kd.wmask, diff) / kd.ref_window + 1e-12)
     return full, win
-
-
-def kspace_loss(delta: torch.Tensor, kd: KData) -> torch.Tensor:
-    """The orthonormalised-H(k) loss alone (see :func:`kspace_losses`)."""
-    return kspace_losses(delta, kd, window=False)[0]
 
 
 def real_space_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, scale: float,

@@ -263,9 +263,10 @@ class HamiltonianCorrection(nn.Module):
         spin_on = cfg.spin_head and g.spinor and g.h0_spin is not None
         n_out = self.irreps_block.num_irreps
 
-        def correction_irreps(sl: slice | torch.Tensor) -> torch.Tensor:
-            """ΔH irreps (units of target_scale) of the edges in sl, before the trace feedback."""
-            x = edge_inputs(sl)
+        def correction_irreps(sl: slice | torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+            """ΔH irreps (units of target_scale) of the edges in sl (edge inputs x when already at hand),
+            before the trace feedback."""
+            x = edge_inputs(sl) if x is None else x
             gates = 1.0 + self.channel_gate(inv[sl])
             y = self.edge_lin(x) * gates[:, self.out_index] + pair_term(sl) * size[sl]
             return self.out_lin(y)
@@ -293,7 +294,8 @@ class HamiltonianCorrection(nn.Module):
             v = v + self.trace_potential(torch.cat([self._scalars(h), tau], dim=1)) * cfg.target_scale
         raw_parts, spin_parts = [], []
         for sl in self._chunks(E):
-            y = cache["y"] if "y" in cache else correction_irreps(sl)
+            x = edge_inputs(sl)  # once per chunk, for both heads
+            y = cache["y"] if "y" in cache else correction_irreps(sl, x)
             if tau is not None:
                 t = traces(y, g.edge_src[sl], g.edge_dst[sl])
                 g2 = self.trace_gate(torch.cat([inv[sl], t, tau[g.edge_src[sl]], tau[g.edge_dst[sl]]], dim=1))
@@ -304,7 +306,6 @@ class HamiltonianCorrection(nn.Module):
             vj = v[g.edge_dst[sl]][:, self.slot_of]
             raw_parts.append(blocks + 0.5 * (vi[:, :, None] + vj[:, None, :]) * g.s[sl])
             if spin_on:
-                x = edge_inputs(sl)
                 xb = self.spin_map((g.h0_spin[sl] / cfg.h0_scale).reshape(-1, n * n * 3))
                 yb = self.spin_lin(torch.cat([xb, x], dim=1))
                 yb = yb * (1.0 + self.spin_gate(inv[sl]))[:, self.spin_index]
