@@ -306,3 +306,34 @@ def test_band_window_loss_is_first_order_band_error_without_the_rigid_shift(run)
     sel = np.arange(i0, i0 + len(ew))  # the window states are a contiguous run of bands
     assert np.allclose(e0[sel], ew, atol=1e-5)
     assert abs(first.sum() - (e1 - e0)[sel].sum()) < 1e-3 * np.abs(first).sum()
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_fused_tensor_product_equals_e3nn(shared):
+    """The grouped evaluation computes e3nn's map (same weights, paths, normalisation), gradients too."""
+    from e3nn import o3
+
+    from nextham_dft.model.fused import FusedTensorProduct
+
+    torch.manual_seed(3)
+    # repeated degrees of both parities, l up to 3, and an output irrep no path reaches (6o: zeros)
+    a = o3.Irreps("3x0e+2x1o+1x1e+2x2e+1x3o")
+    b = o3.Irreps("2x0e+1x1o+1x2e") if shared else o3.Irreps.spherical_harmonics(3)
+    out = o3.Irreps("2x0e+1x0o+3x1o+2x1e+2x2e+1x3o+1x3e+1x6o")
+    tp = o3.FullyConnectedTensorProduct(a, b, out, shared_weights=shared, internal_weights=shared).double()
+    fused = FusedTensorProduct(tp)
+    x1 = torch.randn(7, a.dim, dtype=torch.float64, requires_grad=True)
+    x2 = torch.randn(7, b.dim, dtype=torch.float64, requires_grad=True)
+    w = tp.weight if shared else torch.randn(7, tp.weight_numel, dtype=torch.float64, requires_grad=True)
+    ref = tp(x1, x2) if shared else tp(x1, x2, w)
+    got = fused(x1, x2, w)
+    assert got.shape == ref.shape and torch.all(got[:, -13:] == 0)
+    # e3nn keeps its 3j symbols in float32 even in a float64 module: agreement to that precision
+    assert torch.allclose(got, ref, rtol=1e-6, atol=1e-6 * ref.abs().max().item())
+    g_ref = torch.autograd.grad(ref.pow(2).sum(), [x1, x2, w])
+    g_got = torch.autograd.grad(got.pow(2).sum(), [x1, x2, w])
+    for r, g in zip(g_ref, g_got):
+        assert torch.allclose(g, r, rtol=1e-5, atol=1e-6 * r.abs().max().item())
+    # and it is a different computation, not a call into e3nn: a changed weight changes it the same way
+    w2 = (w * 1.5).detach()
+    assert torch.allclose(fused(x1, x2, w2), (tp(x1, x2, w2) if not shared else 1.5 * tp(x1, x2)), atol=1e-6)

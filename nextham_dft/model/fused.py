@@ -50,6 +50,10 @@ class FusedTensorProduct(nn.Module):
             if i.connection_mode != "uvw" or not i.has_weight:
                 raise ValueError(f"FusedTensorProduct handles weighted 'uvw' paths only, not {i.connection_mode!r}")
         self.shared = bool(tp.shared_weights)
+        #: float64 constants (3j symbols, path weights), cast on use (see :meth:`_const`): as buffers, a
+        #: float32 model's .to(float64) would keep their float32 rounding
+        self._exact: dict[str, torch.Tensor] = {}
+        self._cast: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
         ir1, ir2, iro = tp.irreps_in1, tp.irreps_in2, tp.irreps_out
         self.out_dim = iro.dim
         by_l1, by_l2 = _instances_by_l(ir1), _instances_by_l(ir2)
@@ -68,16 +72,16 @@ class FusedTensorProduct(nn.Module):
         for k, (l1, l2) in enumerate(self.pairs):
             d1, d2 = 2 * l1 + 1, 2 * l2 + 1
             U1, U2 = len(by_l1[l1]), len(by_l2[l2])
-            self.register_buffer(f"idx1_{k}", torch.tensor([[s + m for m in range(d1)] for _b, _u, s in by_l1[l1]]),
+            self.register_buffer(f"idx1_{k}", torch.tensor([s + m for _b, _u, s in by_l1[l1] for m in range(d1)]),
                                  persistent=False)
-            self.register_buffer(f"idx2_{k}", torch.tensor([[s + m for m in range(d2)] for _b, _u, s in by_l2[l2]]),
+            self.register_buffer(f"idx2_{k}", torch.tensor([s + m for _b, _u, s in by_l2[l2] for m in range(d2)]),
                                  persistent=False)
             cols, c0 = [], 0
             for l3 in sorted(l3s[(l1, l2)]):
-                cols.append(o3.wigner_3j(l1, l2, l3).reshape(d1 * d2, 2 * l3 + 1))
+                cols.append(o3.wigner_3j(l1, l2, l3, dtype=torch.float64).reshape(d1 * d2, 2 * l3 + 1))
                 col_of[(l1, l2, l3)] = c0
                 c0 += 2 * l3 + 1
-            self.register_buffer(f"w3j_{k}", torch.cat(cols, dim=1).to(torch.get_default_dtype()), persistent=False)
+            self._exact[f"w3j_{k}"] = torch.cat(cols, dim=1)
             self._pair_shapes.append((U1, U2, d1, d2, c0))
             pair_base[(l1, l2)] = base
             base += U1 * U2 * c0
@@ -109,21 +113,28 @@ class FusedTensorProduct(nn.Module):
                 continue
             n = len(self.outputs)
             self.outputs.append((o, mul_o, ir_o.dim))
-            self.register_buffer(f"q_{n}", torch.tensor(q_rows), persistent=False)
-            self.register_buffer(f"w_{n}", torch.tensor(w_rows), persistent=False)
-            self.register_buffer(f"s_{n}", torch.tensor(scale, dtype=torch.get_default_dtype())[:, None], persistent=False)
+            self.register_buffer(f"q_{n}", torch.tensor(q_rows).reshape(-1), persistent=False)
+            self.register_buffer(f"w_{n}", torch.tensor(w_rows).reshape(-1), persistent=False)
+            self._exact[f"s_{n}"] = torch.tensor(scale, dtype=torch.float64)[:, None]
         self._out_slices = [iro.slices()[o] for o, _m, _d in self.outputs]
         self._complete = [o for o, _m, _d in self.outputs] == list(range(len(iro))) and all(m > 0 for m, _ in iro)
+
+    def _const(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        """The float64 constant ``name`` on ``like``'s device and in its dtype (cached)."""
+        key = (name, like.device, like.dtype)
+        if key not in self._cast:
+            self._cast[key] = self._exact[name].to(device=like.device, dtype=like.dtype)
+        return self._cast[key]
 
     def coupled(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         """(E, ΣU1·U2·columns) coupled features: every x1 ⊗ x2 instance pair projected on each l3."""
         E = x1.shape[0]
         parts = []
         for k, (U1, U2, d1, d2, c) in enumerate(self._pair_shapes):
-            a = x1[:, getattr(self, f"idx1_{k}")]  # (E, U1, d1)
-            b = x2[:, getattr(self, f"idx2_{k}")]  # (E, U2, d2)
+            a = x1.index_select(1, getattr(self, f"idx1_{k}")).reshape(E, U1, d1)
+            b = x2.index_select(1, getattr(self, f"idx2_{k}")).reshape(E, U2, d2)
             xx = (a[:, :, None, :, None] * b[:, None, :, None, :]).reshape(E * U1 * U2, d1 * d2)
-            parts.append((xx @ getattr(self, f"w3j_{k}").to(xx.dtype)).reshape(E, U1 * U2 * c))
+            parts.append((xx @ self._const(f"w3j_{k}", xx)).reshape(E, U1 * U2 * c))
         return torch.cat(parts, dim=1)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -131,13 +142,13 @@ class FusedTensorProduct(nn.Module):
         q = self.coupled(x1, x2)
         outs = []
         for n, (_o, mul, dim) in enumerate(self.outputs):
-            qn = q[:, getattr(self, f"q_{n}")]  # (E, P, dim)
-            s = getattr(self, f"s_{n}").to(q.dtype)
+            qn = q.index_select(1, getattr(self, f"q_{n}")).reshape(E, -1, dim)  # (E, P, dim)
+            s = self._const(f"s_{n}", q)
             if self.shared:
-                wn = weight[getattr(self, f"w_{n}")] * s  # (P, mul)
+                wn = weight.index_select(0, getattr(self, f"w_{n}")).reshape(-1, mul) * s  # (P, mul)
                 outs.append(torch.matmul(qn.transpose(1, 2), wn).transpose(1, 2).reshape(E, mul * dim))
             else:
-                wn = weight[:, getattr(self, f"w_{n}")] * s  # (E, P, mul)
+                wn = weight.index_select(1, getattr(self, f"w_{n}")).reshape(E, -1, mul) * s  # (E, P, mul)
                 outs.append(torch.bmm(wn.transpose(1, 2), qn).reshape(E, mul * dim))
         if self._complete:
             return torch.cat(outs, dim=1)
