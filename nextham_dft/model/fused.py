@@ -14,6 +14,10 @@ grouped:
 It reads the instructions, weight layout and path weights of the e3nn module it is built from, so
 a trained model's weights (the e3nn module's ``weight`` parameter, or the per-edge weights) are used
 unchanged; tests compare both evaluations on random inputs and weights.
+
+It wins where calls are many and tensors small (small cells, training batches: 1.5–2.5× on 256 to
+1,024 rows); on thousands of rows both are bound by memory traffic and e3nn's per-path loop, which
+never holds all coupled features at once, is as fast or faster (see ``HamiltonianCorrection``).
 """
 
 from __future__ import annotations

@@ -194,6 +194,17 @@ class HamiltonianCorrection(nn.Module):
         for a in range(0, n, step):
             yield slice(a, min(n, a + step))
 
+    #: rows (edges) up to which the fused tensor products are used; above, e3nn's per-path evaluation of
+    #: the same map is as fast or faster (memory-bound; see model.fused)
+    fused_max_rows: int = 2048
+
+    def _tensor_product(self, fused: FusedTensorProduct, tp: o3.TensorProduct, x1: torch.Tensor, x2: torch.Tensor,
+                        weight: torch.Tensor | None = None) -> torch.Tensor:
+        """tp(x1, x2[, weight]) (shared weights: the module's own), through ``fused`` for small inputs."""
+        if x1.shape[0] <= self.fused_max_rows:
+            return fused(x1, x2, tp.weight if weight is None else weight)
+        return tp(x1, x2) if weight is None else tp(x1, x2, weight)
+
     def forward(self, g: Graph) -> tuple[torch.Tensor, torch.Tensor | None]:
         cfg = self.cfg
         n = self.layout.size
@@ -220,7 +231,7 @@ class HamiltonianCorrection(nn.Module):
             """h_i ⊗ h_j of the edges in sl, computed once per atom pair (periodic images share it)."""
             key = g.edge_src[sl] * n_atoms + g.edge_dst[sl]
             uniq, inv = torch.unique(key, return_inverse=True)
-            return self.pair_fused(h[uniq // n_atoms], h[uniq % n_atoms], self.pair_tp.weight)[inv]
+            return self._tensor_product(self.pair_fused, self.pair_tp, h[uniq // n_atoms], h[uniq % n_atoms])[inv]
 
         r = torch.linalg.norm(g.edge_vec, dim=1)
         x_node = None
@@ -249,13 +260,14 @@ class HamiltonianCorrection(nn.Module):
         vec = g.edge_vec[off]
         env = envelope(r[off], cfg.r_max)[:, None]
         s_off = s_e[off]
-        for tp, cw, att, pre, gate in zip(self.convs_fused, self.conv_w, self.attn, self.pre_gate, self.gates):
+        for tp, fused, cw, att, pre, gate in zip(self.convs, self.convs_fused, self.conv_w, self.attn, self.pre_gate,
+                                                 self.gates):
             logit = att(torch.cat([s_off, self._scalars(h)[src], self._scalars(h)[dst]], dim=1)).squeeze(1)
             alpha = segment_softmax(logit, src, n_atoms)[:, None]
             agg = None
             for sl in self._chunks(len(src)):
                 sh = o3.spherical_harmonics(self.irreps_sh, vec[sl], normalize=True, normalization="component")
-                m = tp(h[dst[sl]], sh, cw(s_off[sl]))
+                m = self._tensor_product(fused, tp, h[dst[sl]], sh, cw(s_off[sl]))
                 if agg is None:
                     agg = torch.zeros(n_atoms, m.shape[1], dtype=m.dtype, device=m.device)
                 agg = agg.index_add(0, src[sl], alpha[sl] * env[sl] * m)
