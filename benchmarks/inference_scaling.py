@@ -1,6 +1,6 @@
 """Predict time and peak memory versus cell size, on supercells built exactly from primitive runs.
 
-Each size runs in a fresh subprocess (peak RSS per size). Stages: graph build, model, assembly
+Each size runs in a fresh subprocess (peak RSS per size), after one warm-up prediction of the primitive cell. Stages: graph build, model, assembly
 (padded corrections → block-sparse H), write (hamiltonian.h5). Prints a table, the fitted scaling
 exponent over the sizes ≥ 100 atoms, and writes JSON.
 Usage: python benchmarks/inference_scaling.py [--run DIR] [--cells 1 8 64 216 512] [--device cpu]
@@ -43,6 +43,8 @@ def one(run: str, n: int, device: str) -> dict:
     t_super = time.perf_counter() - t
     model, _ = load_model(bundled_model_path())
     model.to(device)
+    with torch.no_grad():  # warm-up on the primitive cell: first-call costs are not the cell's
+        model(build_graph(prim, model.layout, with_target=False)[0].to(device))
     t = time.perf_counter()
     g, idx = build_graph(sc, model.layout, with_target=False)
     t_graph = time.perf_counter() - t
