@@ -20,6 +20,7 @@ from nextham_dft.model.config import ModelConfig, TrainConfig, dump_yaml, load_t
 from nextham_dft.model.irreps import BasisLayout, BlockIrreps
 from nextham_dft.model.network import HamiltonianCorrection
 from nextham_dft.model.predict import predict_correction
+from nextham_dft.model.store import load_model
 from nextham_dft.testing import assert_hamiltonian_equivariant, irreps_d, wigner_d
 
 from .conftest import DATA, EXAMPLE, need
@@ -158,6 +159,46 @@ def test_train_cli_checkpoints_resumes_and_logs(tmp_path, tiny_dataset):
     cfg2.write_text(txt.replace(str(run), str(tmp_path / "ft")))
     res = CliRunner().invoke(main, ["train", str(cfg2), "--init", str(run / "best.pt"), "--device", "cpu"])
     assert res.exit_code == 0, res.stderr
+
+
+def test_weight_average_follows_the_update_rule_and_restores_the_weights():
+    from nextham_dft.model.ema import WeightAverage
+
+    lin = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.fill_(1.0)
+    ema = WeightAverage(lin, decay=0.5)
+    expect = torch.ones(1, 2)
+    for value in (3.0, -1.0, 7.0):
+        with torch.no_grad():
+            lin.weight.fill_(value)
+        d = ema.rate()
+        assert d == min(0.5, (1 + ema.updates) / (10 + ema.updates))
+        ema.update(lin)
+        expect = d * expect + (1 - d) * value
+    assert torch.allclose(ema.shadow["weight"], expect)
+    with ema.applied(lin):
+        assert torch.allclose(lin.weight, expect)
+    assert torch.all(lin.weight == 7.0)
+    with pytest.raises(ValueError, match="ema_decay"):
+        WeightAverage(lin, decay=1.0)
+
+
+def test_ema_training_validates_and_saves_the_averaged_weights(tmp_path, tiny_dataset):
+    cfg = _config(tmp_path, tiny_dataset, epochs=1, ema_decay=0.9)
+    res = CliRunner().invoke(main, ["train", str(cfg), "--device", "cpu"])
+    assert res.exit_code == 0, res.stderr
+    ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    best, _card = load_model(tmp_path / "run" / "best.pt")
+    shadow, raw = ck["ema"]["shadow"], ck["model"]
+    moved = False
+    for k, p in best.named_parameters():
+        assert torch.equal(p.detach(), shadow[k]), k
+        moved |= not torch.equal(shadow[k], raw[k])
+    assert moved  # the average is not the last weights
+    cfg.write_text(cfg.read_text().replace("ema_decay: 0.9", "ema_decay: 1.5"))
+    res = CliRunner().invoke(main, ["train", str(cfg), "--device", "cpu"])
+    assert res.exit_code != 0 and "ema_decay" in res.output + res.stderr
 
 
 def test_band_window_loss_trains_and_is_logged(tmp_path, tiny_dataset):

@@ -72,6 +72,9 @@ class TrainConfig:
     #: what picks best.pt: "h_mae" (validation H MAE) or "loss" (the weighted training objective on the
     #: validation split, k-space terms included: use it when the k-space terms carry the goal, e.g. bands)
     select_on: str = "h_mae"
+    #: > 0: validate and save the exponential moving average of the weights with this decay per
+    #: optimiser step (e.g. 0.99, as NequIP and MACE do); 0: the weights themselves
+    ema_decay: float = 0.0
     budget_minutes: float = 60.0
     patience: int = 30
     checkpoint_every: int = 1
@@ -106,6 +109,8 @@ def train_config_from_dict(d: dict) -> TrainConfig:
         raise ValueError(f"unknown training option(s): {', '.join(sorted(bad))}")
     if d.get("select_on", "h_mae") not in ("h_mae", "loss"):
         raise ValueError(f"select_on must be 'h_mae' or 'loss', not {d['select_on']!r}")
+    if not 0.0 <= float(d.get("ema_decay", 0.0)) < 1.0:
+        raise ValueError(f"ema_decay must lie in [0, 1), not {d['ema_decay']!r}")
     d = dict(d)
     model = model_config_from_dict(d.pop("model", {}) or {})
     return TrainConfig(model=model, **{k: _tuplify(v) for k, v in d.items()})

@@ -14,6 +14,7 @@ import os
 import random
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import torch
 
 from ..dataset import iter_dataset, list_ids
 from .config import TrainConfig, dump_yaml, to_dict
+from .ema import WeightAverage
 from .graph import Graph, batch_graphs, build_graph
 from .losses import KData, build_kdata, kspace_losses, real_space_loss
 from .network import HamiltonianCorrection
@@ -186,6 +188,7 @@ def train(cfg: TrainConfig, init: str | None = None, resume: bool = True, device
     if world > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     state = {"epoch": 0, "best": math.inf, "elapsed": 0.0, "bad_epochs": 0, "steps": 0}
     ckpt = out / "checkpoint.pt"
     if resume and ckpt.is_file():
@@ -193,6 +196,8 @@ def train(cfg: TrainConfig, init: str | None = None, resume: bool = True, device
         model.load_state_dict(c["model"])
         opt.load_state_dict(c["opt"])
         state = c["state"]
+        if ema is not None and c.get("ema") is not None:
+            ema.load_state_dict(c["ema"])
     log_path = out / "log.csv"
     new_log = not log_path.exists() or state["epoch"] == 0
     budget = cfg.budget_minutes * 60.0
@@ -224,6 +229,8 @@ def train(cfg: TrainConfig, init: str | None = None, resume: bool = True, device
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
                 opt.step()
+                if ema is not None:
+                    ema.update(model)
                 state["steps"] += 1
                 for k, v in {"loss": loss.item(), **parts}.items():
                     sums[k] = sums.get(k, 0.0) + v / len(bs)
@@ -231,8 +238,13 @@ def train(cfg: TrainConfig, init: str | None = None, resume: bool = True, device
                     break
             state["epoch"] += 1
             state["elapsed"] = time.time() - t0
-            v = (validate(model, val_items, cfg) if val_items else
-                 {"val_mae_mev": sums.get("loss", 0), "val_h0_mae_mev": 0, "score": sums.get("loss", 0)})
+            with ema.applied(model) if ema is not None else nullcontext():  # validate and save what ships
+                v = (validate(model, val_items, cfg) if val_items else
+                     {"val_mae_mev": sums.get("loss", 0), "val_h0_mae_mev": 0, "score": sums.get("loss", 0)})
+                if rank == 0 and v["score"] < state["best"]:
+                    save_model(out / "best.pt", model, {"train_config": to_dict(cfg), "epoch": state["epoch"],
+                                                       "val": v, "elapsed_s": state["elapsed"], "split": split,
+                                                       "elements": train_elements})
             if rank == 0:
                 log.writerow([state["epoch"], round(state["elapsed"], 1), f"{lr:.3e}", *(f"{sums.get(k, 0):.5g}" for k in
                               ("loss", "real", "kspace", "spin")), f"{v['val_mae_mev']:.4f}", f"{v['val_h0_mae_mev']:.4f}",
@@ -242,14 +254,12 @@ def train(cfg: TrainConfig, init: str | None = None, resume: bool = True, device
                 if improved:
                     state["best"] = v["score"]
                     state["bad_epochs"] = 0
-                    save_model(out / "best.pt", model, {"train_config": to_dict(cfg), "epoch": state["epoch"],
-                                                       "val": v, "elapsed_s": state["elapsed"], "split": split,
-                                                       "elements": train_elements})
                 else:
                     state["bad_epochs"] += 1
                 if state["epoch"] % cfg.checkpoint_every == 0:
                     tmp = ckpt.with_suffix(".tmp")
-                    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": state}, tmp)
+                    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": state,
+                                "ema": None if ema is None else ema.state_dict()}, tmp)
                     os.replace(tmp, ckpt)
                 if bar is not None:
                     remaining = max(0.0, budget - state["elapsed"])
