@@ -27,6 +27,8 @@ def main() -> None:
     ap.add_argument("--name", default="nextham-dojo-dzp-v3")
     ap.add_argument("--command", default=None, help="The training command(s), when not a single train run.")
     ap.add_argument("--note", default="", help="Free text for the card (lineage, hardware sharing).")
+    ap.add_argument("--hardware", default="CPU only, 2 cores",
+                    help="How the training machine was used, e.g. 'CPU only, 2 cores shared by two runs'.")
     a = ap.parse_args()
     tdir = Path(a.train_dir)
     model, card = load_model(tdir / "best.pt")
@@ -57,7 +59,7 @@ def main() -> None:
                  "n_train": len(split["train"]), "n_val": len(split["val"]), "n_test": len(split["test"])},
         "split": split,
         "training": {"epochs": int(last[0]), "wall_clock_s": float(last[1]), "threads": torch.get_num_threads(),
-                     "hardware": f"{platform.processor() or platform.machine()}, CPU only, 2 cores shared by two runs",
+                     "hardware": f"{platform.processor() or platform.machine()}, {a.hardware}",
                      "threads_per_run": (card.get("train_config") or {}).get("threads"),
                      "command": a.command or f"nextham-dft train {tdir / 'config.yaml'}", "note": a.note,
                      "config": card.get("train_config"),
