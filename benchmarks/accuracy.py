@@ -64,7 +64,7 @@ def main() -> None:
         table["H(0), held-out element"] = held_summ["h0"]
         out["held_out"] = {"summary": held_summ, "structures": held_rows}
     names = list(table)
-    print(f"{len(rows)} test structures (+{len(held_rows)} with the held-out element)")
+    print(f"{len(rows)} {a.split} structures (+{len(held_rows)} with the held-out element)")
     print(f"{'metric':<22}" + "".join(f"{n:>26}" for n in names))
     for k in KEYS:
         print(f"{k:<22}" + "".join(f"{table[n].get(k, float('nan')):26.4f}" for n in names))

@@ -27,6 +27,10 @@ def main() -> None:
     ap.add_argument("--name", default="nextham-dojo-dzp-v3")
     ap.add_argument("--command", default=None, help="The training command(s), when not a single train run.")
     ap.add_argument("--note", default="", help="Free text for the card (lineage, hardware sharing).")
+    ap.add_argument("--val-metrics", default=None,
+                    help="JSON of benchmarks/accuracy.py --split val: the eval metrics the model was chosen on.")
+    ap.add_argument("--total-minutes", type=float, default=None,
+                    help="Wall-clock minutes of every stage together (default: the last stage's log).")
     ap.add_argument("--hardware", default="CPU only, 2 cores",
                     help="How the training machine was used, e.g. 'CPU only, 2 cores shared by two runs'.")
     a = ap.parse_args()
@@ -58,13 +62,15 @@ def main() -> None:
         "data": {"file": Path(a.data).name, "source": "shared/data/abacus-dojo-fr/dataset.h5 via nextham-dft dataset build",
                  "n_train": len(split["train"]), "n_val": len(split["val"]), "n_test": len(split["test"])},
         "split": split,
-        "training": {"epochs": int(last[0]), "wall_clock_s": float(last[1]), "threads": torch.get_num_threads(),
+        "training": {"epochs": int(last[0]), "wall_clock_s": float(last[1]),
+                     "total_wall_clock_s": 60.0 * a.total_minutes if a.total_minutes else float(last[1]), "threads": torch.get_num_threads(),
                      "hardware": f"{platform.processor() or platform.machine()}, {a.hardware}",
                      "threads_per_run": (card.get("train_config") or {}).get("threads"),
                      "command": a.command or f"nextham-dft train {tdir / 'config.yaml'}", "note": a.note,
                      "config": card.get("train_config"),
                      "best_epoch": card.get("epoch"), "val": card.get("val")},
         "metrics": json.loads(Path(a.metrics).read_text())["summary"] if a.metrics else None,
+        "validation_metrics": json.loads(Path(a.val_metrics).read_text())["summary"] if a.val_metrics else None,
     }
     PRETRAINED.mkdir(parents=True, exist_ok=True)
     save_model(PRETRAINED / "model.pt", model, out)
