@@ -17,7 +17,7 @@ from nextham_dft.model.predict import predict_hamiltonian
 from nextham_dft.model.store import bundled_model_path, load_model
 
 KEYS = ["h_mae_mev", "h_mae_onsite_mev", "h_mae_offsite_mev", "h_mae_shifted_mev", "soc_mae_uev", "band_mae_mev",
-        "band_mae_shifted_mev", "ghost_states", "h_mae_median_mev", "band_mae_shifted_median_mev",
+        "band_mae_shifted_mev", "ghost_states", "far_states", "farthest_state_mev", "h_mae_median_mev", "band_mae_shifted_median_mev",
         "structures_better_than_h0_bands"]
 
 

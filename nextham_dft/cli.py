@@ -374,7 +374,7 @@ def eval_cmd(model_path, data, split, json_out, device):
                      **evaluate(s, predict_hamiltonian(model, s, dev))})
     summ = summarise(rows)
     keys = ["h_mae_mev", "h_mae_onsite_mev", "h_mae_offsite_mev", "h_mae_shifted_mev", "soc_mae_uev",
-            "band_mae_mev", "band_mae_shifted_mev", "ghost_states"]
+            "band_mae_mev", "band_mae_shifted_mev", "ghost_states", "far_states", "farthest_state_mev"]
     click.echo(f"{len(rows)} structures ({split})")
     click.echo(f"{'metric':<28}{'predicted':>12}{'H(0)':>12}")
     keys += ["h_mae_median_mev", "band_mae_shifted_median_mev"]

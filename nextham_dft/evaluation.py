@@ -4,7 +4,10 @@ All energies in meV (SOC part in μeV). Band metrics at the DFT run's k-points, 
 window from 2 eV below the valence-band maximum to 2 eV above the conduction-band minimum
 (metals: ±2 eV around E_F), absolute and with the rigid shift removed. Ghost states: Σ_k
 max(0, N_pred(k) − N_DFT(k)) over eigenvalues in the window widened by 1 eV, counted after
-removing the rigid shift (so that a uniform shift alone never counts as a ghost).
+removing the rigid shift (so that a uniform shift alone never counts as a ghost). That count also
+includes real bands that the prediction moves across the widened window's edge, so beside it:
+far states, the predicted states in the widened window farther than ``FAR_EV`` from every DFT state
+at their k (spurious eigenvalues, or states moved by more than that), and the largest such distance.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ import numpy as np
 from .core.blocks import BlockSparse, spinor_to_ab
 from .core.kspace import band_energies
 from .core.system import System
+
+#: eV: a predicted state farther than this from every DFT state at its k counts as a far state
+FAR_EV = 0.5
 
 
 def _parts(m: BlockSparse) -> tuple[np.ndarray, np.ndarray | None]:
@@ -60,7 +66,9 @@ def evaluate(system: System, predicted: BlockSparse, kfrac: np.ndarray | None = 
         shift = float(diff.mean()) if diff.size else 0.0
         lo_w, hi_w = lo - 1.0, hi + 1.0
         n_ref = ((e_ref >= lo_w) & (e_ref <= hi_w)).sum(axis=1)
-        n_pred = ((e - shift >= lo_w) & (e - shift <= hi_w)).sum(axis=1)
+        in_w = (e - shift >= lo_w) & (e - shift <= hi_w)
+        n_pred = in_w.sum(axis=1)
+        near = np.abs((e - shift)[:, :, None] - e_ref[:, None, :]).min(axis=2)  # eV, to the nearest DFT state
         res = {
             "h_mae_mev": 1e3 * float(np.abs(d).mean()),
             "h_mae_onsite_mev": 1e3 * float(np.abs(d[on]).mean()),
@@ -71,6 +79,8 @@ def evaluate(system: System, predicted: BlockSparse, kfrac: np.ndarray | None = 
             "band_mae_shifted_mev": 1e3 * float(np.abs(diff - shift).mean()) if diff.size else 0.0,
             "band_shift_mev": 1e3 * shift,
             "ghost_states": int(np.maximum(0, n_pred - n_ref).sum()),
+            "far_states": int((near[in_w] > FAR_EV).sum()),
+            "farthest_state_mev": 1e3 * float(near[in_w].max()) if in_w.any() else 0.0,
             "window_ev": [float(lo), float(hi)],
             "insulator": bool(insulator),
         }
@@ -81,8 +91,8 @@ def evaluate(system: System, predicted: BlockSparse, kfrac: np.ndarray | None = 
 
 
 def summarise(rows: list[dict]) -> dict[str, dict[str, float]]:
-    """Per source (predicted, h0): the mean of every numeric metric over structures (ghost states:
-    the sum), the medians of the H and shifted band MAE; for predicted also on how many structures its shifted
+    """Per source (predicted, h0): the mean of every numeric metric over structures (ghost and far
+    states: the sum; the farthest state: the maximum), the medians of the H and shifted band MAE; for predicted also on how many structures its shifted
     band MAE beats H(0)'s."""
     out: dict[str, dict[str, float]] = {}
     for src in ("predicted", "h0"):
@@ -90,7 +100,12 @@ def summarise(rows: list[dict]) -> dict[str, dict[str, float]]:
         out[src] = {}
         for key in sorted(keys):
             vals = [r[src][key] for r in rows if key in r[src]]
-            out[src][key] = float(np.sum(vals)) if key == "ghost_states" else float(np.mean(vals))
+            if key in ("ghost_states", "far_states"):
+                out[src][key] = float(np.sum(vals))
+            elif key == "farthest_state_mev":
+                out[src][key] = float(np.max(vals))
+            else:
+                out[src][key] = float(np.mean(vals))
         for key in ("band_mae_shifted_mev", "h_mae_mev"):  # one outlier crystal can carry the mean
             vals = [r[src][key] for r in rows if key in r[src]]
             if vals:
