@@ -241,7 +241,8 @@ def train(cfg: TrainConfig, init: str | None = None, resume: bool = True, device
             with ema.applied(model) if ema is not None else nullcontext():  # validate and save what ships
                 v = (validate(model, val_items, cfg) if val_items else
                      {"val_mae_mev": sums.get("loss", 0), "val_h0_mae_mev": 0, "score": sums.get("loss", 0)})
-                if rank == 0 and v["score"] < state["best"]:
+                improved = v["score"] < state["best"]
+                if rank == 0 and improved:
                     save_model(out / "best.pt", model, {"train_config": to_dict(cfg), "epoch": state["epoch"],
                                                        "val": v, "elapsed_s": state["elapsed"], "split": split,
                                                        "elements": train_elements})
@@ -250,7 +251,6 @@ def train(cfg: TrainConfig, init: str | None = None, resume: bool = True, device
                               ("loss", "real", "kspace", "spin")), f"{v['val_mae_mev']:.4f}", f"{v['val_h0_mae_mev']:.4f}",
                               f"{sums.get('window', 0):.5g}", f"{v.get('val_kspace', 0):.5g}", f"{v.get('val_window', 0):.5g}"])
                 fh.flush()
-                improved = v["score"] < state["best"]
                 if improved:
                     state["best"] = v["score"]
                     state["bad_epochs"] = 0
