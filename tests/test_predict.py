@@ -104,6 +104,21 @@ def test_predict_soc_run_keeps_h0_spin_orbit_part():
     assert worst["predicted"] < 1.0 and worst["predicted"] <= worst["h0"]
 
 
+def test_bundled_model_is_equivariant_on_a_soc_run():
+    """The shipped weights (not only a random model): a rotation with inversion of BN (SOC) rotates the
+    predicted blocks with the Wigner-D matrices of the basis and the spin-1/2 rotation."""
+    import torch
+
+    from nextham_dft.model.predict import predict_correction
+    from nextham_dft.testing import assert_hamiltonian_equivariant
+
+    system = read_run(need(DATA / "runs" / "t0045"))
+    model, _ = load_model(bundled_model_path())
+    predict = lambda s: predict_correction(model, s, dtype=torch.float64)  # noqa: E731
+    assert_hamiltonian_equivariant(predict, system, n_rotations=1, rtol=1e-5)
+    assert np.abs(predict(system).data).max() > 1e-3  # a correction of meV size, so the test can fail
+
+
 def test_predict_refuses_foreign_basis_and_magnetic_runs(tmp_path):
     run_dir = tmp_path / "r"
     shutil.copytree(need(EXAMPLE), run_dir)
