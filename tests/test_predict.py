@@ -143,3 +143,28 @@ def test_eval_command_on_a_run_directory(tmp_path):
     assert res.exit_code == 0, res.stderr
     d = json.loads((tmp_path / "e.json").read_text())
     assert d["summary"]["h0"]["h_mae_mev"] > 0 and np.isfinite(d["summary"]["predicted"]["band_mae_mev"])
+
+
+@pytest.mark.parametrize("prim, sup", [("si_prim_ns1", "si_222_ns1"), ("alp_prim_soc", "alp_211_soc")])
+def test_bundled_model_predicts_a_supercell_as_its_primitive_cell(prim, sup):
+    """Bigger cells: ΔH predicted on ABACUS's own supercell run (16-atom Si, 4-atom AlP with SOC)
+    equals the primitive cell's prediction unfolded onto the supercell (the model is local, with no
+    per-structure pooling), entry by entry including the SOC part."""
+    import torch
+
+    from nextham_dft.core.supercell import make_supercell
+    from nextham_dft.model.predict import predict_correction
+
+    base = need(DATA / "supercell")
+    p, s = read_run(base / prim), read_run(base / sup)
+    P = np.round(s.lattice @ np.linalg.inv(p.lattice)).astype(int)
+    d = s.frac_positions[None] - make_supercell(p, P).frac_positions[:, None]
+    d -= np.round(d)
+    order = np.argsort(np.argmin(np.linalg.norm(d, axis=2), axis=1))
+    model, _ = load_model(bundled_model_path())
+    delta_p = predict_correction(model, p, dtype=torch.float64)
+    p.matrices = {**p.matrices, "dH": delta_p}
+    unfolded = make_supercell(p, P).matrices["dH"].permute_atoms(order)
+    delta_s = predict_correction(model, s, dtype=torch.float64)
+    assert np.abs(delta_s.data).max() > 1e-2  # a real correction, so the comparison can fail
+    assert unfolded.max_abs_diff(delta_s) < 1e-8  # eV
