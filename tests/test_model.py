@@ -393,3 +393,44 @@ def test_fused_and_e3nn_products_give_the_same_model_output():
         outs.append(predict_correction(model, run, dtype=torch.float64).data)
     assert np.abs(outs[0]).max() > 1e-3
     np.testing.assert_allclose(outs[0], outs[1], rtol=0, atol=1e-6 * np.abs(outs[1]).max())
+
+
+def test_shift_separated_loss_ignores_a_rigid_shift_and_weighs_it_apart(tmp_path, tiny_dataset):
+    """With w_shift set, adding c·S to the predicted ΔH (a rigid shift of every band) leaves the
+    real-space and k-space terms unchanged and costs w_shift·|μ| instead; without it, the loss grows
+    with the shift. Training and validation run with it and log the shift."""
+    from nextham_dft.model.train import load_items, step_loss
+
+    cfg = TrainConfig(data=str(tiny_dataset), model=SMALL, k_per_structure=2, w_kspace=0.5, w_window=0.5)
+    model = _random_model(SMALL).float()
+    items = load_items(str(tiny_dataset), None, cfg, model.layout, seed=0)[:2]
+
+    class Shifted(torch.nn.Module):
+        def __init__(self, c: float) -> None:
+            super().__init__()
+            self.c, self.anchor = c, torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, g):
+            delta, spin = model(g)
+            return delta + self.c * g.s * g.mask, spin
+
+    def parts(c: float, **kw) -> dict:
+        _, p = step_loss(Shifted(c), items, dataclasses.replace(cfg, **kw))
+        return p
+
+    for key in ("real", "kspace", "window"):
+        a, b = parts(0.0, w_shift=0.1)[key], parts(0.3, w_shift=0.1)[key]
+        assert abs(a - b) <= 2e-3 * abs(a), key
+    mu0, mu3 = parts(0.0, w_shift=0.1)["shift"], parts(3.0, w_shift=0.1)["shift"]  # mean |μ| / target_scale
+    assert mu3 >= 3.0 / SMALL.target_scale - mu0 - 1e-3 and mu3 > mu0
+    assert parts(3.0)["real"] > 2 * parts(0.0)["real"]  # the default loss does see the shift
+    p = _config(tmp_path, tiny_dataset, epochs=1, w_shift=0.05, select_on="loss")
+    p.write_text(p.read_text().replace("val_fraction: 0.0", "val_fraction: 0.34"))
+    res = CliRunner().invoke(main, ["train", str(p), "--device", "cpu"])
+    assert res.exit_code == 0, res.stderr
+    head, row = (tmp_path / "run" / "log.csv").read_text().splitlines()[:2]
+    col = dict(zip(head.split(","), row.split(",")))
+    assert float(col["shift"]) > 0 and 0 < float(col["val_shifted_mae_mev"]) <= float(col["val_mae_mev"]) + 1e-3
+    p.write_text(p.read_text().replace("w_shift: 0.05", "w_shift: -1.0"))
+    res = CliRunner().invoke(main, ["train", str(p), "--device", "cpu"])
+    assert res.exit_code != 0 and "w_shift" in res.output + res.stderr

@@ -63,6 +63,11 @@ class TrainConfig:
     w_window: float = 0.0
     #: eV added on both sides of the band window of that loss (1.0: the window where ghost states are counted)
     window_margin: float = 0.0
+    #: None: the real-space and k-space losses compare ΔH itself, so the rigid shift μS is learned with
+    #: everything else. A number: both compare ΔH after removing each structure's best rigid shift μS
+    #: (least squares over its entries, as the metric "H MAE after μS"), and w_shift·|μ|/target_scale
+    #: is added, so that the absolute level is learned with this weight of its own
+    w_shift: float | None = None
     w_spin: float = 1.0
     spin_scale: float = 1e-4
     k_per_structure: int = 4
@@ -111,6 +116,8 @@ def train_config_from_dict(d: dict) -> TrainConfig:
         raise ValueError(f"select_on must be 'h_mae' or 'loss', not {d['select_on']!r}")
     if not 0.0 <= float(d.get("ema_decay", 0.0)) < 1.0:
         raise ValueError(f"ema_decay must lie in [0, 1), not {d['ema_decay']!r}")
+    if d.get("w_shift") is not None and float(d["w_shift"]) < 0:
+        raise ValueError(f"w_shift must be null or >= 0, not {d['w_shift']!r}")
     d = dict(d)
     model = model_config_from_dict(d.pop("model", {}) or {})
     return TrainConfig(model=model, **{k: _tuplify(v) for k, v in d.items()})

@@ -3,9 +3,11 @@
 The k-space term compares S^-1/2 ΔH_pred(k) S^-1/2 with S^-1/2 ΔH_true(k) S^-1/2 at a few
 k-points per structure: an error along S(k)'s small eigenvectors is amplified there, which
 is exactly what creates ghost states in the bands, so the network is taught to avoid it.
-The rigid shift μS is *predicted* (the loss is not made shift-invariant): the absolute
+By default the rigid shift μS is *predicted* (the loss is not made shift-invariant): the absolute
 level of the converged H is well defined (ABACUS drops the G = 0 potential in both steps),
-and metrics are reported with and without it.
+and metrics are reported with and without it. With ``TrainConfig.w_shift`` set, both terms compare
+ΔH after removing each structure's least-squares μ (``rigid_shift``), and |μ| gets a weight of its
+own, so that the shape of H is not traded against its absolute level.
 
 The band-window term is first-order perturbation theory on the converged bands: with C_w the
 generalised eigenvectors (C^† S C = 1) of the converged H(k) whose energies lie in the band window
@@ -50,6 +52,7 @@ class KData:
     C: torch.Tensor | None = None  # (nk, d, nw) converged eigenvectors in the band window, zero-padded
     wmask: torch.Tensor | None = None  # (nk, nw) 1 for a real window state
     ref_window: float = 1.0  # the window loss of H(0) itself
+    XSX: torch.Tensor | None = None  # (nk, d, d) S^-1/2 S S^-1/2 (1 but where S's eigenvalues are floored)
 
     def to(self, device) -> KData:
         """The same data on ``device`` (a no-op where it already is)."""
@@ -103,6 +106,7 @@ def build_kdata(system: System, idx: EdgeIndex, layout: BasisLayout, kfrac: np.n
         C=None if C is None else torch.as_tensor(C, dtype=torch.complex64),
         wmask=None if wmask is None else torch.as_tensor(wmask, dtype=torch.float32),
         ref_window=ref_w,
+        XSX=torch.as_tensor(X @ sk @ X, dtype=torch.complex64),
     )
 
 
@@ -161,16 +165,28 @@ def _delta_k(delta: torch.Tensor, kd: KData) -> torch.Tensor:
     return hk.index_add(1, kd.flat, contrib).reshape(nk, kd.dim, kd.dim)
 
 
-def kspace_losses(delta: torch.Tensor, kd: KData, window: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+def rigid_shift(diff: torch.Tensor, s: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """μ (eV, scalar) minimising Σ |diff − μ S|² over one structure's existing entries: the rigid shift
+    of an error ``diff`` (E, n, n), with S (E, n, n) its overlap blocks."""
+    sm = s * mask
+    return (diff * sm).sum() / (sm * s).sum().clamp_min(1e-12)
+
+
+def kspace_losses(delta: torch.Tensor, kd: KData, window: bool = True,
+                  mu: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(orthonormalised-H(k) loss, band-window loss) of one structure, each relative to H(0)'s (1 = no
     better than H(0)), so that every structure weighs the same whatever its conditioning.
 
     Orthonormalised: |S^-1/2 (ΔH_pred(k) − ΔH_true(k)) S^-1/2|². Band window: see the module
     docstring (None when the structure has no state in the window or ``window`` is False).
-    delta: (E, n, n) predicted padded blocks of this structure's directed edges (eV).
+    delta: (E, n, n) predicted padded blocks of this structure's directed edges (eV). ``mu`` (eV): a
+    rigid shift μS of the error to leave out.
     """
     diff = _delta_k(delta, kd) - kd.dH
-    full = ((kd.X @ diff @ kd.X).abs() ** 2).sum() / kd.ref_norm
+    ortho = kd.X @ diff @ kd.X
+    if mu is not None:
+        ortho = ortho - mu * kd.XSX
+    full = (ortho.abs() ** 2).sum() / kd.ref_norm
     win = None
     if window and kd.C is not None:  # a norm ratio, not its square: outliers weigh less
         win = torch.sqrt(_window_error(kd.C, kd.wmask, diff) / kd.ref_window + 1e-12)

@@ -25,7 +25,7 @@ from ..dataset import iter_dataset, list_ids
 from .config import TrainConfig, dump_yaml, to_dict
 from .ema import WeightAverage
 from .graph import Graph, batch_graphs, build_graph
-from .losses import KData, build_kdata, kspace_losses, real_space_loss
+from .losses import KData, build_kdata, kspace_losses, real_space_loss, rigid_shift
 from .network import HamiltonianCorrection
 from .store import load_model, load_weights_into, save_model
 
@@ -79,6 +79,16 @@ def batches(items: list[Item], size: int, rng: random.Random) -> list[list[Item]
     return out
 
 
+def structure_spans(batch: list[Item]) -> list[slice]:
+    """The slice of each structure's directed edges in the batched graph of ``batch``."""
+    out, e0 = [], 0
+    for it in batch:
+        ne = len(it.graph.edge_src)
+        out.append(slice(e0, e0 + ne))
+        e0 += ne
+    return out
+
+
 def step_loss(model, batch: list[Item], cfg: TrainConfig, use_kspace: bool = True) -> tuple[torch.Tensor, dict]:
     dev = next(model.parameters()).device
     g = batch_graphs([it.graph for it in batch]).to(dev)  # items stay on the CPU; one batch at a time on the device
@@ -87,18 +97,25 @@ def step_loss(model, batch: list[Item], cfg: TrainConfig, use_kspace: bool = Tru
         g.z = torch.where(hide.to(g.z.device), torch.zeros_like(g.z), g.z)
     delta, spin = model(g)
     scale = cfg.model.target_scale
-    lr_ = real_space_loss(delta, g.target, g.mask, scale)
+    spans = structure_spans(batch)
+    target, mus = g.target, [None] * len(batch)
+    if cfg.w_shift is not None:  # compare ΔH up to each structure's rigid shift μS; |μ| weighed apart
+        mus = [rigid_shift(delta[sl] - g.target[sl], g.s[sl], g.mask[sl]) for sl in spans]
+        target = g.target + torch.cat([mu * g.s[sl] for mu, sl in zip(mus, spans)])
+    lr_ = real_space_loss(delta, target, g.mask, scale)
     loss = cfg.w_real * lr_
     parts = {"real": lr_.item()}
+    if cfg.w_shift is not None:
+        lmu = torch.stack(mus).abs().mean() / scale
+        loss = loss + cfg.w_shift * lmu
+        parts["shift"] = lmu.item()
     if use_kspace and (cfg.w_kspace > 0 or cfg.w_window > 0):
-        lk, lw, nw, e0 = 0.0, 0.0, 0, 0
-        for it in batch:
-            ne = len(it.graph.edge_src)
-            full, win = kspace_losses(delta[e0 : e0 + ne], it.kdata.to(dev), window=cfg.w_window > 0)
+        lk, lw, nw = 0.0, 0.0, 0
+        for it, sl, mu in zip(batch, spans, mus):
+            full, win = kspace_losses(delta[sl], it.kdata.to(dev), window=cfg.w_window > 0, mu=mu)
             lk = lk + full
             if win is not None:
                 lw, nw = lw + win, nw + 1
-            e0 += ne
         lk = lk / len(batch)
         if cfg.w_kspace > 0:
             loss = loss + cfg.w_kspace * lk
@@ -115,34 +132,45 @@ def step_loss(model, batch: list[Item], cfg: TrainConfig, use_kspace: bool = Tru
 
 @torch.no_grad()
 def validate(model, items: list[Item], cfg: TrainConfig | None = None) -> dict:
-    """MAE (meV) of the corrected H and of H(0) over existing entries of the validation structures;
-    with ``cfg`` also the mean k-space losses (val_kspace, val_window) and ``score``, the number that
-    picks best.pt (``cfg.select_on``)."""
+    """MAE (meV) of the corrected H and of H(0) over existing entries of the validation structures,
+    and the corrected H's MAE after each structure's best rigid shift μS (val_shifted_mae_mev) with
+    the mean |μ| (val_shift_mev); with ``cfg`` also the mean k-space losses (val_kspace, val_window)
+    and ``score``, the number that picks best.pt (``cfg.select_on``; with ``w_shift`` set the H MAE
+    in it is the shifted one, plus w_shift·|μ|, as in training)."""
     model.eval()
-    err = base = n = 0.0
+    err = err_s = base = n = mu_sum = 0.0
     ks, ws, nw = 0.0, 0.0, 0
     want_k = cfg is not None and cfg.select_on == "loss"
+    split_shift = cfg is not None and cfg.w_shift is not None
     dev = next(model.parameters()).device
     for it in items:
         g = it.graph.to(dev)
         delta, _ = model(g)
         m = g.mask
+        mu = rigid_shift(delta - g.target, g.s, m)
         err += float(((delta - g.target).abs() * m).sum())
+        err_s += float(((delta - g.target - mu * g.s).abs() * m).sum())
+        mu_sum += abs(float(mu))
         base += float((g.target.abs() * m).sum())
         n += float(m.sum())
         if want_k:
-            full, win = kspace_losses(delta, it.kdata.to(dev), window=cfg.w_window > 0)
+            full, win = kspace_losses(delta, it.kdata.to(dev), window=cfg.w_window > 0,
+                                      mu=mu if split_shift else None)
             ks += float(full)
             if win is not None:
                 ws, nw = ws + float(win), nw + 1
     model.train()
-    out = {"val_mae_mev": 1e3 * err / max(n, 1), "val_h0_mae_mev": 1e3 * base / max(n, 1)}
-    out["score"] = out["val_mae_mev"]
+    out = {"val_mae_mev": 1e3 * err / max(n, 1), "val_h0_mae_mev": 1e3 * base / max(n, 1),
+           "val_shifted_mae_mev": 1e3 * err_s / max(n, 1), "val_shift_mev": 1e3 * mu_sum / max(len(items), 1)}
+    h_term = out["val_mae_mev"]
+    if split_shift:
+        h_term = out["val_shifted_mae_mev"] + cfg.w_shift * out["val_shift_mev"]
+    out["score"] = h_term
     if want_k:
         out["val_kspace"] = ks / max(len(items), 1)
         out["val_window"] = ws / max(nw, 1)
         # the training objective on the validation split (smooth-L1 ≈ MAE in target_scale units)
-        out["score"] = (cfg.w_real * out["val_mae_mev"] / (1e3 * cfg.model.target_scale)
+        out["score"] = (cfg.w_real * h_term / (1e3 * cfg.model.target_scale)
                         + cfg.w_kspace * out["val_kspace"] + cfg.w_window * out["val_window"])
     return out
 
@@ -211,7 +239,7 @@ def train(cfg: TrainConfig, init: str | None = None, resume: bool = True, device
         log = csv.writer(fh)
         if new_log:
             log.writerow(["epoch", "elapsed_s", "lr", "loss", "real", "kspace", "spin", "val_mae_mev", "val_h0_mae_mev",
-                          "window", "val_kspace", "val_window"])
+                          "window", "val_kspace", "val_window", "shift", "val_shifted_mae_mev", "val_shift_mev"])
         while state["epoch"] < cfg.epochs:
             frac = max(state["epoch"] / cfg.epochs, (time.time() - t0) / budget)
             lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
@@ -249,7 +277,9 @@ def train(cfg: TrainConfig, init: str | None = None, resume: bool = True, device
             if rank == 0:
                 log.writerow([state["epoch"], round(state["elapsed"], 1), f"{lr:.3e}", *(f"{sums.get(k, 0):.5g}" for k in
                               ("loss", "real", "kspace", "spin")), f"{v['val_mae_mev']:.4f}", f"{v['val_h0_mae_mev']:.4f}",
-                              f"{sums.get('window', 0):.5g}", f"{v.get('val_kspace', 0):.5g}", f"{v.get('val_window', 0):.5g}"])
+                              f"{sums.get('window', 0):.5g}", f"{v.get('val_kspace', 0):.5g}", f"{v.get('val_window', 0):.5g}",
+                              f"{sums.get('shift', 0):.5g}", f"{v.get('val_shifted_mae_mev', 0):.4f}",
+                              f"{v.get('val_shift_mev', 0):.4f}"])
                 fh.flush()
                 if improved:
                     state["best"] = v["score"]
