@@ -1,6 +1,7 @@
 """Package a trained model as the bundled one: weights + model card (JSON) with checksums.
 
-Usage: python scripts/make_bundled_model.py TRAIN_OUT_DIR TRAINING_DATA.h5 [--pp-orb DIR] [--metrics accuracy.json]
+Usage: python scripts/make_bundled_model.py TRAIN_OUT_DIR TRAINING_DATA.h5 [--weights best.pt|last.pt] [--pp-orb DIR]
+       [--metrics accuracy.json]
 Writes nextham_dft/model/pretrained/model.pt and model.json.
 """
 
@@ -22,6 +23,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("train_dir")
     ap.add_argument("data")
+    ap.add_argument("--weights", default="best.pt",
+                    help="Model file in TRAIN_OUT_DIR to ship: best.pt (default) or last.pt (the last epoch).")
     ap.add_argument("--pp-orb", default=None, help="Folder of the orbital files (for their checksums).")
     ap.add_argument("--metrics", default=None, help="JSON written by benchmarks/accuracy.py.")
     ap.add_argument("--name", default="nextham-dojo-dzp-v3")
@@ -35,7 +38,7 @@ def main() -> None:
                     help="How the training machine was used, e.g. 'CPU only, 2 cores shared by two runs'.")
     a = ap.parse_args()
     tdir = Path(a.train_dir)
-    model, card = load_model(tdir / "best.pt")
+    model, card = load_model(tdir / a.weights)
     split = card["split"]
     train_ids = set(split["train"])
     elements, files, labels, spins = set(), {}, set(), set()
@@ -68,7 +71,7 @@ def main() -> None:
                      "threads_per_run": (card.get("train_config") or {}).get("threads"),
                      "command": a.command or f"nextham-dft train {tdir / 'config.yaml'}", "note": a.note,
                      "config": card.get("train_config"),
-                     "best_epoch": card.get("epoch"), "val": card.get("val")},
+                     "weights": a.weights, "best_epoch": card.get("epoch"), "val": card.get("val")},
         "metrics": json.loads(Path(a.metrics).read_text())["summary"] if a.metrics else None,
         "validation_metrics": json.loads(Path(a.val_metrics).read_text())["summary"] if a.val_metrics else None,
     }

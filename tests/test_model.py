@@ -196,6 +196,10 @@ def test_ema_training_validates_and_saves_the_averaged_weights(tmp_path, tiny_da
         assert torch.equal(p.detach(), shadow[k]), k
         moved |= not torch.equal(shadow[k], raw[k])
     assert moved  # the average is not the last weights
+    last, last_card = load_model(tmp_path / "run" / "last.pt")  # the last epoch's average, whatever best.pt holds
+    assert last_card["epoch"] == ck["state"]["epoch"]
+    for k, p in last.named_parameters():
+        assert torch.equal(p.detach(), shadow[k]), k
     cfg.write_text(cfg.read_text().replace("ema_decay: 0.9", "ema_decay: 1.5"))
     res = CliRunner().invoke(main, ["train", str(cfg), "--device", "cpu"])
     assert res.exit_code != 0 and "ema_decay" in res.output + res.stderr

@@ -235,6 +235,12 @@ def train(cfg: TrainConfig, init: str | None = None, resume: bool = True, device
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.epochs, initial=state["epoch"], desc="train", unit="epoch", file=sys.stderr)
+    def card(v: dict) -> dict:
+        """What a saved model file (best.pt, last.pt) records of this run at the current epoch."""
+        return {"train_config": to_dict(cfg), "epoch": state["epoch"], "val": v, "elapsed_s": state["elapsed"],
+                "split": split, "elements": train_elements}
+
+    v = None
     with open(log_path, "w" if new_log else "a", newline="") as fh:
         log = csv.writer(fh)
         if new_log:
@@ -271,9 +277,7 @@ def train(cfg: TrainConfig, init: str | None = None, resume: bool = True, device
                      {"val_mae_mev": sums.get("loss", 0), "val_h0_mae_mev": 0, "score": sums.get("loss", 0)})
                 improved = v["score"] < state["best"]
                 if rank == 0 and improved:
-                    save_model(out / "best.pt", model, {"train_config": to_dict(cfg), "epoch": state["epoch"],
-                                                       "val": v, "elapsed_s": state["elapsed"], "split": split,
-                                                       "elements": train_elements})
+                    save_model(out / "best.pt", model, card(v))
             if rank == 0:
                 log.writerow([state["epoch"], round(state["elapsed"], 1), f"{lr:.3e}", *(f"{sums.get(k, 0):.5g}" for k in
                               ("loss", "real", "kspace", "spin")), f"{v['val_mae_mev']:.4f}", f"{v['val_h0_mae_mev']:.4f}",
@@ -307,6 +311,9 @@ def train(cfg: TrainConfig, init: str | None = None, resume: bool = True, device
                 break
     if bar is not None:
         bar.close()
+    if rank == 0 and v is not None:  # the weights of the last epoch, as validated (averaged when ema_decay > 0)
+        with ema.applied(model) if ema is not None else nullcontext():
+            save_model(out / "last.pt", model, card(v))
     if world > 1:  # for verification: every rank's final weights
         torch.save(model.state_dict(), out / f"final_rank{rank}.pt")
         torch.distributed.barrier()
