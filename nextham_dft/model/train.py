@@ -235,6 +235,7 @@ def train(cfg: TrainConfig, init: str | None = None, resume: bool = True, device
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.epochs, initial=state["epoch"], desc="train", unit="epoch", file=sys.stderr)
+
     def card(v: dict) -> dict:
         """What a saved model file (best.pt, last.pt) records of this run at the current epoch."""
         return {"train_config": to_dict(cfg), "epoch": state["epoch"], "val": v, "elapsed_s": state["elapsed"],
