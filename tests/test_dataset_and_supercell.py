@@ -47,10 +47,9 @@ def test_training_format_round_trip(tmp_path):
     assert [b.label() for b in back.bases] == ["2s2p2d1f"]
 
 
-@pytest.mark.parametrize("prim, sup", [("si_prim_ns1", "si_222_ns1"), ("alp_prim_soc", "alp_211_soc")])
-def test_supercell_from_primitive_reproduces_abacus(prim, sup):
-    base = need(DATA / "supercell")
-    p, s = read_run(base / prim), read_run(base / sup)
+def supercell_of(p, s):
+    """(P, order): the integer matrix with s.lattice = P p.lattice, and the atom order that takes
+    make_supercell(p, P)'s atoms to s's (asserted to match one to one, to 1e-6 in fractions)."""
     P = np.round(s.lattice @ np.linalg.inv(p.lattice)).astype(int)
     sc = make_supercell(p, P)
     assert np.allclose(sc.lattice, s.lattice, atol=1e-6)
@@ -59,7 +58,15 @@ def test_supercell_from_primitive_reproduces_abacus(prim, sup):
     dist = np.linalg.norm(d, axis=2)
     perm = np.argmin(dist, axis=1)
     assert dist.min(axis=1).max() < 1e-6 and len(set(perm)) == len(perm)
-    order = np.argsort(perm)
+    return P, np.argsort(perm)
+
+
+@pytest.mark.parametrize("prim, sup", [("si_prim_ns1", "si_222_ns1"), ("alp_prim_soc", "alp_211_soc")])
+def test_supercell_from_primitive_reproduces_abacus(prim, sup):
+    base = need(DATA / "supercell")
+    p, s = read_run(base / prim), read_run(base / sup)
+    P, order = supercell_of(p, s)
+    sc = make_supercell(p, P)
     for tag in ("S", "H0", "H"):
         m = sc.matrices[tag].permute_atoms(order)
         assert m.max_abs_diff(s.matrices[tag]) < 1e-6, tag

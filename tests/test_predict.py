@@ -28,6 +28,7 @@ def farthest_state(system, window, h) -> float:
     the eval metric ``farthest_state_mev``; rigid shift removed) to the nearest DFT state at the same
     k; a ghost state makes it large."""
     from nextham_dft.core.kspace import band_energies
+    from nextham_dft.evaluation import nearest_distance
 
     s, k = system.matrices["S"], system.kpoints.frac
     e_ref = band_energies(system.matrices["H"], s, k)
@@ -35,8 +36,7 @@ def farthest_state(system, window, h) -> float:
     inside = (e_ref >= lo) & (e_ref <= hi)
     e = band_energies(h, s, k)
     e = e - (e - e_ref)[inside].mean()
-    near = np.abs(e[:, :, None] - e_ref[:, None, :]).min(axis=2)
-    return float(near[(e >= lo) & (e <= hi)].max())
+    return float(nearest_distance(e, e_ref)[(e >= lo) & (e <= hi)].max())
 
 
 def test_bundled_model_card_and_checksum(tmp_path):
@@ -155,12 +155,11 @@ def test_bundled_model_predicts_a_supercell_as_its_primitive_cell(prim, sup):
     from nextham_dft.core.supercell import make_supercell
     from nextham_dft.model.predict import predict_correction
 
+    from .test_dataset_and_supercell import supercell_of
+
     base = need(DATA / "supercell")
     p, s = read_run(base / prim), read_run(base / sup)
-    P = np.round(s.lattice @ np.linalg.inv(p.lattice)).astype(int)
-    d = s.frac_positions[None] - make_supercell(p, P).frac_positions[:, None]
-    d -= np.round(d)
-    order = np.argsort(np.argmin(np.linalg.norm(d, axis=2), axis=1))
+    P, order = supercell_of(p, s)
     model, _ = load_model(bundled_model_path())
     delta_p = predict_correction(model, p, dtype=torch.float64)
     p.matrices = {**p.matrices, "dH": delta_p}

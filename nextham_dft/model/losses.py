@@ -62,11 +62,12 @@ class KData:
 
 
 def build_kdata(system: System, idx: EdgeIndex, layout: BasisLayout, kfrac: np.ndarray, s_floor: float = 1e-2,
-                window_margin: float = 0.0) -> KData:
+                window_margin: float = 0.0, with_xsx: bool = False) -> KData:
     """k-space training data of the spin-free part (a) of ΔH; S(k)^-1/2 by eigendecomposition.
 
     Eigenvalues of S(k) below ``s_floor`` are raised to it: the amplification of errors along
     near-null directions is capped at 1/s_floor (a stiffer loss stalls training on CPU budgets).
+    ``with_xsx``: also keep S^-1/2 S S^-1/2, which a loss with the rigid shift left out needs.
     """
     from .graph import _entry_index
 
@@ -106,7 +107,7 @@ def build_kdata(system: System, idx: EdgeIndex, layout: BasisLayout, kfrac: np.n
         C=None if C is None else torch.as_tensor(C, dtype=torch.complex64),
         wmask=None if wmask is None else torch.as_tensor(wmask, dtype=torch.float32),
         ref_window=ref_w,
-        XSX=torch.as_tensor(X @ sk @ X, dtype=torch.complex64),
+        XSX=torch.as_tensor(X @ sk @ X, dtype=torch.complex64) if with_xsx else None,
     )
 
 
@@ -180,7 +181,7 @@ def kspace_losses(delta: torch.Tensor, kd: KData, window: bool = True,
     Orthonormalised: |S^-1/2 (ΔH_pred(k) − ΔH_true(k)) S^-1/2|². Band window: see the module
     docstring (None when the structure has no state in the window or ``window`` is False).
     delta: (E, n, n) predicted padded blocks of this structure's directed edges (eV). ``mu`` (eV): a
-    rigid shift μS of the error to leave out.
+    rigid shift μS of the error to leave out (``kd`` built ``with_xsx``).
     """
     diff = _delta_k(delta, kd) - kd.dH
     ortho = kd.X @ diff @ kd.X

@@ -63,7 +63,8 @@ def load_items(path: str, ids: list[str], cfg: TrainConfig, layout, seed: int) -
         g, idx = build_graph(system, layout)
         k = system.kpoints.frac if system.kpoints is not None else np.zeros((1, 3))
         sel = rng.choice(len(k), size=min(cfg.k_per_structure, len(k)), replace=False)
-        kd = build_kdata(system, idx, layout, k[sel], window_margin=cfg.window_margin)
+        kd = build_kdata(system, idx, layout, k[sel], window_margin=cfg.window_margin,
+                         with_xsx=cfg.w_shift is not None)
         items.append(Item(system.meta["id"], g, kd, tuple(sorted(set(system.elements)))))
     return items
 
