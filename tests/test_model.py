@@ -21,6 +21,7 @@ from nextham_dft.model.irreps import BasisLayout, BlockIrreps
 from nextham_dft.model.network import HamiltonianCorrection
 from nextham_dft.model.predict import predict_correction
 from nextham_dft.model.store import load_model
+from nextham_dft.model.train import split_ids
 from nextham_dft.testing import assert_hamiltonian_equivariant, irreps_d, wigner_d
 
 from .conftest import DATA, EXAMPLE, need
@@ -120,6 +121,22 @@ def test_config_yaml_round_trip(tmp_path):
     p.write_text("epochs: 3\nbogus: 1\n")
     with pytest.raises(ValueError, match="bogus"):
         load_train_config(p)
+
+
+def test_split_seed_fixes_the_split_apart_from_the_training_seed():
+    ids = [f"s{i:03d}" for i in range(40)]
+    elements = {i: {"Si"} if int(i[1:]) % 5 else {"Au", "Si"} for i in ids}
+
+    def split(**kw):
+        return split_ids(ids, elements, TrainConfig(val_fraction=0.2, test_fraction=0.2, held_out_elements=("Au",), **kw))
+
+    assert split(seed=1, split_seed=7) == split(seed=2, split_seed=7)  # replicates share the split
+    assert split(seed=7) == split(seed=3, split_seed=7)  # by default the split follows seed
+    assert split(seed=1) != split(seed=2)
+    a = split(seed=4, split_seed=9)
+    assert set(a["test"]) >= {i for i in ids if "Au" in elements[i]}
+    parts = [set(a[k]) for k in ("train", "val", "test")]
+    assert set().union(*parts) == set(ids) and sum(map(len, parts)) == len(ids)
 
 
 @pytest.fixture(scope="module")

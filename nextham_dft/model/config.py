@@ -48,7 +48,12 @@ class TrainConfig:
 
     data: str = "dataset.h5"
     out_dir: str = "runs/train"
+    #: seeds the weights' initialisation, the sampled k-points and the batch order; also the split
+    #: unless split_seed is set
     seed: int = 0
+    #: seeds the train/val/test split alone (None: ``seed``), so that replicates of one recipe can
+    #: vary the training randomness over the same split
+    split_seed: int | None = None
     val_fraction: float = 0.1
     test_fraction: float = 0.15
     held_out_elements: tuple[str, ...] = ()

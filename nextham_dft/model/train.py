@@ -39,9 +39,10 @@ class Item:
 
 
 def split_ids(ids: list[str], elements: dict[str, set[str]], cfg: TrainConfig) -> dict[str, list[str]]:
-    """Structure-level split with a fixed seed; structures holding a held-out element all go to 'test'."""
+    """Structure-level split with a fixed seed (``split_seed``, else ``seed``); structures holding a
+    held-out element all go to 'test'."""
     held = set(cfg.held_out_elements)
-    rng = random.Random(cfg.seed)
+    rng = random.Random(cfg.seed if cfg.split_seed is None else cfg.split_seed)
     pool = [i for i in ids if not (elements[i] & held)]
     forced = [i for i in ids if elements[i] & held]
     pool = sorted(pool)
