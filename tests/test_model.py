@@ -17,6 +17,7 @@ from nextham_dft.adapters.abacus import read_run
 from nextham_dft.cli import main
 from nextham_dft.core.kspace import KAssembler
 from nextham_dft.model.config import ModelConfig, TrainConfig, dump_yaml, load_train_config
+from nextham_dft.model.graph import build_graph
 from nextham_dft.model.irreps import BasisLayout, BlockIrreps
 from nextham_dft.model.network import HamiltonianCorrection
 from nextham_dft.model.predict import predict_correction
@@ -82,6 +83,41 @@ def test_model_is_e3_equivariant_and_hermitian(run, trace):
         assert np.allclose(hk, sy @ np.conj(hm) @ sy.conj().T, atol=1e-10)
 
 
+def _block_lengths(system, m) -> np.ndarray:
+    """Å, |r_j + R·A − r_i| of every stored block of m."""
+    vec = system.positions[m.edge_j] + m.R @ system.lattice - system.positions[m.edge_i]
+    return np.linalg.norm(vec, axis=1)
+
+
+def test_correction_cutoff_zeroes_far_blocks_and_keeps_the_symmetries():
+    """r_corr: blocks longer than it keep H(0) exactly (ΔH = 0, SOC part too), the rest stay
+    equivariant and hermitian; a cutoff beyond every block changes nothing."""
+    system = read_run(need(DATA / "runs" / "t0045"))
+    cfg = dataclasses.replace(SMALL, trace_feedback=True)
+    full = predict_correction(_random_model(cfg), system, dtype=torch.float64)
+    r = _block_lengths(system, full)
+    shells = np.unique(np.round(r, 4))
+    k = len(shells) // 2  # halfway between two neighbour shells: rotations cannot move a block across it
+    r_corr = float(0.5 * (shells[k] + shells[k + 1]))
+    model = _random_model(dataclasses.replace(cfg, r_corr=r_corr))
+    predict = lambda s: predict_correction(model, s, dtype=torch.float64)  # noqa: E731
+    d = predict(system)
+    assert d.spin == "spinor"
+    size = np.array([np.abs(d.data[d.offsets[e]:d.offsets[e + 1]]).max() for e in range(len(r))])
+    assert np.all(size[r > r_corr] == 0.0) and np.all(size[r < r_corr] > 0.0) and (r > r_corr).any()
+    assert_hamiltonian_equivariant(predict, system, n_rotations=1, rtol=1e-5)
+    k = np.random.default_rng(2).random((2, 3))
+    hk = KAssembler(d, spinor=True)(k)
+    assert np.allclose(hk, np.conj(np.swapaxes(hk, 1, 2)), atol=1e-12)
+    g, _ = build_graph(system, model.layout, dtype=torch.float64)
+    blocks, spin = model(g)
+    (blocks.square().sum() + spin.square().sum()).backward()  # trains: gradients reach the weights
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(q).all() for q in grads) and any(q.abs().max() > 0 for q in grads)
+    wide = _random_model(dataclasses.replace(cfg, r_corr=float(r.max()) + 1.0))
+    assert predict_correction(wide, system, dtype=torch.float64).max_abs_diff(full) < 1e-12
+
+
 def test_equivariance_helper_catches_a_broken_model():
     system = read_run(need(EXAMPLE))
     model = _random_model()
@@ -120,6 +156,9 @@ def test_config_yaml_round_trip(tmp_path):
     assert load_train_config(p) == cfg
     p.write_text("epochs: 3\nbogus: 1\n")
     with pytest.raises(ValueError, match="bogus"):
+        load_train_config(p)
+    p.write_text("model:\n  r_corr: -1.0\n")
+    with pytest.raises(ValueError, match="r_corr"):
         load_train_config(p)
 
 
@@ -283,7 +322,6 @@ def test_edge_chunks_change_nothing_and_sparse_cg_map_equals_dense(layout_maps):
 
 def test_unseen_elements_use_the_unknown_embedding():
     """An element outside the model card's list is fed as 'unknown' (index 0), never as an untrained row."""
-    from nextham_dft.model.graph import build_graph
 
     system = read_run(need(EXAMPLE))
     model = _random_model()

@@ -16,7 +16,7 @@ class ModelConfig:
 
     layout: shell slots ((l, zetas), ...) every species is padded into;
     hidden_irreps: node features; sh_lmax: edge spherical harmonics; r_max: Å,
-    radial cutoff of messages; h0_scale, target_scale: eV, input and output
+    radial cutoff of messages; r_corr: Å, the correction cutoff (below); h0_scale, target_scale: eV, input and output
     normalisation; spin_head: predict the SOC (spin-dependent) correction too.
     """
 
@@ -35,6 +35,10 @@ class ModelConfig:
     #: projected block times its transpose) gate the correction a second time, and those of each atom's
     #: on-site block shift its potential; zero-initialised, so a model without it fine-tunes into it
     trace_feedback: bool = False
+    #: Å. None: every block of H(0)'s pattern is corrected. A number: blocks between atoms farther
+    #: apart than this keep H(0) exactly (ΔH = 0, SOC part too) and take no part in the network, so
+    #: that training and prediction skip the many far, tiny blocks H(0) already gets right
+    r_corr: float | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,8 @@ def model_config_from_dict(d: dict) -> ModelConfig:
     bad = set(d) - known
     if bad:
         raise ValueError(f"unknown model option(s): {', '.join(sorted(bad))}")
+    if d.get("r_corr") is not None and not float(d["r_corr"]) > 0:
+        raise ValueError(f"r_corr must be null or > 0 Å, not {d['r_corr']!r}")
     return ModelConfig(**{k: _tuplify(v) for k, v in d.items()})
 
 

@@ -48,6 +48,17 @@ class Graph:
         kw = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
         return Graph(**kw)
 
+    #: fields with one row per edge
+    EDGE_FIELDS = ("edge_src", "edge_dst", "edge_vec", "h0", "s", "h0_spin", "mask", "onsite", "target", "target_spin")
+
+    def subgraph(self, keep: torch.Tensor) -> Graph:
+        """The same atoms with the edges where ``keep`` (bool [n_edges]) only; ``keep`` must be closed
+        under the mirror (an edge and its (j, i, −R) partner both kept or both dropped)."""
+        new = torch.cumsum(keep.long(), 0) - 1
+        kw = {k: (v[keep] if k in self.EDGE_FIELDS and v is not None else v) for k, v in self.__dict__.items()}
+        kw["mirror"] = new[self.mirror[keep]]
+        return Graph(**kw)
+
 
 @dataclass
 class EdgeIndex:

@@ -206,6 +206,23 @@ class HamiltonianCorrection(nn.Module):
         return tp(x1, x2) if weight is None else tp(x1, x2, weight)
 
     def forward(self, g: Graph) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """ΔH (E, n, n) eV and the SOC part (E, n, n, 3) eV or None, for every edge of g; with
+        ``r_corr`` set, edges longer than it get exactly zero and are left out of the network."""
+        if self.cfg.r_corr is None:
+            return self._forward(g)
+        keep = torch.linalg.norm(g.edge_vec, dim=1) <= self.cfg.r_corr
+        keep = keep & keep[g.mirror]  # mirror-closed, whatever the rounding of |r|
+        if bool(keep.all()):
+            return self._forward(g)
+        blocks, spin = self._forward(g.subgraph(keep))
+        rows = torch.nonzero(keep, as_tuple=False).squeeze(1)
+
+        def scatter(x: torch.Tensor) -> torch.Tensor:
+            return x.new_zeros((len(keep),) + tuple(x.shape[1:])).index_copy(0, rows, x)
+
+        return scatter(blocks), None if spin is None else scatter(spin)
+
+    def _forward(self, g: Graph) -> tuple[torch.Tensor, torch.Tensor | None]:
         cfg = self.cfg
         n = self.layout.size
         E = len(g.edge_src)
