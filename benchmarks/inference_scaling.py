@@ -3,7 +3,7 @@
 Each size runs in a fresh subprocess (peak RSS per size), after one warm-up prediction of the primitive cell. Stages: graph build, model, assembly
 (padded corrections → block-sparse H), write (hamiltonian.h5). Prints a table, the fitted scaling
 exponent over the sizes ≥ 100 atoms, and writes JSON.
-Usage: python benchmarks/inference_scaling.py [--run DIR] [--cells 1 8 64 216 512] [--device cpu]
+Usage: python benchmarks/inference_scaling.py [--run DIR] [--cells 1 8 64 216 512] [--device cpu] [--model PATH]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parents[1]
 DEFAULT_RUNS = [str(HERE / "examples/abacus-si2"), str(HERE.parent / "shared/data/abacus-dojo-fr/supercell/alp_prim_soc")]
 
 
-def one(run: str, n: int, device: str) -> dict:
+def one(run: str, n: int, device: str, model_path: str | None = None) -> dict:
     import resource
 
     import h5py
@@ -41,7 +41,7 @@ def one(run: str, n: int, device: str) -> dict:
     sc = make_supercell(prim, P)
     sc.matrices.pop("H", None)
     t_super = time.perf_counter() - t
-    model, _ = load_model(bundled_model_path())
+    model, _ = load_model(model_path or bundled_model_path())
     model.to(device)
     with torch.no_grad():  # warm-up on the primitive cell: first-call costs are not the cell's
         model(build_graph(prim, model.layout, with_target=False)[0].to(device))
@@ -78,17 +78,18 @@ def main() -> None:
     ap.add_argument("--cells", type=int, nargs="+", default=[1, 8, 27, 64, 216, 512])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", default="inference_scaling.json")
+    ap.add_argument("--model", default=None, help="Model file (default: the bundled model).")
     ap.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        print(json.dumps(one(a.worker[0], int(a.worker[1]), a.worker[2])))
+        print(json.dumps(one(a.worker[0], int(a.worker[1]), a.worker[2], a.model)))
         return
     rows = []
     print(f"{'run':<16}{'atoms':>6}{'edges':>8}{'graph s':>9}{'model s':>9}{'assem s':>9}{'write s':>9}{'predict s':>10}{'peak GiB':>9}")
     for run in a.run:
         for n in a.cells:
-            res = subprocess.run([sys.executable, __file__, "--worker", run, str(n), a.device], capture_output=True,
-                                 text=True)
+            cmd = [sys.executable, __file__, "--worker", run, str(n), a.device] + (["--model", a.model] if a.model else [])
+            res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode != 0:
                 print(f"{Path(run).name:<16}{n:>6} cells: failed: {res.stderr.strip().splitlines()[-1]}")
                 break
