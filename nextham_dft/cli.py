@@ -373,7 +373,8 @@ def eval_cmd(model_path, data, split, json_out, device):
         rows.append({"id": s.meta.get("id", Path(data).name), "formula": s.formula, "spin": s.spin_mode,
                      **evaluate(s, predict_hamiltonian(model, s, dev))})
     summ = summarise(rows)
-    keys = ["h_mae_mev", "h_mae_onsite_mev", "h_mae_offsite_mev", "h_mae_shifted_mev", "soc_mae_uev",
+    keys = ["h_mae_mev", "h_mae_onsite_mev", "h_mae_offsite_mev", "h_mae_lt3A_mev", "h_mae_3to6A_mev",
+            "h_mae_ge6A_mev", "h_mae_shifted_mev", "soc_mae_uev",
             "band_mae_mev", "band_mae_shifted_mev", "ghost_states", "far_states", "farthest_state_mev"]
     click.echo(f"{len(rows)} structures ({split})")
     click.echo(f"{'metric':<28}{'predicted':>12}{'H(0)':>12}")

@@ -21,6 +21,15 @@ from .core.system import System
 #: eV: a predicted state farther than this from every DFT state at its k counts as a far state
 FAR_EV = 0.5
 
+#: Å: bounds of the block-length bins of the off-site H MAE (h_mae_lt3A_mev, h_mae_3to6A_mev, h_mae_ge6A_mev)
+LENGTH_BINS = ((0.0, 3.0, "lt3A"), (3.0, 6.0, "3to6A"), (6.0, float("inf"), "ge6A"))
+
+
+def block_lengths(system: System, m: BlockSparse) -> np.ndarray:
+    """Å (E,): |τ_j + R·A − τ_i| of every stored block of m."""
+    vec = system.positions[m.edge_j] + m.R @ system.lattice - system.positions[m.edge_i]
+    return np.linalg.norm(vec, axis=1)
+
 
 def nearest_distance(e: np.ndarray, e_ref: np.ndarray) -> np.ndarray:
     """eV (nk, nb): |e[k, n] − the nearest e_ref[k, :]|. A binary search per state, so big cells never
@@ -67,6 +76,7 @@ def evaluate(system: System, predicted: BlockSparse, kfrac: np.ndarray | None = 
     onsite_blocks = (h0.edge_i == h0.edge_j) & np.all(h0.R == 0, axis=1)
     edge, _, _ = h0.entry_index()
     on = onsite_blocks[edge]
+    length = block_lengths(system, h0)[edge]  # Å, per entry
     out = {}
     for name, m in (("predicted", predicted.aligned_to(h0)), ("h0", h0)):
         a, b = _parts(m)
@@ -84,6 +94,8 @@ def evaluate(system: System, predicted: BlockSparse, kfrac: np.ndarray | None = 
             "h_mae_mev": 1e3 * float(np.abs(d).mean()),
             "h_mae_onsite_mev": 1e3 * float(np.abs(d[on]).mean()),
             "h_mae_offsite_mev": 1e3 * float(np.abs(d[~on]).mean()) if (~on).any() else 0.0,
+            **{f"h_mae_{name}_mev": 1e3 * float(np.abs(d[sel_r]).mean())
+               for lo_r, hi_r, name in LENGTH_BINS if (sel_r := ~on & (length >= lo_r) & (length < hi_r)).any()},
             "h_mae_shifted_mev": 1e3 * float(np.abs(d - mu * s_al).mean()),
             "rigid_shift_mev": 1e3 * mu,
             "band_mae_mev": 1e3 * float(np.abs(diff).mean()) if diff.size else 0.0,

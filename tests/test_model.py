@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from nextham_dft.adapters.abacus import read_run
 from nextham_dft.cli import main
+from nextham_dft.evaluation import block_lengths
 from nextham_dft.core.kspace import KAssembler
 from nextham_dft.model.config import ModelConfig, TrainConfig, dump_yaml, load_train_config
 from nextham_dft.model.graph import build_graph
@@ -83,19 +84,13 @@ def test_model_is_e3_equivariant_and_hermitian(run, trace):
         assert np.allclose(hk, sy @ np.conj(hm) @ sy.conj().T, atol=1e-10)
 
 
-def _block_lengths(system, m) -> np.ndarray:
-    """Å, |r_j + R·A − r_i| of every stored block of m."""
-    vec = system.positions[m.edge_j] + m.R @ system.lattice - system.positions[m.edge_i]
-    return np.linalg.norm(vec, axis=1)
-
-
 def test_correction_cutoff_zeroes_far_blocks_and_keeps_the_symmetries():
     """r_corr: blocks longer than it keep H(0) exactly (ΔH = 0, SOC part too), the rest stay
     equivariant and hermitian; a cutoff beyond every block changes nothing."""
     system = read_run(need(DATA / "runs" / "t0045"))
     cfg = dataclasses.replace(SMALL, trace_feedback=True)
     full = predict_correction(_random_model(cfg), system, dtype=torch.float64)
-    r = _block_lengths(system, full)
+    r = block_lengths(system, full)
     shells = np.unique(np.round(r, 4))
     k = len(shells) // 2  # halfway between two neighbour shells: rotations cannot move a block across it
     r_corr = float(0.5 * (shells[k] + shells[k + 1]))
