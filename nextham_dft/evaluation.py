@@ -27,8 +27,7 @@ LENGTH_BINS = ((0.0, 3.0, "lt3A"), (3.0, 6.0, "3to6A"), (6.0, float("inf"), "ge6
 
 def block_lengths(system: System, m: BlockSparse) -> np.ndarray:
     """Å (E,): |τ_j + R·A − τ_i| of every stored block of m."""
-    vec = system.positions[m.edge_j] + m.R @ system.lattice - system.positions[m.edge_i]
-    return np.linalg.norm(vec, axis=1)
+    return np.linalg.norm(system.bond_vectors(m.edge_i, m.edge_j, m.R), axis=1)
 
 
 def nearest_distance(e: np.ndarray, e_ref: np.ndarray) -> np.ndarray:

@@ -121,9 +121,10 @@ def orbital_convention_residual(system, min_norm: float = 1e-3) -> tuple[float, 
     s = system.matrices["S"]
     ei, ej, R, off, data = s.full_blocks()
     worst, count = 0.0, 0
+    bonds = system.bond_vectors(ei, ej, R)
     for e in range(len(ei)):
         i, j = int(ei[e]), int(ej[e])
-        d = system.positions[j] + R[e] @ system.lattice - system.positions[i]
+        d = bonds[e]
         if np.linalg.norm(d) < 1e-6:
             continue
         bi, bj = system.bases[system.kinds[i]], system.bases[system.kinds[j]]

@@ -126,6 +126,10 @@ class System:
     def frac_positions(self) -> np.ndarray:
         return self.positions @ np.linalg.inv(self.lattice)
 
+    def bond_vectors(self, ei: np.ndarray, ej: np.ndarray, R: np.ndarray) -> np.ndarray:
+        """Å (E, 3): τ_j + R·A − τ_i of the blocks (i, j, R) (R integer lattice vectors, (E, 3))."""
+        return self.positions[ej] + np.asarray(R) @ self.lattice - self.positions[ei]
+
     @property
     def spin_degeneracy(self) -> float:
         return 2.0 if self.spin_mode == "none" else 1.0

@@ -150,7 +150,7 @@ def build_graph(system: System, layout: BasisLayout, with_target: bool = True, d
         mask_orb[k][p] = True
     mk = np.stack([mask_orb[k] for k in system.kinds])
     mask = mk[idx.ei][:, :, None] & mk[idx.ej][:, None, :]
-    vec = system.positions[idx.ej] + idx.R @ system.lattice - system.positions[idx.ei]
+    vec = system.bond_vectors(idx.ei, idx.ej, idx.R)
     z = []
     for el in system.elements:
         try:
@@ -185,15 +185,13 @@ def build_graph(system: System, layout: BasisLayout, with_target: bool = True, d
 def batch_graphs(graphs: list[Graph]) -> Graph:
     """Concatenate graphs of the same spin kind into one (atom and edge indices offset)."""
     a_off, e_off = 0, 0
-    parts: dict[str, list] = {k: [] for k in ("z", "edge_src", "edge_dst", "edge_vec", "h0", "s", "h0_spin", "mask",
-                                              "mirror", "onsite", "target", "target_spin")}
+    parts: dict[str, list] = {k: [] for k in ("z", "mirror") + Graph.EDGE_FIELDS}
     for g in graphs:
         parts["z"].append(g.z)
-        parts["edge_src"].append(g.edge_src + a_off)
-        parts["edge_dst"].append(g.edge_dst + a_off)
         parts["mirror"].append(g.mirror + e_off)
-        for k in ("edge_vec", "h0", "s", "h0_spin", "mask", "onsite", "target", "target_spin"):
-            parts[k].append(getattr(g, k))
+        for k in Graph.EDGE_FIELDS:
+            v = getattr(g, k)
+            parts[k].append(v + a_off if k in ("edge_src", "edge_dst") else v)
         a_off += len(g.z)
         e_off += len(g.edge_src)
     cat = {k: (torch.cat(v) if all(x is not None for x in v) else None) for k, v in parts.items()}
