@@ -155,6 +155,18 @@ def test_config_yaml_round_trip(tmp_path):
     p.write_text("model:\n  r_corr: -1.0\n")
     with pytest.raises(ValueError, match="r_corr"):
         load_train_config(p)
+    p.write_text("split_seed: abc\n")
+    with pytest.raises(ValueError, match="split_seed"):
+        load_train_config(p)
+
+
+def test_train_without_its_data_is_one_line_and_writes_nothing(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(dump_yaml(TrainConfig(data=str(tmp_path / "missing.h5"), out_dir=str(tmp_path / "run"), model=SMALL)))
+    res = CliRunner().invoke(main, ["train", str(cfg)])
+    assert res.exit_code != 0 and "training data not found" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_split_seed_fixes_the_split_apart_from_the_training_seed():

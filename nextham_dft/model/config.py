@@ -127,6 +127,8 @@ def train_config_from_dict(d: dict) -> TrainConfig:
         raise ValueError(f"select_on must be 'h_mae' or 'loss', not {d['select_on']!r}")
     if not 0.0 <= float(d.get("ema_decay", 0.0)) < 1.0:
         raise ValueError(f"ema_decay must lie in [0, 1), not {d['ema_decay']!r}")
+    if d.get("split_seed") is not None and (isinstance(d["split_seed"], bool) or not isinstance(d["split_seed"], int)):
+        raise ValueError(f"split_seed must be null or an integer, not {d['split_seed']!r}")
     if d.get("w_shift") is not None and float(d["w_shift"]) < 0:
         raise ValueError(f"w_shift must be null or >= 0, not {d['w_shift']!r}")
     d = dict(d)

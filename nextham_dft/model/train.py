@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..dataset import iter_dataset, list_ids
+from ..errors import NexthamError
 from .config import TrainConfig, dump_yaml, to_dict
 from .ema import WeightAverage
 from .graph import Graph, batch_graphs, build_graph
@@ -189,6 +190,9 @@ def _dist() -> tuple[int, int]:
 def train(cfg: TrainConfig, init: str | None = None, resume: bool = True, device: str = "cpu",
           progress: bool = True, max_steps: int | None = None) -> Path:
     """Train (or fine-tune from ``init``) and return the path of the best model file."""
+    if not Path(cfg.data).is_file():
+        raise NexthamError(f"{cfg.data}: training data not found (the config's 'data'; make it with "
+                           "`nextham-dft dataset build`)")
     rank, world = _dist()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
