@@ -138,6 +138,31 @@ def test_predict_refuses_foreign_basis_and_magnetic_runs(tmp_path):
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
 
 
+def test_predict_an_element_the_model_never_saw_warns_and_reports_it(tmp_path):
+    """Same basis family, element not in the card: predicts (exit 0) with a warning on stderr and in
+    report.json, through the unknown-element embedding (so not the bundled model's Si prediction)."""
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    shutil.copy(bundled_model_path(), model_dir / "model.pt")
+    card = json.loads(bundled_model_path().with_suffix(".json").read_text())
+    card["elements"] = [e for e in card["elements"] if e != "Si"]
+    card["orbital_files"].pop("Si", None)
+    (model_dir / "model.json").write_text(json.dumps(card))
+    res = run("predict", str(need(EXAMPLE)), "--out", str(tmp_path / "unseen"), "--model", str(model_dir / "model.pt"))
+    assert res.exit_code == 0, res.stderr
+    assert "element Si was not in the training data" in res.stderr
+    report = json.loads((tmp_path / "unseen" / "report.json").read_text())
+    assert any("Si" in w for w in report["warnings"])
+    seen = run("predict", str(EXAMPLE), "--out", str(tmp_path / "seen"))
+    assert seen.exit_code == 0 and "warning" not in seen.stderr
+    assert json.loads((tmp_path / "seen" / "report.json").read_text())["warnings"] == []
+    with h5py.File(tmp_path / "unseen" / "hamiltonian.h5") as f:
+        h_unseen = read_system(f[next(iter(f))]).matrices["H"]
+    with h5py.File(tmp_path / "seen" / "hamiltonian.h5") as f:
+        h_seen = read_system(f[next(iter(f))]).matrices["H"]
+    assert h_unseen.max_abs_diff(h_seen) > 1e-6
+
+
 def test_eval_command_on_a_run_directory(tmp_path):
     res = run("eval", "bundled", str(need(EXAMPLE)), "--json", str(tmp_path / "e.json"))
     assert res.exit_code == 0, res.stderr
