@@ -72,9 +72,8 @@ def evaluate(system: System, predicted: BlockSparse, kfrac: np.ndarray | None = 
     sel = (e_ref >= lo) & (e_ref <= hi)
     a_ref, b_ref = _parts(h.aligned_to(h0))
     s_al = s.aligned_to(h0).data
-    onsite_blocks = (h0.edge_i == h0.edge_j) & np.all(h0.R == 0, axis=1)
     edge, _, _ = h0.entry_index()
-    on = onsite_blocks[edge]
+    on = h0.onsite_blocks()[edge]
     length = block_lengths(system, h0)[edge]  # Å, per entry
     out = {}
     for name, m in (("predicted", predicted.aligned_to(h0)), ("h0", h0)):
@@ -93,8 +92,8 @@ def evaluate(system: System, predicted: BlockSparse, kfrac: np.ndarray | None = 
             "h_mae_mev": 1e3 * float(np.abs(d).mean()),
             "h_mae_onsite_mev": 1e3 * float(np.abs(d[on]).mean()),
             "h_mae_offsite_mev": 1e3 * float(np.abs(d[~on]).mean()) if (~on).any() else 0.0,
-            **{f"h_mae_{name}_mev": 1e3 * float(np.abs(d[sel_r]).mean())
-               for lo_r, hi_r, name in LENGTH_BINS if (sel_r := ~on & (length >= lo_r) & (length < hi_r)).any()},
+            **{f"h_mae_{tag}_mev": 1e3 * float(np.abs(d[sel_r]).mean())
+               for lo_r, hi_r, tag in LENGTH_BINS if (sel_r := ~on & (length >= lo_r) & (length < hi_r)).any()},
             "h_mae_shifted_mev": 1e3 * float(np.abs(d - mu * s_al).mean()),
             "rigid_shift_mev": 1e3 * mu,
             "band_mae_mev": 1e3 * float(np.abs(diff).mean()) if diff.size else 0.0,

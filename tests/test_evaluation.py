@@ -42,7 +42,7 @@ def test_h_mae_by_block_length_sees_where_the_error_is():
     h = system.matrices["H"].aligned_to(h0)
     edge, _, _ = h0.entry_index()
     length = block_lengths(system, h0)[edge]
-    on = ((h0.edge_i == h0.edge_j) & np.all(h0.R == 0, axis=1))[edge]
+    on = h0.onsite_blocks()[edge]
     far = length >= 6.0
     assert far.any() and (~on & ~far).any()
     got = evaluate(system, h.with_data(h.data + 1e-3 * far))["predicted"]

@@ -80,6 +80,11 @@ def unique_columns(cols: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return out, inv
 
 
+def is_onsite(i: np.ndarray, j: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """Boolean mask of the on-site keys (i, i, R = 0): the blocks that are their own mirror."""
+    return (np.asarray(i) == np.asarray(j)) & np.all(np.asarray(R) == 0, axis=1)
+
+
 def is_canonical_half(i: np.ndarray, j: np.ndarray, R: np.ndarray) -> np.ndarray:
     """Boolean mask of the (i, j, R) keys that belong to the stored half."""
     R = np.asarray(R)
@@ -146,6 +151,10 @@ class BlockSparse:
     def atom_offsets(self) -> np.ndarray:
         """(n_atoms + 1,) first orbital of each atom."""
         return np.concatenate([[0], np.cumsum(self.norb)])
+
+    def onsite_blocks(self) -> np.ndarray:
+        """(n_edges,) bool: the stored blocks that are on-site, (i, i, R = 0)."""
+        return is_onsite(self.edge_i, self.edge_j, self.R)
 
     def unique_R(self, full: bool = True) -> np.ndarray:
         """Distinct lattice vectors (with their negatives when full)."""
@@ -254,7 +263,7 @@ class BlockSparse:
         one was folded onto it); the lower triangle is set to its adjoint and the
         diagonal to its hermitian part.
         """
-        on = np.nonzero((self.edge_i == self.edge_j) & np.all(self.R == 0, axis=1))[0]
+        on = np.nonzero(self.onsite_blocks())[0]
         sshape = spin_shape(self.spin)
         for e in on:
             n = self.norb[self.edge_i[e]]
@@ -280,7 +289,7 @@ class BlockSparse:
         vals = self.data
         if not full:
             return rows, cols, R, vals
-        onsite = (self.edge_i[edge] == self.edge_j[edge]) & np.all(R == 0, axis=1)
+        onsite = self.onsite_blocks()[edge]
         m = ~onsite
         return (
             np.concatenate([rows, cols[m]]),
@@ -292,7 +301,7 @@ class BlockSparse:
     def full_edges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The block list of both halves without the data: (edge_i, edge_j, R, offsets, mir), where
         mir are the stored edges whose mirrors are appended (in that order) after the stored ones."""
-        onsite = (self.edge_i == self.edge_j) & np.all(self.R == 0, axis=1)
+        onsite = self.onsite_blocks()
         mir = np.nonzero(~onsite)[0]
         ei = np.concatenate([self.edge_i, self.edge_j[mir]])
         ej = np.concatenate([self.edge_j, self.edge_i[mir]])

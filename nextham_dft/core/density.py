@@ -78,7 +78,7 @@ def _accumulate(vec: np.ndarray, occ: np.ndarray, kfrac: np.ndarray, rows: np.nd
 def electron_count(dm: BlockSparse, s: BlockSparse) -> float:
     """Σ_R Σ_ij DM(R)_ij S(R)_ij (both halves), i.e. Tr(DM·S): the number of electrons."""
     d = dm.aligned_to(s)
-    w = np.where((s.edge_i == s.edge_j) & np.all(s.R == 0, axis=1), 1.0, 2.0)
+    w = np.where(s.onsite_blocks(), 1.0, 2.0)
     sizes = np.diff(s.offsets)
     wt = np.repeat(w, sizes)
     dd = {"none": lambda x: x, "collinear": lambda x: x.sum(axis=1),

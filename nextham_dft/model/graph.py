@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..core.blocks import BlockSparse, ab_to_spinor, spinor_to_ab
+from ..core.blocks import BlockSparse, ab_to_spinor, is_onsite, spinor_to_ab
 from ..core.system import System
 from .irreps import BasisLayout
 
@@ -75,8 +75,7 @@ class EdgeIndex:
 def edge_index(h0: BlockSparse) -> EdgeIndex:
     ei, ej, R, off, _ = h0.full_edges()
     n = h0.n_edges
-    onsite = (h0.edge_i == h0.edge_j) & np.all(h0.R == 0, axis=1)
-    mir_src = np.nonzero(~onsite)[0]
+    mir_src = np.nonzero(~h0.onsite_blocks())[0]
     mirror = np.arange(len(ei))
     mirror[mir_src] = n + np.arange(len(mir_src))
     mirror[n + np.arange(len(mir_src))] = mir_src
@@ -167,7 +166,7 @@ def build_graph(system: System, layout: BasisLayout, with_target: bool = True, d
         h0_spin=None if h0_spin is None else torch.as_tensor(h0_spin, dtype=dtype),
         mask=torch.as_tensor(mask, dtype=dtype),
         mirror=torch.as_tensor(idx.mirror),
-        onsite=torch.as_tensor((idx.ei == idx.ej) & np.all(idx.R == 0, axis=1)),
+        onsite=torch.as_tensor(is_onsite(idx.ei, idx.ej, idx.R)),
         spinor=spinor,
         n_atoms=system.n_atoms,
     )
