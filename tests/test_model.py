@@ -500,3 +500,48 @@ def test_shift_separated_loss_ignores_a_rigid_shift_and_weighs_it_apart(tmp_path
     p.write_text(p.read_text().replace("w_shift: 0.05", "w_shift: -1.0"))
     res = CliRunner().invoke(main, ["train", str(p), "--device", "cpu"])
     assert res.exit_code != 0 and "w_shift" in res.output + res.stderr
+
+
+def test_long_range_term_keeps_every_symmetry_and_fine_tunes_from_a_local_model():
+    """long_range: the Ewald potential of learned charges shifts the shell potentials. The model stays
+    equivariant (SOC run, rotations and inversion) and hermitian; a supercell's ΔH is the primitive
+    cell's unfolded (the charges are neutralised per structure, which a supercell repeats); a local
+    model loads into it unchanged, and the term then acts once its response moves; a graph without
+    the Ewald operator is refused."""
+    from nextham_dft.core.supercell import make_supercell
+    from nextham_dft.model.store import load_weights_into
+
+    from .test_dataset_and_supercell import supercell_of
+
+    cfg = dataclasses.replace(SMALL, trace_feedback=True, long_range=True)
+    system = read_run(need(DATA / "runs" / "t0045"))
+    model = _random_model(cfg)
+    predict = lambda s: predict_correction(model, s, dtype=torch.float64)  # noqa: E731
+    assert_hamiltonian_equivariant(predict, system, n_rotations=1, rtol=1e-5)
+    d = predict(system)
+    hk = KAssembler(d, spinor=True)(np.random.default_rng(3).random((2, 3)))
+    assert np.allclose(hk, np.conj(np.swapaxes(hk, 1, 2)), atol=1e-12)
+
+    p, s = read_run(need(DATA / "supercell" / "alp_prim_soc")), read_run(need(DATA / "supercell" / "alp_211_soc"))
+    P, order = supercell_of(p, s)
+    p.matrices = {**p.matrices, "dH": predict(p)}
+    unfolded = make_supercell(p, P).matrices["dH"].permute_atoms(order)
+    got = predict(s)
+    assert unfolded.max_abs_diff(got) < 1e-8
+    g, _ = build_graph(s, model.layout, dtype=torch.float64, long_range=True)
+    assert float(g.ewald.abs().max()) > 1.0  # eV/e²: Al and P differ, so the charges and φ do too
+    with torch.no_grad():
+        model.ewald_response.zero_()
+    assert predict(s).max_abs_diff(got) > 1e-4  # the term contributes to what was compared
+
+    local = _random_model(dataclasses.replace(SMALL, trace_feedback=True))
+    grown = HamiltonianCorrection(cfg).double()
+    load_weights_into(grown, local.state_dict())
+    base = predict_correction(local, system, dtype=torch.float64)
+    assert predict_correction(grown, system, dtype=torch.float64).max_abs_diff(base) == 0.0
+    with torch.no_grad():
+        grown.ewald_response.fill_(0.05)
+    assert predict_correction(grown, system, dtype=torch.float64).max_abs_diff(base) > 1e-4
+    g, _ = build_graph(system, grown.layout, dtype=torch.float64)  # built without the operator
+    with pytest.raises(ValueError, match="Ewald"):
+        grown(g)

@@ -16,5 +16,7 @@ HARTREE_TO_EV: float = 27.211386245988
 RY_TO_EV: float = HARTREE_TO_EV / 2.0
 EV_TO_RY: float = 1.0 / RY_TO_EV
 EV_TO_HARTREE: float = 1.0 / HARTREE_TO_EV
+#: Coulomb constant e²/(4πε₀) in eV·Å (Hartree × Bohr).
+COULOMB_EV_ANG: float = HARTREE_TO_EV * BOHR_TO_ANG
 #: Boltzmann constant in eV/K.
 KELVIN_TO_EV: float = 8.617333262e-5

@@ -39,6 +39,12 @@ class ModelConfig:
     #: apart than this keep H(0) exactly (ΔH = 0, SOC part too) and take no part in the network, so
     #: that training and prediction skip the many far, tiny blocks H(0) already gets right
     r_corr: float | None = None
+    #: long-range electrostatics: each atom gets a charge q_i (e) from its invariant features; the
+    #: periodic Ewald potential φ_i of the neutralised charges (eV, core.ewald) shifts its shell
+    #: potentials by c[shell]·φ_i. The charge transfer of the SCF (H(0) is built from neutral atoms)
+    #: acts through this long-range Hartree potential, which a cutoff-limited, attention-averaged
+    #: message cannot sum. c starts at zero, so a model without it fine-tunes into it
+    long_range: bool = False
 
 
 @dataclass(frozen=True)

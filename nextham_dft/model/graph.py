@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..core.blocks import BlockSparse, ab_to_spinor, is_onsite, spinor_to_ab
+from ..core.ewald import neutral_potential_operator
 from ..core.system import System
 from .irreps import BasisLayout
 
@@ -23,6 +24,8 @@ from .irreps import BasisLayout
 # h0_spin        [n_edges, n, n, 3] Cartesian spin part b of H(0) (SOC), eV
 # mask           [n_edges, n, n] 1 where both orbitals exist
 # mirror         [n_edges] index of the (j, i, -R) edge
+# ewald          [n_atoms, n_atoms] eV/e², per structure (block-diagonal in a batch): the potential
+#                at each atom of neutralised per-atom charges (core.ewald); only for long-range models
 
 
 @dataclass
@@ -43,6 +46,7 @@ class Graph:
     target: torch.Tensor | None = None  # [n_edges, n, n] ΔH spin-free part, eV
     target_spin: torch.Tensor | None = None  # [n_edges, n, n, 3]
     n_atoms: int = 0
+    ewald: torch.Tensor | None = None
 
     def to(self, device) -> Graph:
         kw = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
@@ -128,8 +132,10 @@ def _entry_index(off: np.ndarray, ni: np.ndarray, nj: np.ndarray):
     return edge, local // nj[edge], local % nj[edge]
 
 
-def build_graph(system: System, layout: BasisLayout, with_target: bool = True, dtype=torch.float32) -> tuple[Graph, EdgeIndex]:
-    """Graph tensors of a System that holds H0 and S (and H when with_target)."""
+def build_graph(system: System, layout: BasisLayout, with_target: bool = True, dtype=torch.float32,
+                long_range: bool = False) -> tuple[Graph, EdgeIndex]:
+    """Graph tensors of a System that holds H0 and S (and H when with_target); with ``long_range``
+    also the Ewald operator of its sites (models with ``long_range`` need it)."""
     from pymatgen.core.periodic_table import Element
 
     h0 = system.matrices["H0"]
@@ -169,6 +175,8 @@ def build_graph(system: System, layout: BasisLayout, with_target: bool = True, d
         onsite=torch.as_tensor(is_onsite(idx.ei, idx.ej, idx.R)),
         spinor=spinor,
         n_atoms=system.n_atoms,
+        ewald=(torch.as_tensor(neutral_potential_operator(system.lattice, system.positions), dtype=dtype)
+               if long_range else None),
     )
     if with_target and "H" in system.matrices:
         if spinor:
@@ -194,7 +202,8 @@ def batch_graphs(graphs: list[Graph]) -> Graph:
         a_off += len(g.z)
         e_off += len(g.edge_src)
     cat = {k: (torch.cat(v) if all(x is not None for x in v) else None) for k, v in parts.items()}
-    return Graph(spinor=graphs[0].spinor, n_atoms=a_off, **cat)
+    ewald = torch.block_diag(*[g.ewald for g in graphs]) if all(g.ewald is not None for g in graphs) else None
+    return Graph(spinor=graphs[0].spinor, n_atoms=a_off, ewald=ewald, **cat)
 
 
 def corrections_to_blocks(system: System, idx: EdgeIndex, layout: BasisLayout, delta: np.ndarray,

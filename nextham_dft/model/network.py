@@ -160,6 +160,9 @@ class HamiltonianCorrection(nn.Module):
                 for mlp in (self.trace_gate, self.trace_potential):
                     mlp.net[-1].weight.zero_()
                     mlp.net[-1].bias.zero_()
+        if cfg.long_range:
+            self.charge = MLP([n0 + cfg.embed_dim, cfg.mlp_hidden, 1])
+            self.ewald_response = nn.Parameter(torch.zeros(n_slots))
         if cfg.spin_head:
             bsp = self.blocks.irreps_spin
             self.irreps_spin = bsp
@@ -181,7 +184,7 @@ class HamiltonianCorrection(nn.Module):
         return out
 
     #: parameters a model file may lack: zero-initialised extensions (fine-tuning an older model into them)
-    optional_prefixes: tuple[str, ...] = ("trace_gate.", "trace_potential.")
+    optional_prefixes: tuple[str, ...] = ("trace_gate.", "trace_potential.", "charge.", "ewald_response")
 
     def _scalars(self, h: torch.Tensor) -> torch.Tensor:
         return h[:, : self.irreps_hidden.count("0e")]
@@ -326,6 +329,11 @@ class HamiltonianCorrection(nn.Module):
                 y_on = cache["y"][on_idx] if single else correction_irreps(on_idx)
                 tau = tau.index_copy(0, src_on, traces(y_on, src_on, src_on))
             v = v + self.trace_potential(torch.cat([self._scalars(h), tau], dim=1)) * cfg.target_scale
+        if cfg.long_range:
+            if g.ewald is None:
+                raise ValueError("a long-range model needs the graph's Ewald operator (build_graph(..., long_range=True))")
+            q = self.charge(torch.cat([self._scalars(h), self.embed(g.z)], dim=1)).squeeze(1)  # e
+            v = v + (g.ewald @ q)[:, None] * self.ewald_response[None, :]  # eV
         raw_parts, spin_parts = [], []
         for sl in self._chunks(E):
             x = edge_inputs(sl)  # once per chunk, for both heads

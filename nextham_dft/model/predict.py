@@ -15,7 +15,7 @@ def predict_correction(model: HamiltonianCorrection, system: System, device: str
                        dtype: torch.dtype = torch.float32) -> BlockSparse:
     """ΔH (eV) on the stored blocks of the system's H(0)."""
     model.eval()
-    g, idx = build_graph(system, model.layout, with_target=False, dtype=dtype)
+    g, idx = build_graph(system, model.layout, with_target=False, dtype=dtype, long_range=model.cfg.long_range)
     known = getattr(model, "known_elements", None)
     if known:  # an element the model never saw uses the "unknown" embedding, not an untrained row
         unseen = torch.tensor([el not in known for el in system.elements])

@@ -1,0 +1,72 @@
+"""Periodic electrostatics: the Ewald matrix of a crystal's atomic sites.
+
+``ewald_matrix(lattice, positions)[a, b]`` (eV per e²) is the electrostatic potential at site a
+of a unit point charge on site b and on all its periodic images, site a's own charge at a
+excluded, with a uniform compensating background and the G = 0 component set to zero (the
+convention of plane-wave and NAO codes, whose Hartree potential has zero cell average). For
+charges q (e), φ = A q (eV) is independent of the splitting parameter η, and the Coulomb energy
+of a neutral set is ½ qᵀ A q. The matrix depends on interatomic distances only, so φ is
+invariant under rotations, inversion and translations, and a supercell gives its atoms the φ of
+the equivalent primitive-cell atoms.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.special import erfc
+
+from .units import COULOMB_EV_ANG
+
+
+def _translations(cell: np.ndarray, reach: float) -> np.ndarray:
+    """(n, 3) Cartesian vectors T = m·cell (m integer) with |T| ≤ reach."""
+    nmax = np.ceil(reach * np.linalg.norm(np.linalg.inv(cell), axis=0)).astype(int)  # |m_i| ≤ reach·|column i of cell⁻¹|
+    ranges = [np.arange(-m, m + 1) for m in nmax]
+    t = np.stack(np.meshgrid(*ranges, indexing="ij"), -1).reshape(-1, 3) @ cell
+    return t[np.einsum("ij,ij->i", t, t) <= reach**2]
+
+
+def ewald_matrix(lattice: np.ndarray, positions: np.ndarray, tol: float = 1e-11) -> np.ndarray:
+    """(N, N) eV/e²: A[a, b] = Σ_T' 1/|r_b + T − r_a| summed the Ewald way (Gaussian split η,
+    real-space and reciprocal-space parts each converged to ``tol`` relative), times e²/(4πε₀).
+
+    lattice: (3, 3) Å, vectors as rows; positions: (N, 3) Cartesian Å. Symmetric.
+    """
+    lattice = np.asarray(lattice, dtype=float)
+    pos = np.asarray(positions, dtype=float)
+    n = len(pos)
+    vol = abs(np.linalg.det(lattice))
+    if vol < 1e-8:
+        raise ValueError("Ewald sum: the lattice vectors are degenerate (zero cell volume)")
+    eta = math.sqrt(math.pi) * (max(n, 1) / vol**2) ** (1.0 / 6.0)  # Å⁻¹, balances the two sums
+    ln = math.log(1.0 / tol)
+    r_cut = math.sqrt(ln) / eta
+    g_cut = 2.0 * eta * math.sqrt(ln)
+    d = pos[None, :, :] - pos[:, None, :]  # (N, N, 3) r_b − r_a
+    diam = float(np.sqrt(np.einsum("abi,abi->ab", d, d).max()))
+    a = np.zeros((n, n))
+    for t in _translations(lattice, r_cut + diam):  # every image of every pair within r_cut
+        r = np.linalg.norm(d + t, axis=2)
+        near = (r < r_cut) & (r > 1e-10)
+        a[near] += erfc(eta * r[near]) / r[near]
+    recip = 2.0 * math.pi * np.linalg.inv(lattice).T  # rows b_i with a_i·b_j = 2π δ_ij
+    gs = _translations(recip, g_cut)
+    g2 = np.einsum("ij,ij->i", gs, gs)
+    keep = g2 > 1e-12
+    gs, g2 = gs[keep], g2[keep]
+    w = (4.0 * math.pi / vol) * np.exp(-g2 / (4.0 * eta**2)) / g2
+    phase = pos @ gs.T  # (N, nG)
+    c, s = np.cos(phase), np.sin(phase)
+    a += (c * w) @ c.T + (s * w) @ s.T
+    a -= math.pi / (vol * eta**2)  # the compensating background (the G → 0 limit of the Gaussians)
+    a[np.diag_indices(n)] -= 2.0 * eta / math.sqrt(math.pi)  # a site's own Gaussian
+    return COULOMB_EV_ANG * 0.5 * (a + a.T)
+
+
+def neutral_potential_operator(lattice: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """(N, N) eV/e²: A (1 − 11ᵀ/N), the map from any per-site charges q to the potential of the
+    neutral charges q − mean(q) (the charge a model transfers between atoms must add up to zero)."""
+    a = ewald_matrix(lattice, positions)
+    return a - a.mean(axis=1, keepdims=True)
