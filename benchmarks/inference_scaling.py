@@ -44,9 +44,9 @@ def one(run: str, n: int, device: str, model_path: str | None = None) -> dict:
     model, _ = load_model(model_path or bundled_model_path())
     model.to(device)
     with torch.no_grad():  # warm-up on the primitive cell: first-call costs are not the cell's
-        model(build_graph(prim, model.layout, with_target=False)[0].to(device))
+        model(build_graph(prim, model.layout, with_target=False, long_range=model.cfg.long_range)[0].to(device))
     t = time.perf_counter()
-    g, idx = build_graph(sc, model.layout, with_target=False)
+    g, idx = build_graph(sc, model.layout, with_target=False, long_range=model.cfg.long_range)  # Ewald operator included
     t_graph = time.perf_counter() - t
     t = time.perf_counter()
     with torch.no_grad():
