@@ -68,3 +68,14 @@ def test_potential_is_invariant_and_a_supercell_repeats_it():
 def test_degenerate_cell_is_an_error():
     with pytest.raises(ValueError, match="degenerate"):
         ewald_matrix(np.array([[1.0, 0, 0], [2.0, 0, 0], [0, 0, 1.0]]), np.zeros((1, 3)))
+
+
+def test_row_chunks_change_nothing(monkeypatch):
+    import nextham_dft.core.ewald as ewald
+
+    rng = np.random.default_rng(2)
+    lat = np.diag([4.0, 5.0, 6.0])
+    pos = rng.random((7, 3)) @ lat
+    whole = ewald_matrix(lat, pos)
+    monkeypatch.setattr(ewald, "ROW_CHUNK", 3)
+    assert np.array_equal(ewald_matrix(lat, pos), whole)

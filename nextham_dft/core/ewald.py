@@ -28,6 +28,10 @@ def _translations(cell: np.ndarray, reach: float) -> np.ndarray:
     return t[np.einsum("ij,ij->i", t, t) <= reach**2]
 
 
+#: rows of the real-space sum done at once (bounds its temporary arrays for big cells)
+ROW_CHUNK = 256
+
+
 def ewald_matrix(lattice: np.ndarray, positions: np.ndarray, tol: float = 1e-11) -> np.ndarray:
     """(N, N) eV/e²: A[a, b] = Σ_T' 1/|r_b + T − r_a| summed the Ewald way (Gaussian split η,
     real-space and reciprocal-space parts each converged to ``tol`` relative), times e²/(4πε₀).
@@ -44,13 +48,16 @@ def ewald_matrix(lattice: np.ndarray, positions: np.ndarray, tol: float = 1e-11)
     ln = math.log(1.0 / tol)
     r_cut = math.sqrt(ln) / eta
     g_cut = 2.0 * eta * math.sqrt(ln)
-    d = pos[None, :, :] - pos[:, None, :]  # (N, N, 3) r_b − r_a
-    diam = float(np.sqrt(np.einsum("abi,abi->ab", d, d).max()))
+    diam = float(np.linalg.norm(pos.max(axis=0) - pos.min(axis=0)))  # ≥ every |r_b − r_a|
+    translations = _translations(lattice, r_cut + diam)  # every image of every pair within r_cut
     a = np.zeros((n, n))
-    for t in _translations(lattice, r_cut + diam):  # every image of every pair within r_cut
-        r = np.linalg.norm(d + t, axis=2)
-        near = (r < r_cut) & (r > 1e-10)
-        a[near] += erfc(eta * r[near]) / r[near]
+    for r0 in range(0, n, ROW_CHUNK):  # rows in chunks: temporaries (chunk, N, 3), not (N, N, 3)
+        d = pos[None, :, :] - pos[r0 : r0 + ROW_CHUNK, None, :]  # r_b − r_a
+        rows = a[r0 : r0 + ROW_CHUNK]
+        for t in translations:
+            r = np.linalg.norm(d + t, axis=2)
+            near = (r < r_cut) & (r > 1e-10)
+            rows[near] += erfc(eta * r[near]) / r[near]
     recip = 2.0 * math.pi * np.linalg.inv(lattice).T  # rows b_i with a_i·b_j = 2π δ_ij
     gs = _translations(recip, g_cut)
     g2 = np.einsum("ij,ij->i", gs, gs)
