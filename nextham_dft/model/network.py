@@ -296,7 +296,8 @@ class HamiltonianCorrection(nn.Module):
             h = h + gate(pre(agg))
         # edge corrections, chunk by chunk, then symmetrised with the mirror edges
         inv = torch.cat([s_e, self._scalars(h)[g.edge_src], self._scalars(h)[g.edge_dst]], dim=1)
-        v = self.potential(torch.cat([self._scalars(h), self.embed(g.z)], dim=1)) * cfg.target_scale  # [atoms, slots]
+        atom_inv = torch.cat([self._scalars(h), self.embed(g.z)], dim=1)  # invariants of each atom
+        v = self.potential(atom_inv) * cfg.target_scale  # [atoms, slots]
         spin_on = cfg.spin_head and g.spinor and g.h0_spin is not None
         n_out = self.irreps_block.num_irreps
 
@@ -332,7 +333,7 @@ class HamiltonianCorrection(nn.Module):
         if cfg.long_range:
             if g.ewald is None:
                 raise ValueError("a long-range model needs the graph's Ewald operator (build_graph(..., long_range=True))")
-            q = self.charge(torch.cat([self._scalars(h), self.embed(g.z)], dim=1)).squeeze(1)  # e
+            q = self.charge(atom_inv).squeeze(1)  # e
             v = v + (g.ewald @ q)[:, None] * self.ewald_response[None, :]  # eV
         raw_parts, spin_parts = [], []
         for sl in self._chunks(E):
