@@ -3,7 +3,9 @@
 Each size runs in a fresh subprocess (peak RSS per size), after one warm-up prediction of the primitive cell. Stages: graph build, model, assembly
 (padded corrections → block-sparse H), write (hamiltonian.h5). Prints a table, the fitted scaling
 exponent over the sizes ≥ 100 atoms, and writes JSON.
-Usage: python benchmarks/inference_scaling.py [--run DIR] [--cells 1 8 64 216 512] [--device cpu] [--model PATH]
+On CUDA the model stage runs on the GPU (graph build, assembly and write stay on 2 CPU threads) and the
+peak GPU memory of the model stage is reported too.
+Usage: python benchmarks/inference_scaling.py [--run DIR] [--cells 1 8 64 216 512] [--device cpu|cuda] [--model PATH]
 """
 
 from __future__ import annotations
@@ -43,15 +45,18 @@ def one(run: str, n: int, device: str, model_path: str | None = None) -> dict:
     t_super = time.perf_counter() - t
     model, _ = load_model(model_path or bundled_model_path())
     model.to(device)
+    cuda = device.startswith("cuda")
     with torch.no_grad():  # warm-up on the primitive cell: first-call costs are not the cell's
         model(build_graph(prim, model.layout, with_target=False, long_range=model.cfg.long_range)[0].to(device))
     t = time.perf_counter()
     g, idx = build_graph(sc, model.layout, with_target=False, long_range=model.cfg.long_range)  # Ewald operator included
     t_graph = time.perf_counter() - t
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
     with torch.no_grad():
         d, s = model(g.to(device))
-    if device.startswith("cuda"):
+    if cuda:
         torch.cuda.synchronize()
     t_model = time.perf_counter() - t
     t = time.perf_counter()
@@ -69,7 +74,8 @@ def one(run: str, n: int, device: str, model_path: str | None = None) -> dict:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # GiB
     return {"atoms": sc.n_atoms, "edges": len(g.edge_src), "spin": sc.spin_mode, "supercell_s": t_super,
             "graph_s": t_graph, "model_s": t_model, "assembly_s": t_asm, "write_s": t_write,
-            "predict_s": t_graph + t_model + t_asm, "peak_rss_gib": rss, "device": device}
+            "predict_s": t_graph + t_model + t_asm, "peak_rss_gib": rss, "device": device,
+            "peak_gpu_gib": torch.cuda.max_memory_allocated() / 1024**3 if cuda else None}
 
 
 def main() -> None:
@@ -85,7 +91,7 @@ def main() -> None:
         print(json.dumps(one(a.worker[0], int(a.worker[1]), a.worker[2], a.model)))
         return
     rows = []
-    print(f"{'run':<16}{'atoms':>6}{'edges':>8}{'graph s':>9}{'model s':>9}{'assem s':>9}{'write s':>9}{'predict s':>10}{'peak GiB':>9}")
+    print(f"{'run':<16}{'atoms':>6}{'edges':>8}{'graph s':>9}{'model s':>9}{'assem s':>9}{'write s':>9}{'predict s':>10}{'peak GiB':>9}" + ("  GPU GiB" if a.device.startswith("cuda") else ""))
     for run in a.run:
         for n in a.cells:
             cmd = [sys.executable, __file__, "--worker", run, str(n), a.device] + (["--model", a.model] if a.model else [])
@@ -97,7 +103,8 @@ def main() -> None:
             r["run"] = Path(run).name
             rows.append(r)
             print(f"{r['run']:<16}{r['atoms']:6d}{r['edges']:8d}{r['graph_s']:9.2f}{r['model_s']:9.2f}{r['assembly_s']:9.2f}"
-                  f"{r['write_s']:9.2f}{r['predict_s']:10.2f}{r['peak_rss_gib']:9.2f}", flush=True)
+                  f"{r['write_s']:9.2f}{r['predict_s']:10.2f}{r['peak_rss_gib']:9.2f}"
+                  + (f"{r['peak_gpu_gib']:9.2f}" if r["peak_gpu_gib"] is not None else ""), flush=True)
     for run in {r["run"] for r in rows}:
         big = [r for r in rows if r["run"] == run and r["atoms"] >= 100]
         if len(big) >= 2:

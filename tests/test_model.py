@@ -292,7 +292,7 @@ def test_two_gloo_ranks_hold_identical_weights(tmp_path, tiny_dataset):
     cfg = _config(tmp_path, tiny_dataset, epochs=1)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "nextham_dft.model.train", str(cfg), "--max-steps", "1"]
+           "-m", "nextham_dft.model.train", str(cfg), "--max-steps", "1", "--device", "cpu"]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     a = torch.load(tmp_path / "run" / "final_rank0.pt")

@@ -178,13 +178,22 @@ def validate(model, items: list[Item], cfg: TrainConfig | None = None) -> dict:
     return out
 
 
-def _dist() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
-    rank = torch.distributed.get_rank() if world > 1 else 0
-    return rank, world
+def _dist(device: str) -> tuple[int, int, str, bool]:
+    """Rank, world size, this rank's device and whether a process group is up.
+
+    Under torchrun (``WORLD_SIZE`` set, even to 1) the ranks join a process group: NCCL with one GPU
+    per local rank (``LOCAL_RANK``) when ``device`` is CUDA, gloo on CPU. Run directly: rank 0 of 1.
+    """
+    if "WORLD_SIZE" not in os.environ:
+        return 0, 1, device, False
+    cuda = device.startswith("cuda")
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    return torch.distributed.get_rank(), torch.distributed.get_world_size(), device, True
 
 
 def train(cfg: TrainConfig, init: str | None = None, resume: bool = True, device: str = "cpu",
@@ -193,7 +202,7 @@ def train(cfg: TrainConfig, init: str | None = None, resume: bool = True, device
     if not Path(cfg.data).is_file():
         raise NexthamError(f"{cfg.data}: training data not found (the config's 'data'; make it with "
                            "`nextham-dft dataset build`)")
-    rank, world = _dist()
+    rank, world, device, distributed = _dist(device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
@@ -219,8 +228,9 @@ def train(cfg: TrainConfig, init: str | None = None, resume: bool = True, device
     if not train_items:
         raise ValueError("no training structures (check the data file and held_out_elements)")
     ddp = model
-    if world > 1:
-        ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+    if distributed:
+        ids_ = [torch.device(device).index] if device.startswith("cuda") else None
+        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids_, find_unused_parameters=True)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     state = {"epoch": 0, "best": math.inf, "elapsed": 0.0, "bad_epochs": 0, "steps": 0}
@@ -310,8 +320,8 @@ def train(cfg: TrainConfig, init: str | None = None, resume: bool = True, device
             stop = state["elapsed"] > budget or state["bad_epochs"] >= cfg.patience
             if max_steps is not None and state["steps"] >= max_steps:
                 stop = True
-            if world > 1:
-                flag = torch.tensor([1.0 if stop else 0.0])
+            if distributed:
+                flag = torch.tensor([1.0 if stop else 0.0], device=device)
                 torch.distributed.broadcast(flag, 0)
                 stop = bool(flag.item())
             if stop:
@@ -321,7 +331,7 @@ def train(cfg: TrainConfig, init: str | None = None, resume: bool = True, device
     if rank == 0 and v is not None:  # the weights of the last epoch, as validated (averaged when ema_decay > 0)
         with ema.applied(model) if ema is not None else nullcontext():
             save_model(out / "last.pt", model, card(v))
-    if world > 1:  # for verification: every rank's final weights
+    if distributed:  # for verification: every rank's final weights
         torch.save(model.state_dict(), out / f"final_rank{rank}.pt")
         torch.distributed.barrier()
     return out / "best.pt"
@@ -336,8 +346,10 @@ def main(argv: list[str] | None = None) -> None:  # torchrun entry point
     ap.add_argument("config")
     ap.add_argument("--init", default=None)
     ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--device", default="auto", help="cpu, cuda or auto (CUDA when available: NCCL, one GPU per rank)")
     a = ap.parse_args(argv)
-    train(load_train_config(a.config), init=a.init, max_steps=a.max_steps, progress=False)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+    train(load_train_config(a.config), init=a.init, max_steps=a.max_steps, progress=False, device=device)
 
 
 if __name__ == "__main__":
