@@ -294,10 +294,6 @@ def dataset_build(sources, output, force, require_both, select):
     click.echo(f"wrote {n} structures to {out}")
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
-
-
 # ---------------------------------------------------------------------------- model commands
 
 
@@ -565,3 +561,7 @@ def export(run_dir, fmt, source, out_dir, model_path, force, zeroth, converged, 
     with output_dir(out_dir, force) as tmp:
         write_deeph(tmp, system, tag)
     click.echo(f"wrote {out_dir} ({fmt}, {source})")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -226,3 +226,15 @@ def test_orbital_dir_option_is_relative_to_the_working_directory(tmp_path, monke
     res = run("info", "runs/si2", "--orbital-dir", "orbitals")
     assert res.exit_code == 0, res.output
     assert "2s2p1d" in res.output
+
+
+@pytest.mark.parametrize("module", ["nextham_dft", "nextham_dft.cli"])
+def test_python_dash_m_has_every_command(module):
+    """`python -m nextham_dft` (and `-m nextham_dft.cli`) offer the same commands as the script, model ones included."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    for cmd in ("info", "dataset", "predict", "train", "eval", "bands", "restart", "setup", "export"):
+        assert f"  {cmd} " in res.stdout, (cmd, res.stdout)
