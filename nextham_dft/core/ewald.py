@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.spatial import cKDTree
 from scipy.special import erfc
 
 from .units import COULOMB_EV_ANG
@@ -28,7 +29,7 @@ def _translations(cell: np.ndarray, reach: float) -> np.ndarray:
     return t[np.einsum("ij,ij->i", t, t) <= reach**2]
 
 
-#: rows of the real-space sum done at once (bounds its temporary arrays for big cells)
+#: sites whose real-space pair lists are built at once (bounds the temporary arrays for big cells)
 ROW_CHUNK = 256
 
 
@@ -48,22 +49,30 @@ def ewald_matrix(lattice: np.ndarray, positions: np.ndarray, tol: float = 1e-11)
     ln = math.log(1.0 / tol)
     r_cut = math.sqrt(ln) / eta
     g_cut = 2.0 * eta * math.sqrt(ln)
-    diam = float(np.linalg.norm(pos.max(axis=0) - pos.min(axis=0)))  # ≥ every |r_b − r_a|
+    frac = np.linalg.solve(lattice.T, pos.T).T
+    pos = (frac - np.floor(frac)) @ lattice  # wrapped into the cell: the sum is periodic, and this bounds the images needed
+    signs = np.array([[1, 1, 1], [1, 1, -1], [1, -1, 1], [-1, 1, 1]])
+    diam = float(np.linalg.norm(signs @ lattice, axis=1).max())  # the longest cell diagonal ≥ every |r_b − r_a|
     translations = _translations(lattice, r_cut + diam)  # every image of every pair within r_cut
-    a = np.zeros((n, n))
-    for r0 in range(0, n, ROW_CHUNK):  # rows in chunks: temporaries (chunk, N, 3), not (N, N, 3)
-        d = pos[None, :, :] - pos[r0 : r0 + ROW_CHUNK, None, :]  # r_b − r_a
-        rows = a[r0 : r0 + ROW_CHUNK]
-        for t in translations:
-            r = np.linalg.norm(d + t, axis=2)
-            near = (r < r_cut) & (r > 1e-10)
-            rows[near] += erfc(eta * r[near]) / r[near]
+    images = (translations[:, None, :] + pos[None, :, :]).reshape(-1, 3)
+    owner = np.tile(np.arange(n), len(translations))
+    tree = cKDTree(images)
+    a = np.zeros(n * n)
+    for r0 in range(0, n, ROW_CHUNK):  # rows in chunks: the pair lists of ROW_CHUNK sites at a time
+        pairs = cKDTree(pos[r0 : r0 + ROW_CHUNK]).sparse_distance_matrix(tree, r_cut, output_type="coo_matrix")
+        r = pairs.data
+        near = r > 1e-10  # a site's own charge is not in its potential
+        a += np.bincount((pairs.row[near] + r0) * n + owner[pairs.col[near]], weights=erfc(eta * r[near]) / r[near],
+                         minlength=n * n)
+    a = a.reshape(n, n)
     recip = 2.0 * math.pi * np.linalg.inv(lattice).T  # rows b_i with a_i·b_j = 2π δ_ij
     gs = _translations(recip, g_cut)
     g2 = np.einsum("ij,ij->i", gs, gs)
     keep = g2 > 1e-12
     gs, g2 = gs[keep], g2[keep]
-    w = (4.0 * math.pi / vol) * np.exp(-g2 / (4.0 * eta**2)) / g2
+    half = gs @ np.array([1.0, 0.5**0.5 * 0.1, math.pi * 0.01]) > 0  # G and −G add the same: keep one, count it twice
+    gs, g2 = gs[half], g2[half]
+    w = (8.0 * math.pi / vol) * np.exp(-g2 / (4.0 * eta**2)) / g2
     phase = pos @ gs.T  # (N, nG)
     c, s = np.cos(phase), np.sin(phase)
     a += (c * w) @ c.T + (s * w) @ s.T
