@@ -25,6 +25,7 @@ import numpy as np
 
 from nextham_dft.errors import ParseError
 
+from .textfmt import write_e, write_int
 from .textio import read_text
 
 _COMPLEX_CHARS = str.maketrans({"(": " ", ")": " ", ",": " "})
@@ -255,12 +256,6 @@ def read_csr(path: str | Path) -> CsrFile:
     )
 
 
-def _fmt_values(v: np.ndarray, complex_values: bool) -> str:
-    if complex_values:
-        return " ".join(f"({x.real:.8e},{x.imag:.8e})" for x in v)
-    return " ".join(f"{x:.8e}" for x in v)
-
-
 def write_csr(
     path: str | Path,
     generation: str,
@@ -314,27 +309,34 @@ def write_csr(
             " #----------------------------------------------------------------------#",
             "",
         ]
-    order = np.lexsort((cols, rows, Ridx))
-    rows, cols, Ridx, values = rows[order], cols[order], Ridx[order], values[order]
-    bounds = np.searchsorted(Ridx, np.arange(len(R) + 1))
-    for r in range(len(R)):
-        sl = slice(bounds[r], bounds[r + 1])
-        nnz = bounds[r + 1] - bounds[r]
-        rx, ry, rz = R[r]
-        ptr = np.concatenate([[0], np.cumsum(np.bincount(rows[sl], minlength=dim))])
-        if generation == "old":
-            out.append(f"{rx} {ry} {rz} {nnz}")
-            if nnz:
-                out.append(" " + _fmt_values(values[sl], complex_values))
-                out.append(" " + " ".join(map(str, cols[sl])))
-                out.append(" " + " ".join(map(str, ptr)))
-        else:
-            out.append(f" {rx} {ry} {rz} {nnz}")
-            out.append(" # CSR values")
-            out.append(" " + _fmt_values(values[sl], complex_values) if nnz else "")
-            out.append(" # CSR column indices")
-            out.append(" " + " ".join(map(str, cols[sl])) if nnz else "")
-            out.append(" # CSR row pointers")
-            out.append(" " + " ".join(map(str, ptr)))
-            out.append("")
-    Path(path).write_text("\n".join(out) + "\n")
+    # one tall CSR matrix, rows (R, row): scipy's counting sort orders the entries by R, row, column
+    from scipy.sparse import coo_matrix
+
+    tall = coo_matrix((values, (np.asarray(Ridx, dtype=np.int64) * dim + rows, cols)), shape=(len(R) * dim, dim)).tocsr()
+    tall.sort_indices()  # (a no-op where already sorted)
+    if tall.nnz != len(values):
+        raise ValueError("write_csr: an entry (R, row, column) is given twice")
+    cols, values, indptr = tall.indices, tall.data, tall.indptr
+    if complex_values:
+        values = values.astype(complex, copy=False)
+    elif np.iscomplexobj(values):
+        values = values.real
+    with open(path, "w") as fh:  # streamed: the text of a big cell is gigabytes
+        fh.write("\n".join(out) + "\n")
+        for r in range(len(R)):
+            sl = slice(indptr[r * dim], indptr[(r + 1) * dim])
+            nnz = sl.stop - sl.start
+            rx, ry, rz = R[r]
+            ptr = indptr[r * dim : (r + 1) * dim + 1] - indptr[r * dim]
+            old = generation == "old"
+            fh.write(f"{rx} {ry} {rz} {nnz}\n" if old else f" {rx} {ry} {rz} {nnz}\n # CSR values\n")
+            if nnz or not old:
+                for k, (write, what) in enumerate(((write_e, values[sl]), (write_int, cols[sl]), (write_int, ptr))):
+                    if not old and k:
+                        fh.write(" # CSR column indices\n" if k == 1 else " # CSR row pointers\n")
+                    if nnz or k == 2:
+                        fh.write(" ")
+                        write(fh, what)
+                    fh.write("\n")
+            if not old:
+                fh.write("\n")

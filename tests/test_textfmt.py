@@ -1,0 +1,64 @@
+"""Array formatting for ABACUS text files: byte-for-byte what Python's own formatting prints."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nextham_dft.adapters.abacus import textfmt
+from nextham_dft.adapters.abacus.textfmt import format_e, format_int, write_e, write_int
+
+
+def _py(v) -> str:
+    if np.iscomplexobj(v):
+        return " ".join(f"({x.real:.8e},{x.imag:.8e})" for x in v)
+    return " ".join(f"{x:.8e}" for x in v)
+
+
+def test_edge_values_and_rounding_borders():
+    p = 10.0 ** np.arange(-300, 300)
+    v = np.concatenate([
+        [0.0, -0.0, np.inf, -np.inf, np.nan, 5e-324, 2.2e-308, 1e-300, 1e300, 1.7e308, 0.1, 0.5, 1.0, 10.0],
+        p, np.nextafter(p, 0), np.nextafter(p, np.inf),
+        9.999999995 * 10.0 ** np.arange(-20, 20),  # just below a carry: printf keeps 9.99999999
+        9.9999999996 * 10.0 ** np.arange(-20, 20),  # rounds up and carries into the exponent
+        (np.arange(1, 20000) * 10 + 5) * 1e-10,  # decimal halves, which binary cannot hold exactly
+    ])
+    v = np.concatenate([v, -v])
+    assert format_e(v) == _py(v)
+
+
+def test_random_magnitudes_real_and_complex():
+    rng = np.random.default_rng(7)
+    v = rng.normal(size=50000) * 10.0 ** rng.integers(-40, 40, 50000)
+    assert format_e(v) == _py(v)
+    c = v[:25000] + 1j * v[25000:]
+    assert format_e(c) == _py(c)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=64), min_size=0, max_size=50))
+def test_any_floats(xs):
+    v = np.array(xs, dtype=float)
+    assert format_e(v) == _py(v)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=-(2**62), max_value=2**62), min_size=0, max_size=50))
+def test_any_integers(xs):
+    assert format_int(np.array(xs, dtype=np.int64)) == " ".join(map(str, xs))
+
+
+def test_chunked_writes_equal_the_whole(monkeypatch):
+    monkeypatch.setattr(textfmt, "CHUNK", 7)
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=100) + 1j * rng.normal(size=100)
+    i = rng.integers(0, 10**6, 100)
+    fe, fi = io.StringIO(), io.StringIO()
+    write_e(fe, v)
+    write_int(fi, i)
+    assert fe.getvalue() == format_e(v) == _py(v)
+    assert fi.getvalue() == format_int(i) == " ".join(map(str, i.tolist()))
