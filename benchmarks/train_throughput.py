@@ -3,7 +3,7 @@
 All structures of --data train (no validation pass, so the time is the training steps'); the first
 epoch (graph and k-space set-up, warm-up) is reported apart. Prints a table and writes JSON.
 Usage: python benchmarks/train_throughput.py --data SUBSET.h5 [--config scripts/fast_recipe/stageB.yaml]
-       [--device cpu|cuda] [--threads 2] [--epochs 4]
+       [--device cpu|cuda] [--threads 2] [--epochs 4] [--batch-size B]
 """
 
 from __future__ import annotations
@@ -33,13 +33,14 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=None, help="Override the config's batch_size.")
     ap.add_argument("--json", default="train_throughput.json")
     a = ap.parse_args()
     cfg = load_train_config(a.config)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = dataclasses.replace(cfg, data=a.data, out_dir=tmp, val_fraction=0.0, test_fraction=0.0,
                                   held_out_elements=[], epochs=a.epochs, budget_minutes=10**6, patience=10**6,
-                                  threads=a.threads)
+                                  threads=a.threads, batch_size=a.batch_size or cfg.batch_size)
         t = time.perf_counter()
         train(cfg, device=a.device, progress=False, resume=False)
         total = time.perf_counter() - t
