@@ -92,7 +92,7 @@ def test_c_atom_nspin4_matches_dense_reference():
     # element-wise, back in ABACUS's order
     from nextham_dft.adapters.abacus.writers import to_abacus_coo
 
-    r, c, R, v = to_abacus_coo(system.matrices["H"], system, spinor=True)
+    r, c, _uR, _ridx, v = to_abacus_coo(system.matrices["H"], system, spinor=True)
     h = np.zeros_like(href)
     h[r, c] = v
     assert np.abs(h - href).max() < 1e-6

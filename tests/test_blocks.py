@@ -59,6 +59,26 @@ def test_coo_round_trip_and_hermiticity(spinor):
     assert np.allclose(hk, np.conj(np.swapaxes(hk, 1, 2)))
 
 
+@pytest.mark.parametrize("spinor", [False, True])
+def test_entry_r_index_equals_unique_rows_of_the_entries(spinor):
+    """The block-level R index of every coo entry is np.unique(R, axis=0) of the per-entry R."""
+    from nextham_dft.core.blocks import unique_rows
+
+    rng = np.random.default_rng(5)
+    m = BlockSparse.from_coo([3, 5, 1], *to_coo(random_hermitian_real_space(rng, [3, 5, 1], spinor), spinor),
+                             spin="spinor" if spinor else "none")
+    for full in (False, True):
+        rows, cols, R, vals = m.to_coo(full=full)
+        uR, idx = m.entry_R_index(full=full)
+        u_ref, i_ref = unique_rows(R)
+        assert np.array_equal(uR, u_ref) and np.array_equal(idx, i_ref)
+        r2, c2, none, v2 = m.to_coo(full=full, with_R=False)
+        assert none is None and np.array_equal(r2, rows) and np.array_equal(c2, cols) and np.array_equal(v2, vals)
+    rows, cols, R, vals = m.to_spinor_coo()
+    uR, idx = m.entry_R_index(full=True, repeat=m.spinor_repeat)
+    assert np.array_equal(uR[idx], R) and m.to_spinor_coo(with_R=False)[2] is None
+
+
 def test_half_storage_rejects_nothing_and_mirrors_exactly():
     rng = np.random.default_rng(5)
     mats = random_hermitian_real_space(rng, [2, 2])

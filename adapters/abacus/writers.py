@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nextham_dft.core.blocks import BlockSparse, unique_rows
+from nextham_dft.core.blocks import BlockSparse
 from nextham_dft.core.system import System
 from nextham_dft.core.units import EV_TO_RY
 
@@ -21,13 +21,18 @@ FILE_NAMES = {
 }
 
 
-def to_abacus_coo(m: BlockSparse, system: System, spinor: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Full (rows, cols, R, values) in ABACUS's orbital order and signs (spinor-interleaved when asked)."""
+def to_abacus_coo(m: BlockSparse, system: System, spinor: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Full (rows, cols, distinct R, R index of each entry, values) in ABACUS's orbital order and
+    signs (spinor-interleaved when asked). No per-entry (nnz, 3) R array is built."""
     back = [t.T for t in canonical_transforms(system.bases)]  # orthogonal: inverse = transpose
     mm = m.transform_orbitals(system.kinds, back)
     if spinor:
-        return mm.to_spinor_coo()
-    return mm.to_coo(full=True)
+        rows, cols, _, vals = mm.to_spinor_coo(with_R=False)
+        uR, ridx = mm.entry_R_index(full=True, repeat=mm.spinor_repeat)
+    else:
+        rows, cols, _, vals = mm.to_coo(full=True, with_R=False)
+        uR, ridx = mm.entry_R_index(full=True)
+    return rows, cols, uR, ridx, vals
 
 
 def write_matrix(path: str | Path, m: BlockSparse, system: System, generation: str, quantity: str,
@@ -37,12 +42,11 @@ def write_matrix(path: str | Path, m: BlockSparse, system: System, generation: s
     mm = m
     if m.spin == "collinear":
         mm = m.with_data(m.data[:, spin_index], "none")
-    rows, cols, R, vals = to_abacus_coo(mm, system, spinor)
+    rows, cols, uR, ridx, vals = to_abacus_coo(mm, system, spinor)
     if quantity == "H":
         vals = vals * EV_TO_RY
-    uR, ridx = unique_rows(R)
     dim = system.dim
-    write_csr(path, generation, dim, uR, rows, cols, ridx.reshape(-1), vals, quantity=quantity,
+    write_csr(path, generation, dim, uR, rows, cols, ridx, vals, quantity=quantity,
               complex_values=spinor, spin_index=spin_index + 1, n_spin=2 if system.spin_mode == "collinear" else 1)
 
 

@@ -276,16 +276,17 @@ class BlockSparse:
             self.data[sl] = full.reshape((n * n,) + sshape)
 
     # ------------------------------------------------------------------ expansion
-    def to_coo(self, full: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def to_coo(self, full: bool = True, with_R: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
         """Orbital-level entries (rows, cols, R, values); with full=True both halves.
 
-        The diagonal blocks appear once (they are their own mirror).
+        The diagonal blocks appear once (they are their own mirror). ``with_R=False`` leaves out the
+        (nnz, 3) array of R (None), which is the biggest of the four: :meth:`entry_R_index` gives an index instead.
         """
         edge, lr, lc = self.entry_index()
         aoff = self.atom_offsets
         rows = aoff[self.edge_i[edge]] + lr
         cols = aoff[self.edge_j[edge]] + lc
-        R = self.R[edge]
+        R = self.R[edge] if with_R else None
         vals = self.data
         if not full:
             return rows, cols, R, vals
@@ -294,9 +295,26 @@ class BlockSparse:
         return (
             np.concatenate([rows, cols[m]]),
             np.concatenate([cols, rows[m]]),
-            np.concatenate([R, -R[m]]),
+            np.concatenate([R, -R[m]]) if with_R else None,
             np.concatenate([vals, _adjoint_entries(vals[m], self.spin)]),
         )
+
+    def entry_R_index(self, full: bool = True, repeat: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """(distinct R (m, 3) sorted lexicographically, the index into them of every entry of
+        :meth:`to_coo` (``full``), each repeated ``repeat`` times as in :meth:`to_spinor_coo`):
+        ``unique_rows`` of to_coo's R, found on the blocks instead of the entries."""
+        edge = self.entry_index()[0]
+        nb = self.n_edges
+        if not full:
+            uR, inv = unique_rows(self.R)
+            idx = inv[edge]
+        else:
+            uR, inv = unique_rows(np.concatenate([self.R, -self.R[~self.onsite_blocks()]]))
+            pos = np.full(nb, -1)
+            pos[~self.onsite_blocks()] = nb + np.arange(int((~self.onsite_blocks()).sum()))
+            m = pos[edge] >= 0
+            idx = np.concatenate([inv[edge], inv[pos[edge][m]]])
+        return uR, (np.repeat(idx, repeat) if repeat > 1 else idx)
 
     def full_edges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The block list of both halves without the data: (edge_i, edge_j, R, offsets, mir), where
@@ -347,12 +365,13 @@ class BlockSparse:
         ei, ej, R, off, data = self.full_blocks()
         return BlockSparse.from_full_blocks(self.norb[order], inv[ei], inv[ej], R, off, data, self.spin)
 
-    def to_spinor_coo(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def to_spinor_coo(self, with_R: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
         """Full entries in a spin-interleaved basis (index 2μ + s), for any layout.
 
-        'none' is expanded as M ⊗ 1, 'collinear' as diag(up, down).
+        'none' is expanded as M ⊗ 1, 'collinear' as diag(up, down). Each orbital entry becomes
+        ``spinor_repeat`` entries; ``with_R=False``: R is None (see :meth:`entry_R_index`).
         """
-        rows, cols, R, vals = self.to_coo(full=True)
+        rows, cols, R, vals = self.to_coo(full=True, with_R=with_R)
         n = len(rows)
         if self.spin == "spinor":
             v = vals.reshape(n, 4)
@@ -367,7 +386,12 @@ class BlockSparse:
         k = len(s)
         r2 = (2 * rows[:, None] + s[None, :]).reshape(-1)
         c2 = (2 * cols[:, None] + t[None, :]).reshape(-1)
-        return r2, c2, np.repeat(R, k, axis=0), v.reshape(-1)
+        return r2, c2, (np.repeat(R, k, axis=0) if with_R else None), v.reshape(-1)
+
+    @property
+    def spinor_repeat(self) -> int:
+        """Spin-interleaved entries per orbital entry in :meth:`to_spinor_coo`."""
+        return 4 if self.spin == "spinor" else 2
 
     # ------------------------------------------------------------------ algebra
     def with_data(self, data: np.ndarray, spin: str | None = None) -> BlockSparse:

@@ -219,11 +219,11 @@ def corrections_to_blocks(system: System, idx: EdgeIndex, layout: BasisLayout, d
     pi = np.concatenate([pos[k] for k in system.kinds])
     aoff = np.concatenate([[0], np.cumsum(norb)])
     r, c = pi[aoff[ei[edge]] + lr], pi[aoff[ej[edge]] + lc]
-    a = delta[edge, r, c]
+    a = delta[edge, r, c].astype(np.float64)  # gathered first: no float64 copy of the padded arrays
     if h0.spin == "spinor":
-        b = delta_spin[edge, r, c] if delta_spin is not None else np.zeros((len(a), 3))
+        b = delta_spin[edge, r, c].astype(np.float64) if delta_spin is not None else np.zeros((len(a), 3))
         data = ab_to_spinor(a, b)
         m = BlockSparse(norb, ei, ej, R, off, data, "spinor")
     else:
-        m = BlockSparse(norb, ei, ej, R, off, a.astype(np.float64), "none")
+        m = BlockSparse(norb, ei, ej, R, off, a, "none")
     return m.aligned_to(h0)

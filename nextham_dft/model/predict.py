@@ -22,10 +22,12 @@ def predict_correction(model: HamiltonianCorrection, system: System, device: str
         g.z = torch.where(unseen, torch.zeros_like(g.z), g.z)
     with torch.no_grad():
         delta, spin = model.to(device=device, dtype=dtype)(g.to(device))
-    d = delta.detach().to("cpu", torch.float64).numpy()
-    sp = None if spin is None else spin.detach().to("cpu", torch.float64).numpy()
-    return corrections_to_blocks(system, idx, model.layout, d[: idx.n_stored],
-                                 None if sp is None else sp[: idx.n_stored])
+    del g
+    ns = idx.n_stored  # the stored half, in the network's dtype: the entries are gathered, then widened
+    d = delta[:ns].detach().cpu().numpy()
+    sp = None if spin is None else spin[:ns].detach().cpu().numpy()
+    del delta, spin
+    return corrections_to_blocks(system, idx, model.layout, d, sp)
 
 
 def predict_hamiltonian(model: HamiltonianCorrection, system: System, device: str = "cpu",
