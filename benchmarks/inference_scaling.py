@@ -1,7 +1,8 @@
 """Predict time and peak memory versus cell size, on supercells built exactly from primitive runs.
 
 Each size runs in a fresh subprocess (peak RSS per size), after one warm-up prediction of the primitive cell. Stages: graph build, model, assembly
-(padded corrections → block-sparse H), write (hamiltonian.h5). Prints a table, the fitted scaling
+(padded corrections → block-sparse H), write (hamiltonian.h5), text (the DFT code's own files that
+`predict` writes beside it: ABACUS csr H(R) and S(R)). Prints a table, the fitted scaling
 exponent over the sizes ≥ 100 atoms, and writes JSON.
 On CUDA the model stage runs on the GPU (graph build, assembly and write stay on 2 CPU threads) and the
 peak GPU memory of the model stage is reported too.
@@ -14,6 +15,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +35,7 @@ def one(run: str, n: int, device: str, model_path: str | None = None) -> dict:
     from nextham_dft.dataset import write_system
     from nextham_dft.model.graph import build_graph, corrections_to_blocks
     from nextham_dft.model.store import bundled_model_path, load_model
-    from nextham_dft.registry import read_run
+    from nextham_dft.registry import adapter_for, read_run
 
     torch.set_num_threads(2)
     prim = read_run(run)
@@ -60,8 +62,10 @@ def one(run: str, n: int, device: str, model_path: str | None = None) -> dict:
         torch.cuda.synchronize()
     t_model = time.perf_counter() - t
     t = time.perf_counter()
-    dm = corrections_to_blocks(sc, idx, model.layout, d[: idx.n_stored].double().cpu().numpy(),
-                               None if s is None else s[: idx.n_stored].double().cpu().numpy())
+    n_edges = len(g.edge_src)
+    dm = corrections_to_blocks(sc, idx, model.layout, d[: idx.n_stored].cpu().numpy(),  # as predict_correction does
+                               None if s is None else s[: idx.n_stored].cpu().numpy())
+    del g, d, s  # as in `predict`: the graph and padded outputs are gone before the files are written
     h0 = sc.matrices["H0"]
     sc.matrices["H"] = h0.with_data(h0.data + dm.data)
     t_asm = time.perf_counter() - t
@@ -71,9 +75,13 @@ def one(run: str, n: int, device: str, model_path: str | None = None) -> dict:
         write_system(f.create_group("x"), sc)
     out.unlink()
     t_write = time.perf_counter() - t
+    t = time.perf_counter()  # the DFT code's own files, as `predict` writes them (ABACUS: abacus/ H(R), S(R))
+    with tempfile.TemporaryDirectory() as tmp:
+        adapter_for(run).write_prediction(Path(tmp), sc)
+    t_native = time.perf_counter() - t
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # GiB
-    return {"atoms": sc.n_atoms, "edges": len(g.edge_src), "spin": sc.spin_mode, "supercell_s": t_super,
-            "graph_s": t_graph, "model_s": t_model, "assembly_s": t_asm, "write_s": t_write,
+    return {"atoms": sc.n_atoms, "edges": n_edges, "spin": sc.spin_mode, "supercell_s": t_super,
+            "graph_s": t_graph, "model_s": t_model, "assembly_s": t_asm, "write_s": t_write, "native_s": t_native,
             "predict_s": t_graph + t_model + t_asm, "peak_rss_gib": rss, "device": device,
             "peak_gpu_gib": torch.cuda.max_memory_allocated() / 1024**3 if cuda else None}
 
@@ -91,7 +99,7 @@ def main() -> None:
         print(json.dumps(one(a.worker[0], int(a.worker[1]), a.worker[2], a.model)))
         return
     rows = []
-    print(f"{'run':<16}{'atoms':>6}{'edges':>8}{'graph s':>9}{'model s':>9}{'assem s':>9}{'write s':>9}{'predict s':>10}{'peak GiB':>9}" + ("  GPU GiB" if a.device.startswith("cuda") else ""))
+    print(f"{'run':<16}{'atoms':>6}{'edges':>8}{'graph s':>9}{'model s':>9}{'assem s':>9}{'write s':>9}{'text s':>8}{'predict s':>10}{'peak GiB':>9}" + ("  GPU GiB" if a.device.startswith("cuda") else ""))
     for run in a.run:
         for n in a.cells:
             cmd = [sys.executable, __file__, "--worker", run, str(n), a.device] + (["--model", a.model] if a.model else [])
@@ -103,7 +111,7 @@ def main() -> None:
             r["run"] = Path(run).name
             rows.append(r)
             print(f"{r['run']:<16}{r['atoms']:6d}{r['edges']:8d}{r['graph_s']:9.2f}{r['model_s']:9.2f}{r['assembly_s']:9.2f}"
-                  f"{r['write_s']:9.2f}{r['predict_s']:10.2f}{r['peak_rss_gib']:9.2f}"
+                  f"{r['write_s']:9.2f}{r.get('native_s', float('nan')):8.2f}{r['predict_s']:10.2f}{r['peak_rss_gib']:9.2f}"
                   + (f"{r['peak_gpu_gib']:9.2f}" if r["peak_gpu_gib"] is not None else ""), flush=True)
     for run in {r["run"] for r in rows}:
         big = [r for r in rows if r["run"] == run and r["atoms"] >= 100]

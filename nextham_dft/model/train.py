@@ -229,8 +229,8 @@ def train(cfg: TrainConfig, init: str | None = None, resume: bool = True, device
         raise ValueError("no training structures (check the data file and held_out_elements)")
     ddp = model
     if distributed:
-        ids_ = [torch.device(device).index] if device.startswith("cuda") else None
-        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids_, find_unused_parameters=True)
+        gpu = [torch.device(device).index] if device.startswith("cuda") else None
+        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=gpu, find_unused_parameters=True)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     state = {"epoch": 0, "best": math.inf, "elapsed": 0.0, "bad_epochs": 0, "steps": 0}
