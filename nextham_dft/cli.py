@@ -394,9 +394,11 @@ def eval_cmd(model_path, data, split, json_out, device):
 @click.option("--model", "model_path", default=None, help="Model file (default: the bundled model).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto (CUDA when available).")
 @click.option("--force", is_flag=True, help="Replace a previous nextham-dft output folder.")
+@click.option("--no-native", is_flag=True,
+              help="Skip the DFT code's own matrix files (abacus/): for big cells their text runs to gigabytes.")
 @run_options
 @friendly_errors
-def predict(run_dir, out_dir, model_path, device, force, zeroth, converged, orbital_dir):
+def predict(run_dir, out_dir, model_path, device, force, no_native, zeroth, converged, orbital_dir):
     """Predict the converged H from a run's zeroth step: hamiltonian.h5, abacus/ matrices, report.json."""
     import time
 
@@ -434,7 +436,12 @@ def predict(run_dir, out_dir, model_path, device, force, zeroth, converged, orbi
         t = time.perf_counter()
         with h5py.File(tmp / "hamiltonian.h5", "w") as f:
             write_system(f.create_group(system.meta.get("id", Path(run_dir).name) or "run"), predicted)
-        native = adapter.write_prediction(tmp, predicted) if hasattr(adapter, "write_prediction") else None
+        timings["write_h5_s"] = time.perf_counter() - t
+        native = None
+        if not no_native and hasattr(adapter, "write_prediction"):
+            t1 = time.perf_counter()
+            native = adapter.write_prediction(tmp, predicted)
+            timings["write_native_s"] = time.perf_counter() - t1
         timings["write_s"] = time.perf_counter() - t
         (tmp / "report.json").write_text(json.dumps(report, indent=1))
     click.echo(f"wrote {out_dir}/hamiltonian.h5, {f'{out_dir}/{native}, ' if native else ''}{out_dir}/report.json "

@@ -77,6 +77,16 @@ def test_predict_example_writes_outputs_and_beats_nothing_silently(tmp_path):
     assert system.matrices["H0"].max_abs_diff(orig.matrices["H0"]) == 0.0
     # an existing output folder is kept unless --force
     assert_clean_error(run("predict", str(EXAMPLE), "--out", str(out)))
+    assert "write_native_s" in report["timings"]
+    # --no-native: hamiltonian.h5 and report.json only, the same prediction
+    lean = tmp_path / "lean"
+    res = run("predict", str(EXAMPLE), "--out", str(lean), "--device", "cpu", "--no-native")
+    assert res.exit_code == 0, res.stderr
+    assert sorted(p.name for p in lean.iterdir() if not p.name.startswith(".")) == ["hamiltonian.h5", "report.json"]
+    assert "write_native_s" not in json.loads((lean / "report.json").read_text())["timings"]
+    with h5py.File(lean / "hamiltonian.h5") as f:
+        again = read_system(f[next(iter(f))])
+    assert again.matrices["H"].max_abs_diff(system.matrices["H"]) == 0.0
 
 
 def test_predicted_bands_plot(tmp_path):
