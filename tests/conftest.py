@@ -27,3 +27,17 @@ def data_dir() -> Path:
 @pytest.fixture
 def fixtures_dir() -> Path:
     return need(FIXTURES)
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A training file of the shipped example three times (model, training and CUDA tests)."""
+    from click.testing import CliRunner
+
+    from nextham_dft.cli import main
+
+    out = tmp_path_factory.mktemp("ds") / "train.h5"
+    ex = str(need(EXAMPLE))
+    res = CliRunner().invoke(main, ["dataset", "build", ex, ex, ex, "-o", str(out)])
+    assert res.exit_code == 0, res.stderr
+    return out

@@ -64,15 +64,6 @@ def test_predict_cli_on_cuda(tmp_path):
     assert json.loads((auto / "report.json").read_text())["device"].startswith("cuda")
 
 
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ds") / "train.h5"
-    ex = str(need(EXAMPLE))
-    res = CliRunner().invoke(main, ["dataset", "build", ex, ex, ex, "-o", str(out)])
-    assert res.exit_code == 0, res.stderr
-    return out
-
-
 def _config(tmp_path: Path, data: Path) -> Path:
     cfg = TrainConfig(data=str(data), out_dir=str(tmp_path / "run"), val_fraction=0.0, test_fraction=0.0, epochs=2,
                       batch_size=1, k_per_structure=2, budget_minutes=5, model=SMALL)

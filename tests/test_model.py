@@ -185,15 +185,6 @@ def test_split_seed_fixes_the_split_apart_from_the_training_seed():
     assert set().union(*parts) == set(ids) and sum(map(len, parts)) == len(ids)
 
 
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ds") / "train.h5"
-    ex = str(need(EXAMPLE))
-    res = CliRunner().invoke(main, ["dataset", "build", ex, ex, ex, "-o", str(out)])
-    assert res.exit_code == 0, res.stderr
-    return out
-
-
 def _config(tmp_path: Path, data: Path, **kw) -> Path:
     opts = {"epochs": 2, **kw}
     cfg = TrainConfig(data=str(data), out_dir=str(tmp_path / "run"), val_fraction=0.0, test_fraction=0.0,
