@@ -70,7 +70,8 @@ def ewald_matrix(lattice: np.ndarray, positions: np.ndarray, tol: float = 1e-11)
     g2 = np.einsum("ij,ij->i", gs, gs)
     keep = g2 > 1e-12
     gs, g2 = gs[keep], g2[keep]
-    half = gs @ np.array([1.0, 0.5**0.5 * 0.1, math.pi * 0.01]) > 0  # G and −G add the same: keep one, count it twice
+    m = np.rint(gs @ lattice.T / (2.0 * math.pi)).astype(np.int64)  # Miller indices of G
+    half = (m[:, 0] > 0) | ((m[:, 0] == 0) & ((m[:, 1] > 0) | ((m[:, 1] == 0) & (m[:, 2] > 0))))  # G and −G add the same: keep one, count it twice
     gs, g2 = gs[half], g2[half]
     w = (8.0 * math.pi / vol) * np.exp(-g2 / (4.0 * eta**2)) / g2
     phase = pos @ gs.T  # (N, nG)
