@@ -161,11 +161,17 @@ def info(run_dir, as_json, zeroth, converged, orbital_dir):
 @click.option("--density", type=float, default=40.0, show_default=True, help="Path points per 1/Å.")
 @click.option("--force", is_flag=True, help="Replace a previous nextham-dft output folder.")
 @click.option("--model", "model_path", default=None, help="Model for --source/--compare predicted (default: bundled).")
+@click.option("--near", "near", type=float, default=None,
+              help="Big cells: only the --nbands bands closest to this energy (eV, absolute), by sparse shift-invert; "
+                   "no Fermi level is computed and the plot is drawn relative to this energy.")
+@click.option("--nbands", type=click.IntRange(1), default=20, show_default=True, help="Bands per k-point with --near.")
 @run_options
 @friendly_errors
-def bands(run_dir, source, kmode, out_dir, compare, density, force, model_path, zeroth, converged, orbital_dir):
+def bands(run_dir, source, kmode, out_dir, compare, density, force, model_path, near, nbands, zeroth, converged,
+          orbital_dir):
     """Band energies (bands.npz) and, along a path, a plot (bands.png)."""
     from .core.kpath import high_symmetry_path
+    from .core.kspace import bands_near
     from .writers.bands import plot_bands, write_bands_npz
     from .writers.output import output_dir
 
@@ -175,30 +181,61 @@ def bands(run_dir, source, kmode, out_dir, compare, density, force, model_path, 
         _source_matrix(system, compare, model_path)
     if "S" not in system.matrices:
         raise NexthamError(f"{run_dir}: no overlap S(R) found; bands need it")
-    fermi = _fermi(system, tag)
+    if near is None:
+        _check_dense_fits(system.dim, run_dir)
+        fermi = _fermi(system, tag)
+
+    def energies(t: str, k: np.ndarray) -> np.ndarray:
+        if near is None:
+            return system.bands(t, k)
+        return bands_near(system.hamiltonian(t), system.matrices["S"], k, near, nbands)
+
+    ref = near if near is not None else fermi
+    extra = {"reference_ev": np.float64(near)} if near is not None else {}
     with output_dir(out_dir, force) as tmp:
         if kmode == "run":
             if system.kpoints is None:
                 raise NexthamError(f"{run_dir}: the run's k-points are unknown (no OUT.*/kpoints nor KPT mesh)")
             k = system.kpoints.frac
-            e = system.bands(tag, k)
-            write_bands_npz(tmp / "bands.npz", k, e, fermi, kweights=system.kpoints.weights)
+            e = energies(tag, k)
+            write_bands_npz(tmp / "bands.npz", k, e, np.nan if near is not None else fermi,
+                            kweights=system.kpoints.weights, **extra)
         else:
             from pymatgen.core.periodic_table import Element
 
             numbers = [Element(el).Z for el in system.elements]
             path = high_symmetry_path(system.lattice, system.frac_positions, numbers, density)
-            e = system.bands(tag, path.frac)
-            write_bands_npz(tmp / "bands.npz", path.frac, e, fermi, distance=path.distance,
-                            tick_index=np.array([i for i, _ in path.ticks]),
-                            tick_label=np.array([l for _, l in path.ticks]))
+            e = energies(tag, path.frac)
+            write_bands_npz(tmp / "bands.npz", path.frac, e, np.nan if near is not None else fermi,
+                            distance=path.distance, tick_index=np.array([i for i, _ in path.ticks]),
+                            tick_label=np.array([l for _, l in path.ticks]), **extra)
             cmp = None
             if compare:
                 ctag = SOURCES[compare]
-                cmp = (system.bands(ctag, path.frac), _fermi(system, ctag), f"{compare}")
-            plot_bands(tmp / "bands.png", path.distance, e, fermi, path.ticks, source, cmp,
-                       title=f"{system.formula} ({system.spin_mode}{' + SOC' if system.soc else ''})")
-    click.echo(f"wrote {out_dir}/bands.npz" + ("" if kmode == "run" else f" and {out_dir}/bands.png") + f"  (E_F = {fermi:.4f} eV)")
+                cmp = (energies(ctag, path.frac), ref if near is not None else _fermi(system, ctag), f"{compare}")
+            window = (-6.0, 6.0)
+            if near is not None:  # the computed bands only, a little margin around them
+                lo, hi = float(np.min(e)) - near, float(np.max(e)) - near
+                window = (max(lo - 0.2, -6.0), min(hi + 0.2, 6.0))
+            plot_bands(tmp / "bands.png", path.distance, e, ref, path.ticks, source, cmp, window=window,
+                       title=f"{system.formula} ({system.spin_mode}{' + SOC' if system.soc else ''})",
+                       reference="E$_F$" if near is None else f"{near:.3f} eV", points=near is not None)
+    what = f"E_F = {fermi:.4f} eV" if near is None else f"{nbands} bands nearest {near:.4f} eV"
+    click.echo(f"wrote {out_dir}/bands.npz" + ("" if kmode == "run" else f" and {out_dir}/bands.png") + f"  ({what})")
+
+
+def _check_dense_fits(dim: int, run_dir: str) -> None:
+    """Refuse dense diagonalisation that cannot fit in the memory available (one line, a way out)."""
+    import os
+
+    need = 4 * dim * dim * 16  # H(k), S(k), the eigenvectors and LAPACK's work, complex128
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not Linux: no check
+        return
+    if need > avail:
+        raise NexthamError(f"{run_dir}: H(k) has dimension {dim}; dense bands need {need / 1024**3:.1f} GiB per k-point "
+                           f"and {avail / 1024**3:.1f} GiB is free: use --near ENERGY --nbands N (sparse, near an energy)")
 
 
 def _fermi(system, tag: str) -> float:

@@ -94,6 +94,38 @@ def test_bands_path_plot_and_compare(tmp_path):
     assert (foreign / "keep.txt").read_text() == "user data"
 
 
+def test_bands_near_an_energy_equal_the_dense_ones(tmp_path):
+    """--near E --nbands N: the N eigenvalues nearest E (sparse shift-invert) are the dense ones."""
+    dense = tmp_path / "dense"
+    assert run("bands", str(need(EXAMPLE)), "--source", "scf", "--kpoints", "run", "--out", str(dense)).exit_code == 0
+    zd = np.load(dense / "bands.npz")
+    ef = float(zd["fermi_ev"])
+    near = tmp_path / "near"
+    res = run("bands", str(EXAMPLE), "--source", "scf", "--kpoints", "run", "--out", str(near), "--near", str(ef),
+              "--nbands", "6")
+    assert res.exit_code == 0, res.stderr
+    zn = np.load(near / "bands.npz")
+    assert np.isnan(zn["fermi_ev"]) and float(zn["reference_ev"]) == ef
+    for ek, nk in zip(zd["energies_ev"], zn["energies_ev"]):
+        assert np.allclose(nk, np.sort(ek[np.argsort(np.abs(ek - ef))[:6]]), atol=1e-8)
+    path = tmp_path / "path"  # and along a path, with the plot
+    res = run("bands", str(EXAMPLE), "--source", "scf", "--compare", "h0", "--out", str(path), "--density", "10",
+              "--near", str(ef), "--nbands", "6")
+    assert res.exit_code == 0, res.stderr
+    assert (path / "bands.png").stat().st_size > 10000
+
+
+def test_bands_too_big_for_dense_memory_is_one_line(tmp_path, monkeypatch):
+    import os
+
+    real = os.sysconf
+    monkeypatch.setattr(os, "sysconf", lambda name: 1 if name == "SC_AVPHYS_PAGES" else real(name))
+    res = run("bands", str(need(EXAMPLE)), "--source", "scf", "--out", str(tmp_path / "b"))
+    assert_clean_error(res)
+    assert "--near" in res.stderr
+    assert not (tmp_path / "b").exists()
+
+
 def test_dataset_build_from_runs_and_dojo_file(tmp_path):
     out = tmp_path / "train.h5"
     res = run("dataset", "build", str(need(EXAMPLE)), str(need(DATA / "runs" / "t0045")), "-o", str(out))

@@ -8,7 +8,8 @@ import numpy as np
 
 
 def write_bands_npz(path: Path, kfrac: np.ndarray, energies: np.ndarray, fermi: float, **extra: np.ndarray) -> None:
-    """kpoints_frac (nk, 3), energies_ev (nk, nb) ascending (or (2, nk, nb)), fermi_ev scalar."""
+    """kpoints_frac (nk, 3), energies_ev (nk, nb) ascending (or (2, nk, nb)), fermi_ev scalar (NaN when
+    not computed, e.g. bands near a given energy, which is then ``reference_ev``)."""
     np.savez(path, kpoints_frac=np.asarray(kfrac), energies_ev=np.asarray(energies), fermi_ev=np.float64(fermi), **extra)
 
 
@@ -22,22 +23,28 @@ def plot_bands(
     compare: tuple[np.ndarray, float, str] | None = None,
     window: tuple[float, float] = (-6.0, 6.0),
     title: str = "",
+    reference: str = "E$_F$",
+    points: bool = False,
 ) -> None:
-    """Bands (E - E_F, eV) along a path with labelled high-symmetry points."""
+    """Bands (E − reference, eV; the reference energy is ``fermi``, labelled ``reference``) along a
+    path with labelled high-symmetry points. ``points``: dots, not lines (for eigenvalue sets whose
+    band index does not follow one band along the path, e.g. the N nearest an energy)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+    style = {"ls": "none", "marker": ".", "ms": 3} if points else {}
     e = np.asarray(energies)
     for sp, eig in enumerate(e if e.ndim == 3 else [e]):
         ax.plot(distance, eig - fermi, color="C0" if sp == 0 else "C3", lw=1.2,
-                label=(label if sp == 0 else f"{label} (down)"))
+                label=(label if sp == 0 else f"{label} (down)"), **style)
     if compare is not None:
         ce, cf, clabel = compare
         for sp, eig in enumerate(ce if np.ndim(ce) == 3 else [ce]):
-            ax.plot(distance, eig - cf, color="k", ls="--", lw=0.9, label=clabel if sp == 0 else None)
+            ax.plot(distance, eig - cf, color="k", lw=0.9, label=clabel if sp == 0 else None,
+                    **({"ls": "none", "marker": "x", "ms": 2.5} if points else {"ls": "--"}))
     handles, labels = ax.get_legend_handles_labels()
     uniq = dict(zip(labels, handles))
     ax.legend(uniq.values(), uniq.keys(), loc="upper right", fontsize=8)
@@ -49,7 +56,7 @@ def plot_bands(
         ax.axvline(p, color="grey", lw=0.5)
     ax.set_xlim(distance[0], distance[-1])
     ax.set_ylim(*window)
-    ax.set_ylabel("E − E$_F$ (eV)")
+    ax.set_ylabel(f"E − {reference} (eV)" if reference.startswith("E") else f"E − ({reference}) (eV)")
     if title:
         ax.set_title(title)
     fig.tight_layout()
