@@ -202,3 +202,16 @@ def test_bundled_model_predicts_a_supercell_as_its_primitive_cell(prim, sup):
     delta_s = predict_correction(model, s, dtype=torch.float64)
     assert np.abs(delta_s.data).max() > 1e-2  # a real correction, so the comparison can fail
     assert unfolded.max_abs_diff(delta_s) < 1e-8  # eV
+
+
+def test_predict_skips_the_comparison_that_cannot_fit_in_memory(tmp_path, monkeypatch):
+    """A converged SCF too big to diagonalise densely in the free memory: predicted anyway, warned, not compared."""
+    import os
+
+    real = os.sysconf
+    monkeypatch.setattr(os, "sysconf", lambda name: 1 if name == "SC_AVPHYS_PAGES" else real(name))
+    out = tmp_path / "pred"
+    res = run("predict", str(need(EXAMPLE)), "--out", str(out), "--device", "cpu", "--no-native")
+    assert res.exit_code == 0, res.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert "eval" not in report and any("not compared" in w for w in report["warnings"])
