@@ -14,7 +14,7 @@ from scipy.special import erfc
 
 from nextham_dft.errors import OverlapNotPositiveDefiniteError
 
-from .blocks import BlockSparse, unique_rows
+from .blocks import BlockSparse
 from .units import RY_TO_EV
 
 
@@ -29,15 +29,15 @@ class KAssembler:
 
     def __init__(self, m: BlockSparse, spinor: bool = False) -> None:
         if spinor:
-            rows, cols, R, vals = m.to_spinor_coo()
+            rows, cols, _, vals = m.to_spinor_coo(with_R=False)
+            self.R, self.ridx = m.entry_R_index(full=True, repeat=m.spinor_repeat)
             self.dim = 2 * m.dim
         else:
             if m.spin != "none":
                 raise ValueError("a spin-resolved matrix needs spinor=True (or pick one spin channel)")
-            rows, cols, R, vals = m.to_coo(full=True)
+            rows, cols, _, vals = m.to_coo(full=True, with_R=False)
+            self.R, self.ridx = m.entry_R_index(full=True)
             self.dim = m.dim
-        self.R, ridx = unique_rows(R)
-        self.ridx = ridx.reshape(-1)
         self.flat = rows * self.dim + cols
         order = np.argsort(self.flat, kind="stable")
         self.flat, self.ridx = self.flat[order], self.ridx[order]
