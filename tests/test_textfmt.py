@@ -62,3 +62,22 @@ def test_chunked_writes_equal_the_whole(monkeypatch):
     write_int(fi, i)
     assert fe.getvalue() == format_e(v) == _py(v)
     assert fi.getvalue() == format_int(i) == " ".join(map(str, i.tolist()))
+
+
+def test_csr_text_of_a_small_matrix_both_generations(tmp_path):
+    """The exact text written, an R without entries included (laid out as ABACUS prints one)."""
+    from nextham_dft.adapters.abacus.csr import read_csr, write_csr
+
+    args = (4, np.array([[0, 0, 0], [1, 0, 0]]), np.array([0, 2]), np.array([0, 1]), np.array([0, 0]),
+            np.array([1.5, -2e-7]))
+    write_csr(tmp_path / "old", "old", *args)
+    assert (tmp_path / "old").read_text() == ("STEP: 0\nMatrix Dimension of H(R): 4\nMatrix number of H(R): 2\n"
+                                              "0 0 0 2\n 1.50000000e+00 -2.00000000e-07\n 0 1\n 0 1 1 2 2\n1 0 0 0\n")
+    write_csr(tmp_path / "new", "2025", *args)
+    text = (tmp_path / "new").read_text()
+    assert text.endswith(" 0 0 0 2\n # CSR values\n 1.50000000e+00 -2.00000000e-07\n # CSR column indices\n 0 1\n"
+                         " # CSR row pointers\n 0 1 1 2 2\n\n 1 0 0 0\n # CSR values\n\n # CSR column indices\n\n"
+                         " # CSR row pointers\n 0 0 0 0 0\n")
+    for name in ("old", "new"):
+        c = read_csr(tmp_path / name)
+        assert c.dim == 4 and len(c.R) == 2 and np.allclose(c.values, [1.5, -2e-7])

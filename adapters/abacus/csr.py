@@ -321,6 +321,7 @@ def write_csr(
         values = values.astype(complex, copy=False)
     elif np.iscomplexobj(values):
         values = values.real
+    legacy = generation == "old"
     with open(path, "w") as fh:  # streamed: the text of a big cell is gigabytes
         fh.write("\n".join(out) + "\n")
         for r in range(len(R)):
@@ -328,15 +329,28 @@ def write_csr(
             nnz = sl.stop - sl.start
             rx, ry, rz = R[r]
             ptr = indptr[r * dim : (r + 1) * dim + 1] - indptr[r * dim]
-            old = generation == "old"
-            fh.write(f"{rx} {ry} {rz} {nnz}\n" if old else f" {rx} {ry} {rz} {nnz}\n # CSR values\n")
-            if nnz or not old:
-                for k, (write, what) in enumerate(((write_e, values[sl]), (write_int, cols[sl]), (write_int, ptr))):
-                    if not old and k:
-                        fh.write(" # CSR column indices\n" if k == 1 else " # CSR row pointers\n")
-                    if nnz or k == 2:
-                        fh.write(" ")
-                        write(fh, what)
+            if legacy:  # "R nnz", then values, columns and row pointers on a line each (none when nnz = 0)
+                fh.write(f"{rx} {ry} {rz} {nnz}\n")
+                if nnz:
+                    _line(fh, write_e, values[sl])
+                    _line(fh, write_int, cols[sl])
+                    _line(fh, write_int, ptr)
+            else:  # the same under comment lines; empty value and column lines when nnz = 0 (as ABACUS 3.10+)
+                fh.write(f" {rx} {ry} {rz} {nnz}\n # CSR values\n")
+                if nnz:
+                    _line(fh, write_e, values[sl])
+                    fh.write(" # CSR column indices\n")
+                    _line(fh, write_int, cols[sl])
+                else:
+                    fh.write("\n # CSR column indices\n\n")
+                fh.write(" # CSR row pointers\n")
+                _line(fh, write_int, ptr)
+                if nnz:  # ABACUS leaves a blank line after a block, none after an empty one
                     fh.write("\n")
-            if not old:
-                fh.write("\n")
+
+
+def _line(fh, write, values: np.ndarray) -> None:
+    """One data line: a leading space, the numbers, a newline."""
+    fh.write(" ")
+    write(fh, values)
+    fh.write("\n")
