@@ -3,7 +3,7 @@
 ``format_e(v)`` is byte-for-byte ``" ".join(f"{x:.8e}" for x in v)`` and ``format_int(v)`` is
 ``" ".join(map(str, v))``, built with array arithmetic instead of one Python call per number (the
 sparse H(R) of a 1,000-atom SOC cell holds ~70 M numbers). A value whose rounding the float
-arithmetic cannot decide (within 1e-5 of a half unit in the last digit, ~1 value in 10⁵), and any
+arithmetic cannot decide (within 1e-5 of a half unit in the last digit, ~2 values in 10⁵), and any
 non-finite or extreme one, is formatted by Python itself, so the result never differs from printf's.
 """
 
@@ -66,6 +66,7 @@ def _join(fields: np.ndarray) -> str:
 
 
 def _python_fields(v: np.ndarray, digits: int, width: int) -> np.ndarray:
+    """The same fields as :func:`_sci_fields`, formatted by Python one value at a time (the few it leaves)."""
     rows = np.full((len(v), width), _FILL, dtype=np.uint8)
     for i, x in enumerate(v.tolist()):
         b = f"{x:.{digits}e}".encode()
