@@ -81,3 +81,21 @@ def test_csr_text_of_a_small_matrix_both_generations(tmp_path):
     for name in ("old", "new"):
         c = read_csr(tmp_path / name)
         assert c.dim == 4 and len(c.R) == 2 and np.allclose(c.values, [1.5, -2e-7])
+
+
+def test_empty_blocks_of_a_three_orbital_matrix_read_back(tmp_path):
+    """dim + 1 = 4: an empty block's zero row pointers look like an 'Rx Ry Rz nnz' line; the 2025
+    generation always prints them, so they are taken; a file cut inside such a block is refused."""
+    import pytest
+
+    from nextham_dft.adapters.abacus.csr import read_csr, write_csr
+    from nextham_dft.errors import ParseError
+
+    R = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]])
+    write_csr(tmp_path / "m", "2025", 3, R, np.array([0, 2]), np.array([0, 1]), np.array([0, 0]), np.array([1.5, 2.0]))
+    c = read_csr(tmp_path / "m")
+    assert c.R.tolist() == R.tolist() and np.allclose(c.values, [1.5, 2.0])
+    text = (tmp_path / "m").read_text()
+    (tmp_path / "cut").write_text(text[: text.rindex(" # CSR row pointers")])
+    with pytest.raises(ParseError):
+        read_csr(tmp_path / "cut")

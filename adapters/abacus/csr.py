@@ -213,11 +213,19 @@ def read_csr(path: str | Path) -> CsrFile:
         if nnz < 0:
             raise ParseError(p, f"negative number of entries {nnz}", lineno)
         if nnz == 0:
-            # 2025 format prints a row-pointer line of zeros for an empty block
+            # the 2025 generation always prints the row pointers (all zero) of an empty block; the old
+            # one prints none, though some writers add them: taken when unambiguous (dim + 1 ≠ 4)
             if pos < len(body):
                 nxt = _ints(body[pos][1])
-                if nxt is not None and len(nxt) == dim + 1 and not any(nxt) and dim + 1 != 4:
+                zeros = nxt is not None and len(nxt) == dim + 1 and not any(nxt)
+                if generation == "2025":
+                    if not zeros:
+                        raise ParseError(p, f"expected the {dim + 1} zero row pointers of an empty block", body[pos][0])
                     pos += 1
+                elif zeros and dim + 1 != 4:
+                    pos += 1
+            elif generation == "2025":
+                raise ParseError(p, "file ends inside an empty matrix block (truncated?)", lineno)
             Rs.append(R)
             continue
         vals, vl = take(nnz, "values", lineno, lambda ln, k: _parse_values(ln, p, k))
