@@ -115,6 +115,21 @@ def test_bands_near_an_energy_equal_the_dense_ones(tmp_path):
     assert (path / "bands.png").stat().st_size > 10000
 
 
+def test_bands_near_an_energy_spin_polarised(tmp_path):
+    """A collinear run (SIESTA, bcc Fe): --near gives both spin channels, each the dense ones nearest E."""
+    run_dir = need(FIXTURES / "siesta" / "fe_bcc_simple")
+    dense, near = tmp_path / "dense", tmp_path / "near"
+    assert run("bands", str(run_dir), "--source", "scf", "--kpoints", "run", "--out", str(dense)).exit_code == 0
+    res = run("bands", str(run_dir), "--source", "scf", "--kpoints", "run", "--out", str(near), "--near", "-6",
+              "--nbands", "4")
+    assert res.exit_code == 0, res.stderr
+    ed, en = np.load(dense / "bands.npz")["energies_ev"], np.load(near / "bands.npz")["energies_ev"]
+    assert ed.shape[0] == en.shape[0] == 2 and en.shape[2] == 4
+    for sd, sn in zip(ed, en):
+        for ek, nk in zip(sd[::40], sn[::40]):
+            assert np.allclose(nk, np.sort(ek[np.argsort(np.abs(ek + 6))[:4]]), atol=1e-8)
+
+
 def test_bands_too_big_for_dense_memory_is_one_line(tmp_path, monkeypatch):
     import os
 

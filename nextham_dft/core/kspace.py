@@ -126,10 +126,13 @@ def bands_near(h: BlockSparse, s: BlockSparse, kfrac: np.ndarray, energy: float,
     """The ``nbands`` eigenvalues closest to ``energy`` (eV) at each k, by sparse shift-invert.
 
     For big cells (thousands of orbitals) where dense diagonalisation costs seconds per k:
-    a sparse LU of H(k) − σS(k) and a Lanczos run (scipy ``eigsh``). Returns (nk, nbands) sorted.
+    a sparse LU of H(k) − σS(k) and a Lanczos run (scipy ``eigsh``). Returns (nk, nbands) sorted;
+    a collinear H, like :func:`band_energies`, (2, nk, nbands) (up, down).
     """
     from scipy.sparse.linalg import eigsh
 
+    if h.spin == "collinear":
+        return np.stack([bands_near(h.with_data(h.data[:, s_], "none"), s, kfrac, energy, nbands) for s_ in (0, 1)])
     spinor = h.spin == "spinor"
     ha, sa = SparseKAssembler(h, spinor), SparseKAssembler(s, spinor)
     out = []
