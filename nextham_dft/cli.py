@@ -182,7 +182,8 @@ def bands(run_dir, source, kmode, out_dir, compare, density, force, model_path, 
     if "S" not in system.matrices:
         raise NexthamError(f"{run_dir}: no overlap S(R) found; bands need it")
     if near is None:
-        _check_dense_fits(system.dim, run_dir)
+        if why := _dense_shortfall(system.dim):
+            raise NexthamError(f"{run_dir}: {why}: use --near ENERGY --nbands N (sparse, near an energy)")
         fermi = _fermi(system, tag)
 
     def energies(t: str, k: np.ndarray) -> np.ndarray:
@@ -224,23 +225,20 @@ def bands(run_dir, source, kmode, out_dir, compare, density, force, model_path, 
     click.echo(f"wrote {out_dir}/bands.npz" + ("" if kmode == "run" else f" and {out_dir}/bands.png") + f"  ({what})")
 
 
-def _dense_memory(dim: int) -> tuple[float, float | None]:
-    """(bytes dense diagonalisation of one k-point needs, bytes of memory free or None where unknown)."""
+def _dense_shortfall(dim: int) -> str | None:
+    """Why dense diagonalisation of one k-point of dimension ``dim`` cannot fit in the free memory;
+    None when it can (or the free memory is unknown: not Linux)."""
     import os
 
     need = 4.0 * dim * dim * 16  # H(k), S(k), the eigenvectors and LAPACK's work, complex128
     try:
-        return need, float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):  # not Linux: unknown
-        return need, None
-
-
-def _check_dense_fits(dim: int, run_dir: str) -> None:
-    """Refuse dense diagonalisation that cannot fit in the memory available (one line, a way out)."""
-    need, avail = _dense_memory(dim)
-    if avail is not None and need > avail:
-        raise NexthamError(f"{run_dir}: H(k) has dimension {dim}; dense bands need {need / 1024**3:.1f} GiB per k-point "
-                           f"and {avail / 1024**3:.1f} GiB is free: use --near ENERGY --nbands N (sparse, near an energy)")
+        avail = float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+    if need <= avail:
+        return None
+    return (f"dense bands of dimension {dim} need {need / 1024**3:.1f} GiB per k-point and "
+            f"{avail / 1024**3:.1f} GiB is free")
 
 
 def _fermi(system, tag: str) -> float:
@@ -473,10 +471,8 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, zeroth, conv
     report = {"model": card.get("name", str(model_path)), "model_sha256": card.get("sha256"), "device": dev,
               "run_dir": str(run_dir), "warnings": warnings, "timings": timings}
     if "H" in system.matrices:
-        need, avail = _dense_memory(system.dim)
-        if avail is not None and need > avail:
-            warnings.append(f"the run holds a converged SCF, but comparing bands with it needs {need / 1024**3:.1f} GiB "
-                            f"per k-point (dimension {system.dim}) and {avail / 1024**3:.1f} GiB is free: not compared")
+        if why := _dense_shortfall(system.dim):
+            warnings.append(f"the run holds a converged SCF, but {why}: not compared")
             click.echo(f"warning: {warnings[-1]}", err=True)
         else:
             report["eval"] = evaluate(system, h_pred)
