@@ -1,7 +1,7 @@
 """Training speed: seconds per epoch and per optimiser step of a recipe's config, on CPU threads or a GPU.
 
-All structures of --data train (no validation pass, so the time is the training steps'); the first
-epoch (graph and k-space set-up, warm-up) is reported apart. Prints a table and writes JSON.
+All structures of --data train (no validation pass, so the time is the training steps'); the set-up
+(graphs, k-space data) and the first epoch (warm-up) are reported apart. Prints a table and writes JSON.
 Usage: python benchmarks/train_throughput.py --data SUBSET.h5 [--config scripts/fast_recipe/stageB.yaml]
        [--device cpu|cuda] [--threads 2] [--epochs 4] [--batch-size B]
 """

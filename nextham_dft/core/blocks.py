@@ -304,16 +304,15 @@ class BlockSparse:
         :meth:`to_coo` (``full``), each repeated ``repeat`` times as in :meth:`to_spinor_coo`):
         ``unique_rows`` of to_coo's R, found on the blocks instead of the entries."""
         edge = self.entry_index()[0]
-        nb = self.n_edges
         if not full:
             uR, inv = unique_rows(self.R)
             idx = inv[edge]
-        else:
-            uR, inv = unique_rows(np.concatenate([self.R, -self.R[~self.onsite_blocks()]]))
-            pos = np.full(nb, -1)
-            pos[~self.onsite_blocks()] = nb + np.arange(int((~self.onsite_blocks()).sum()))
-            m = pos[edge] >= 0
-            idx = np.concatenate([inv[edge], inv[pos[edge][m]]])
+        else:  # blocks: the stored ones, then the mirrors (−R) of the off-site ones, as to_coo orders entries
+            off = ~self.onsite_blocks()
+            uR, inv = unique_rows(np.concatenate([self.R, -self.R[off]]))
+            mirror = np.full(self.n_edges, -1)
+            mirror[off] = self.n_edges + np.arange(int(off.sum()))
+            idx = np.concatenate([inv[edge], inv[mirror[edge[off[edge]]]]])
         return uR, (np.repeat(idx, repeat) if repeat > 1 else idx)
 
     def full_edges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
