@@ -221,7 +221,7 @@ def bands(run_dir, source, kmode, out_dir, compare, density, force, model_path, 
             plot_bands(tmp / "bands.png", path.distance, e, ref, path.ticks, source, cmp, window=window,
                        title=f"{system.formula} ({system.spin_mode}{' + SOC' if system.soc else ''})",
                        reference="E$_F$" if near is None else f"{near:.3f} eV", points=near is not None)
-    what = f"E_F = {fermi:.4f} eV" if near is None else f"{nbands} bands nearest {near:.4f} eV"
+    what = f"E_F = {fermi:.4f} eV" if near is None else f"{np.shape(e)[-1]} bands nearest {near:.4f} eV"
     click.echo(f"wrote {out_dir}/bands.npz" + ("" if kmode == "run" else f" and {out_dir}/bands.png") + f"  ({what})")
 
 
