@@ -536,3 +536,48 @@ def test_long_range_term_keeps_every_symmetry_and_fine_tunes_from_a_local_model(
     g, _ = build_graph(system, grown.layout, dtype=torch.float64)  # built without the operator
     with pytest.raises(ValueError, match="Ewald"):
         grown(g)
+
+
+@pytest.mark.parametrize("run", ["s0221", "t0045"])
+def test_edge_messages_keep_every_symmetry_and_tell_periodic_images_apart(run):
+    """edge_messages: h_j ⊗ Y(r̂_ij) feeds the blocks. The model stays equivariant (rotations,
+    inversion; SOC run too) and hermitian; a model without the term loads into it unchanged; once
+    the term's weights move, the correction moves, and it differs between two periodic images of
+    one atom pair beyond what their H(0)/S blocks alone carry."""
+    from nextham_dft.model.store import load_weights_into
+
+    system = read_run(need(DATA / "runs" / run))
+    cfg = dataclasses.replace(SMALL, trace_feedback=True, edge_messages=True)
+    model = _random_model(cfg)
+    predict = lambda s: predict_correction(model, s, dtype=torch.float64)  # noqa: E731
+    assert_hamiltonian_equivariant(predict, system, n_rotations=2, rtol=1e-5)
+    d = predict(system)
+    hk = KAssembler(d, spinor=d.spin == "spinor")(np.random.default_rng(2).random((2, 3)))
+    assert np.allclose(hk, np.conj(np.swapaxes(hk, 1, 2)), atol=1e-12)
+
+    local = _random_model(dataclasses.replace(SMALL, trace_feedback=True))
+    grown = HamiltonianCorrection(cfg).double()
+    load_weights_into(grown, local.state_dict())
+    base = predict_correction(local, system, dtype=torch.float64)
+    assert predict_correction(grown, system, dtype=torch.float64).max_abs_diff(base) == 0.0
+    with torch.no_grad():
+        for p in grown.edge_out.parameters():
+            p.normal_(0, 0.3)
+    assert predict_correction(grown, system, dtype=torch.float64).max_abs_diff(base) > 1e-4
+
+    # the term alone (the other heads silenced) on the edges of one atom pair: its block irreps
+    # differ from image to image by more than a common factor times the edge's size
+    g, _ = build_graph(system, model.layout, dtype=torch.float64)
+    with torch.no_grad():
+        for mod in (model.edge_lin, model.pair_tp, model.potential.net[-1]):
+            for p in mod.parameters():
+                p.zero_()
+        if model.cfg.trace_feedback:
+            for p in list(model.trace_gate.net[-1].parameters()) + list(model.trace_potential.net[-1].parameters()):
+                p.zero_()
+        blocks, _ = model(g)
+    off = ~g.onsite
+    pair = off & (g.edge_src == g.edge_src[off][0]) & (g.edge_dst == g.edge_dst[off][0])
+    b = blocks[pair].reshape(int(pair.sum()), -1)
+    b = b / torch.linalg.norm(b, dim=1, keepdim=True)
+    assert float(torch.linalg.norm(b[1:] - b[:1], dim=1).max()) > 1e-2

@@ -45,6 +45,12 @@ class ModelConfig:
     #: acts through this long-range Hartree potential, which a cutoff-limited, attention-averaged
     #: message cannot sum. c starts at zero, so a model without it fine-tunes into it
     long_range: bool = False
+    #: edge-specific messages: z_e = h_j ⊗ Y(r̂_ij) (a tensor product with weights from the edge's
+    #: invariants, as in the convolutions) feeds every block irrep of matching (l, parity) through a
+    #: linear map. Without it an off-site block sees its own direction only through H(0)/S; the node
+    #: pair term h_i ⊗ h_j is the same for every periodic image of an atom pair. Zero-initialised, so
+    #: a model without it fine-tunes into it
+    edge_messages: bool = False
 
 
 @dataclass(frozen=True)

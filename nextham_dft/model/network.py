@@ -163,6 +163,15 @@ class HamiltonianCorrection(nn.Module):
         if cfg.long_range:
             self.charge = MLP([n0 + cfg.embed_dim, cfg.mlp_hidden, 1])
             self.ewald_response = nn.Parameter(torch.zeros(n_slots))
+        if cfg.edge_messages:
+            etp = o3.FullyConnectedTensorProduct(h, self.irreps_sh, h, shared_weights=False, internal_weights=False)
+            self.edge_tp = etp
+            self.edge_tp_w = nn.Linear(cfg.mlp_hidden, etp.weight_numel)
+            self.edge_tp_fused = FusedTensorProduct(etp)
+            self.edge_out = o3.Linear(h, bir)
+            with torch.no_grad():
+                for w in self.edge_out.parameters():
+                    w.zero_()
         if cfg.spin_head:
             bsp = self.blocks.irreps_spin
             self.irreps_spin = bsp
@@ -184,7 +193,8 @@ class HamiltonianCorrection(nn.Module):
         return out
 
     #: parameters a model file may lack: zero-initialised extensions (fine-tuning an older model into them)
-    optional_prefixes: tuple[str, ...] = ("trace_gate.", "trace_potential.", "charge.", "ewald_response")
+    optional_prefixes: tuple[str, ...] = ("trace_gate.", "trace_potential.", "charge.", "ewald_response", "edge_tp.",
+                                          "edge_tp_w.", "edge_tp_fused.", "edge_out.")
 
     def _scalars(self, h: torch.Tensor) -> torch.Tensor:
         return h[:, : self.irreps_hidden.count("0e")]
@@ -301,12 +311,23 @@ class HamiltonianCorrection(nn.Module):
         spin_on = cfg.spin_head and g.spinor and g.h0_spin is not None
         n_out = self.irreps_block.num_irreps
 
+        def edge_term(sl: slice | torch.Tensor) -> torch.Tensor:
+            """Block irreps of the edge messages h_j ⊗ Y(r̂_ij) of the edges in sl (0 on-site)."""
+            on_sl = g.onsite[sl]
+            vec = g.edge_vec[sl]
+            vec = torch.where(on_sl[:, None], torch.ones_like(vec), vec)  # no direction on-site: masked below
+            sh = o3.spherical_harmonics(self.irreps_sh, vec, normalize=True, normalization="component")
+            z = self._tensor_product(self.edge_tp_fused, self.edge_tp, h[g.edge_dst[sl]], sh, self.edge_tp_w(s_e[sl]))
+            return self.edge_out(z * (~on_sl)[:, None].to(z.dtype))
+
         def correction_irreps(sl: slice | torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
             """ΔH irreps (units of target_scale) of the edges in sl (edge inputs x when already at hand),
             before the trace feedback."""
             x = edge_inputs(sl) if x is None else x
             gates = 1.0 + self.channel_gate(inv[sl])
             y = self.edge_lin(x) * gates[:, self.out_index] + pair_term(sl) * size[sl]
+            if cfg.edge_messages:
+                y = y + edge_term(sl) * size[sl]
             return self.out_lin(y)
 
         tau = None
