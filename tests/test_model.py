@@ -493,6 +493,19 @@ def test_shift_separated_loss_ignores_a_rigid_shift_and_weighs_it_apart(tmp_path
     assert res.exit_code != 0 and "w_shift" in res.output + res.stderr
 
 
+def _grown_from_local(cfg: ModelConfig, system) -> tuple[HamiltonianCorrection, object]:
+    """A model of ``cfg`` loaded from a random trace-feedback model that lacks cfg's zero-initialised
+    extension, and that model's ΔH, which the grown model must reproduce exactly."""
+    from nextham_dft.model.store import load_weights_into
+
+    local = _random_model(dataclasses.replace(SMALL, trace_feedback=True))
+    grown = HamiltonianCorrection(cfg).double()
+    load_weights_into(grown, local.state_dict())
+    base = predict_correction(local, system, dtype=torch.float64)
+    assert predict_correction(grown, system, dtype=torch.float64).max_abs_diff(base) == 0.0
+    return grown, base
+
+
 def test_long_range_term_keeps_every_symmetry_and_fine_tunes_from_a_local_model():
     """long_range: the Ewald potential of learned charges shifts the shell potentials. The model stays
     equivariant (SOC run, rotations and inversion) and hermitian; a supercell's ΔH is the primitive
@@ -500,7 +513,6 @@ def test_long_range_term_keeps_every_symmetry_and_fine_tunes_from_a_local_model(
     model loads into it unchanged, and the term then acts once its response moves; a graph without
     the Ewald operator is refused."""
     from nextham_dft.core.supercell import make_supercell
-    from nextham_dft.model.store import load_weights_into
 
     from .test_dataset_and_supercell import supercell_of
 
@@ -525,11 +537,7 @@ def test_long_range_term_keeps_every_symmetry_and_fine_tunes_from_a_local_model(
         model.ewald_response.zero_()
     assert predict(s).max_abs_diff(got) > 1e-4  # the term contributes to what was compared
 
-    local = _random_model(dataclasses.replace(SMALL, trace_feedback=True))
-    grown = HamiltonianCorrection(cfg).double()
-    load_weights_into(grown, local.state_dict())
-    base = predict_correction(local, system, dtype=torch.float64)
-    assert predict_correction(grown, system, dtype=torch.float64).max_abs_diff(base) == 0.0
+    grown, base = _grown_from_local(cfg, system)
     with torch.no_grad():
         grown.ewald_response.fill_(0.05)
     assert predict_correction(grown, system, dtype=torch.float64).max_abs_diff(base) > 1e-4
@@ -544,8 +552,6 @@ def test_edge_messages_keep_every_symmetry_and_tell_periodic_images_apart(run):
     inversion; SOC run too) and hermitian; a model without the term loads into it unchanged; once
     the term's weights move, the correction moves, and it differs between two periodic images of
     one atom pair beyond what their H(0)/S blocks alone carry."""
-    from nextham_dft.model.store import load_weights_into
-
     system = read_run(need(DATA / "runs" / run))
     cfg = dataclasses.replace(SMALL, trace_feedback=True, edge_messages=True)
     model = _random_model(cfg)
@@ -555,11 +561,7 @@ def test_edge_messages_keep_every_symmetry_and_tell_periodic_images_apart(run):
     hk = KAssembler(d, spinor=d.spin == "spinor")(np.random.default_rng(2).random((2, 3)))
     assert np.allclose(hk, np.conj(np.swapaxes(hk, 1, 2)), atol=1e-12)
 
-    local = _random_model(dataclasses.replace(SMALL, trace_feedback=True))
-    grown = HamiltonianCorrection(cfg).double()
-    load_weights_into(grown, local.state_dict())
-    base = predict_correction(local, system, dtype=torch.float64)
-    assert predict_correction(grown, system, dtype=torch.float64).max_abs_diff(base) == 0.0
+    grown, base = _grown_from_local(cfg, system)
     with torch.no_grad():
         for p in grown.edge_out.parameters():
             p.normal_(0, 0.3)
