@@ -287,7 +287,11 @@ class HamiltonianCorrection(nn.Module):
         # attention-weighted equivariant message passing (on-site edges excluded)
         off = ~g.onsite
         src, dst = g.edge_src[off], g.edge_dst[off]
-        vec = g.edge_vec[off]
+        # spherical harmonics of every edge's direction, once for all layers and heads (on-site edges have
+        # none: a placeholder direction, never used unmasked)
+        sh_all = o3.spherical_harmonics(self.irreps_sh, torch.where(g.onsite[:, None], torch.ones_like(g.edge_vec),
+                                                                     g.edge_vec), normalize=True, normalization="component")
+        sh_off = sh_all[off]
         env = envelope(r[off], cfg.r_max)[:, None]
         s_off = s_e[off]
         for tp, fused, cw, att, pre, gate in zip(self.convs, self.convs_fused, self.conv_w, self.attn, self.pre_gate,
@@ -296,8 +300,7 @@ class HamiltonianCorrection(nn.Module):
             alpha = segment_softmax(logit, src, n_atoms)[:, None]
             agg = None
             for sl in self._chunks(len(src)):
-                sh = o3.spherical_harmonics(self.irreps_sh, vec[sl], normalize=True, normalization="component")
-                m = self._tensor_product(fused, tp, h[dst[sl]], sh, cw(s_off[sl]))
+                m = self._tensor_product(fused, tp, h[dst[sl]], sh_off[sl], cw(s_off[sl]))
                 if agg is None:
                     agg = torch.zeros(n_atoms, m.shape[1], dtype=m.dtype, device=m.device)
                 agg = agg.index_add(0, src[sl], alpha[sl] * env[sl] * m)
@@ -313,12 +316,9 @@ class HamiltonianCorrection(nn.Module):
 
         def edge_term(sl: slice | torch.Tensor) -> torch.Tensor:
             """Block irreps of the edge messages h_j ⊗ Y(r̂_ij) of the edges in sl (0 on-site)."""
-            on_sl = g.onsite[sl]
-            vec = g.edge_vec[sl]
-            vec = torch.where(on_sl[:, None], torch.ones_like(vec), vec)  # no direction on-site: masked below
-            sh = o3.spherical_harmonics(self.irreps_sh, vec, normalize=True, normalization="component")
-            z = self._tensor_product(self.edge_tp_fused, self.edge_tp, h[g.edge_dst[sl]], sh, self.edge_tp_w(s_e[sl]))
-            return self.edge_out(z * (~on_sl)[:, None].to(z.dtype))
+            z = self._tensor_product(self.edge_tp_fused, self.edge_tp, h[g.edge_dst[sl]], sh_all[sl],
+                                     self.edge_tp_w(s_e[sl]))
+            return self.edge_out(z * (~g.onsite[sl])[:, None].to(z.dtype))
 
         def correction_irreps(sl: slice | torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
             """ΔH irreps (units of target_scale) of the edges in sl (edge inputs x when already at hand),
