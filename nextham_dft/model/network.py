@@ -287,8 +287,8 @@ class HamiltonianCorrection(nn.Module):
         # attention-weighted equivariant message passing (on-site edges excluded)
         off = ~g.onsite
         src, dst = g.edge_src[off], g.edge_dst[off]
-        # spherical harmonics of every edge's direction, once for all layers and heads (on-site edges have
-        # none: a placeholder direction, never used unmasked)
+        # Spherical harmonics of every edge's direction, computed once for all layers and heads. On-site
+        # edges have no direction; they get the placeholder (1, 1, 1), and every use masks them out.
         sh_all = o3.spherical_harmonics(self.irreps_sh, torch.where(g.onsite[:, None], torch.ones_like(g.edge_vec),
                                                                      g.edge_vec), normalize=True, normalization="component")
         sh_off = sh_all[off]
