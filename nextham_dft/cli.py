@@ -369,6 +369,27 @@ def train(config, init, no_resume, device):
     click.echo(f"best model: {best} (log: {cfg.out_dir}/log.csv)")
 
 
+@main.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="New model file (and its .json card).")
+@click.option("--force", is_flag=True, help="Replace OUTPUT if it exists.")
+@friendly_errors
+def ensemble(models, output, force):
+    """Combine trained models (same architecture, same split; e.g. two seeds) into one model whose
+    correction is their average. Prediction then costs one forward pass per member."""
+    from .model.store import combine_models, save_model
+
+    out = Path(output)
+    if out.exists() and not force:
+        raise NexthamError(f"{out} exists: choose a new file or give --force")
+    model, card = combine_models(list(models))
+    card["name"] = card.get("name") or f"ensemble of {len(models)}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_model(out, model, card)
+    click.echo(f"wrote {out} and {out.with_suffix('.json')}: {len(models)} members, "
+               f"{sum(p.numel() for p in model.parameters())} parameters")
+
+
 def _load_model(model_path: str | None):
     from .model.store import bundled_model_path, load_model
 
@@ -448,7 +469,7 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, zeroth, conv
     from .dataset import write_system
     from .evaluation import evaluate
     from .model.compat import check_run
-    from .model.predict import predict_hamiltonian
+    from .model.predict import hamiltonian_from, mean_correction, member_spread, predict_member_corrections
     from .registry import adapter_for
     from .writers.output import output_dir
 
@@ -465,11 +486,15 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, zeroth, conv
         click.echo(f"warning: {w}", err=True)
     dev = _device(device)
     t = time.perf_counter()
-    h_pred = predict_hamiltonian(model, system, dev, torch.float32)
+    parts = predict_member_corrections(model, system, dev, torch.float32)
+    h_pred = hamiltonian_from(system, mean_correction(parts))
     timings["predict_s"] = time.perf_counter() - t
     predicted = _with_prediction(system, h_pred)
     report = {"model": card.get("name", str(model_path)), "model_sha256": card.get("sha256"), "device": dev,
               "run_dir": str(run_dir), "warnings": warnings, "timings": timings}
+    if spread := member_spread(parts):  # an ensemble: how far its networks disagree on this run
+        report["ensemble"] = spread
+    del parts
     if "H" in system.matrices:
         if why := _dense_shortfall(system.dim):
             warnings.append(f"the run holds a converged SCF, but {why}: not compared")
@@ -490,6 +515,10 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, zeroth, conv
         (tmp / "report.json").write_text(json.dumps(report, indent=1))
     click.echo(f"wrote {out_dir}/hamiltonian.h5, {f'{out_dir}/{native}, ' if native else ''}{out_dir}/report.json "
                f"(predict {timings['predict_s']:.2f} s on {dev})")
+    if "ensemble" in report:
+        en = report["ensemble"]
+        click.echo(f"ensemble of {en['members']} networks: they disagree by {en['spread_mean_mev']:.3f} meV per H entry "
+                   f"on average, {en['spread_max_mev']:.1f} meV at most")
     if "eval" in report:
         e = report["eval"]
         click.echo(f"vs converged SCF: band MAE {e['predicted']['band_mae_mev']:.1f} meV "

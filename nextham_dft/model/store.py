@@ -11,7 +11,11 @@ import torch
 
 from ..errors import NexthamError
 from .config import model_config_from_dict, to_dict
+from .ensemble import EnsembleError, ModelEnsemble, members_of
 from .network import HamiltonianCorrection
+
+#: a single network; an ensemble (several networks of one config, corrections averaged)
+FORMAT, ENSEMBLE_FORMAT = "nextham-dft-model/1", "nextham-dft-ensemble/1"
 
 PRETRAINED = Path(__file__).with_name("pretrained")
 
@@ -20,25 +24,35 @@ class ModelFileError(NexthamError):
     """A model file is missing, corrupted or of an unknown kind."""
 
 
-def save_model(path: str | Path, model: HamiltonianCorrection, card: dict) -> None:
-    """Write ``path`` (torch) and ``path.json`` (model card with the file's sha256)."""
+def _float32_state(model: torch.nn.Module) -> dict:
+    return {k: v.detach().cpu().to(torch.float32) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+
+
+def save_model(path: str | Path, model: HamiltonianCorrection | ModelEnsemble, card: dict) -> None:
+    """Write ``path`` (torch) and ``path.json`` (model card with the file's sha256). An ensemble is
+    stored as one config and its members' weights."""
     path = Path(path)
     buf = io.BytesIO()
-    state = {k: v.detach().cpu().to(torch.float32) if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    torch.save({"format": "nextham-dft-model/1", "config": to_dict(model.cfg), "state_dict": state}, buf)
+    if isinstance(model, ModelEnsemble):
+        blob = {"format": ENSEMBLE_FORMAT, "config": to_dict(model.cfg),
+                "members": [_float32_state(m) for m in members_of(model)]}
+    else:
+        blob = {"format": FORMAT, "config": to_dict(model.cfg), "state_dict": _float32_state(model)}
+    torch.save(blob, buf)
     data = buf.getvalue()
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_bytes(data)
     tmp.replace(path)
     full = {**card, "model_config": to_dict(model.cfg), "sha256": hashlib.sha256(data).hexdigest(),
-            "n_parameters": sum(p.numel() for p in model.parameters())}
+            "n_parameters": sum(p.numel() for p in model.parameters()), "n_members": len(members_of(model))}
     card_path = path.with_suffix(".json")
     card_path.with_suffix(".json.tmp").write_text(json.dumps(full, indent=1, default=str))
     card_path.with_suffix(".json.tmp").replace(card_path)
 
 
-def load_model(path: str | Path) -> tuple[HamiltonianCorrection, dict]:
-    """Load a model and its card; the checksum in the card must match the weights file."""
+def load_model(path: str | Path) -> tuple[HamiltonianCorrection | ModelEnsemble, dict]:
+    """Load a model (a single network or an ensemble) and its card; the checksum in the card must
+    match the weights file."""
     path = Path(path)
     if path.is_dir():
         path = path / "model.pt"
@@ -53,18 +67,31 @@ def load_model(path: str | Path) -> tuple[HamiltonianCorrection, dict]:
         blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
         raise ModelFileError(f"{path}: not a nextham-dft model ({type(exc).__name__})") from None
-    if not isinstance(blob, dict) or blob.get("format") != "nextham-dft-model/1":
+    if not isinstance(blob, dict) or blob.get("format") not in (FORMAT, ENSEMBLE_FORMAT):
         raise ModelFileError(f"{path}: not a nextham-dft model file")
-    model = HamiltonianCorrection(model_config_from_dict(blob["config"]))
-    model.load_state_dict(blob["state_dict"])
+    cfg = model_config_from_dict(blob["config"])
+    states = blob["members"] if blob["format"] == ENSEMBLE_FORMAT else [blob["state_dict"]]
+    if not states:
+        raise ModelFileError(f"{path}: an ensemble file without members")
+    nets = []
+    for state in states:
+        net = HamiltonianCorrection(cfg)
+        net.load_state_dict(state)
+        nets.append(net)
+    model = ModelEnsemble(nets) if blob["format"] == ENSEMBLE_FORMAT else nets[0]
     model.eval()
     model.known_elements = frozenset(card.get("elements", []))
     return model, card
 
 
-def load_weights_into(model: HamiltonianCorrection, state: dict) -> None:
-    """Copy ``state`` into ``model``; only the zero-initialised optional extensions may be missing
-    (an older model fine-tunes into them). Anything else that does not fit is a ModelFileError."""
+def load_weights_into(model: HamiltonianCorrection, source: torch.nn.Module | dict) -> None:
+    """Copy the weights of ``source`` (a network or its state dict) into ``model``; only the zero-initialised optional extensions
+    may be missing (an older model fine-tunes into them). Anything else that does not fit, or an
+    ensemble as the source, is a ModelFileError."""
+    if isinstance(source, ModelEnsemble):
+        raise ModelFileError(f"an ensemble of {len(source.members)} networks cannot seed one network: fine-tune "
+                             "from one of its members (scripts/make_ensemble.py lists the files it was made from)")
+    state = source if isinstance(source, dict) else source.state_dict()
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatch
@@ -77,3 +104,33 @@ def load_weights_into(model: HamiltonianCorrection, state: dict) -> None:
 
 def bundled_model_path() -> Path:
     return PRETRAINED / "model.pt"
+
+
+def combine_models(paths: list[str | Path]) -> tuple[ModelEnsemble, dict]:
+    """An ensemble of trained models (each a single network of one architecture, trained on the same
+    split) and its card: the first member's card, with each member's file, checksum and best epoch.
+    Members trained on different splits would let one member have seen another's test crystals, so
+    they are refused, as are members of different architectures."""
+    if len(paths) < 2:
+        raise ModelFileError("an ensemble needs at least two model files")
+    nets, cards = [], []
+    for p in paths:
+        net, card = load_model(p)
+        if isinstance(net, ModelEnsemble):
+            raise ModelFileError(f"{p}: already an ensemble; combine its member files instead")
+        nets.append(net)
+        cards.append(card)
+    for p, card in zip(paths[1:], cards[1:]):
+        if card.get("split") != cards[0].get("split"):
+            raise ModelFileError(f"{p}: trained on another train/val/test split than {paths[0]} "
+                                 "(train the members with one split_seed)")
+    try:
+        ens = ModelEnsemble(nets)
+    except EnsembleError as exc:  # another architecture
+        raise ModelFileError(f"{paths[0]} and the others: {exc}") from None
+    ens.known_elements = frozenset().union(*(n.known_elements for n in nets))
+    card = {k: v for k, v in cards[0].items() if k not in ("sha256", "n_parameters", "model_config", "epoch", "val")}
+    card["elements"] = sorted(ens.known_elements)
+    card["members"] = [{"file": str(p), "sha256": c.get("sha256"), "epoch": c.get("epoch"), "val": c.get("val")}
+                       for p, c in zip(paths, cards)]
+    return ens, card

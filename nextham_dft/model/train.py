@@ -213,7 +213,7 @@ def train(cfg: TrainConfig, init: str | None = None, resume: bool = True, device
     model = HamiltonianCorrection(cfg.model)
     if init:
         src, _card = load_model(init)
-        load_weights_into(model, src.state_dict())
+        load_weights_into(model, src)
     model.to(device)
     ids = list_ids(cfg.data)
     elements = {}

@@ -1,0 +1,125 @@
+"""Ensembles: several networks whose corrections are averaged keep every symmetry, store and load
+with a checksum, and are refused where they cannot be used."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from nextham_dft.adapters.abacus import read_run
+from nextham_dft.cli import main
+from nextham_dft.core.kspace import KAssembler
+from nextham_dft.model.ensemble import EnsembleError, ModelEnsemble
+from nextham_dft.model.network import HamiltonianCorrection
+from nextham_dft.model.predict import member_spread, predict_correction, predict_member_corrections
+from nextham_dft.model.store import ModelFileError, combine_models, load_model, load_weights_into, save_model
+from nextham_dft.testing import assert_hamiltonian_equivariant
+
+from .conftest import DATA, EXAMPLE, need
+from .test_model import SMALL, _random_model
+
+CFG = dataclasses.replace(SMALL, trace_feedback=True)
+
+
+def _pair() -> ModelEnsemble:
+    return ModelEnsemble([_random_model(CFG, seed=1), _random_model(CFG, seed=2)])
+
+
+def test_ensemble_is_the_mean_of_its_members_and_stays_equivariant_on_a_soc_run():
+    """ΔH of the ensemble = the mean of its members' (to rounding), differs from each member, and is
+    E(3)-equivariant, hermitian and time-reversal symmetric like they are."""
+    system = read_run(need(DATA / "runs" / "t0045"))
+    ens = _pair()
+    parts = predict_member_corrections(ens, system, dtype=torch.float64)
+    d = predict_correction(ens, system, dtype=torch.float64)
+    assert d.spin == "spinor" and len(parts) == 2
+    want = 0.5 * (parts[0].data + parts[1].data)
+    assert np.abs(d.data - want).max() < 1e-12
+    assert min(np.abs(d.data - p.data).max() for p in parts) > 1e-4  # the members really differ
+    # forward() (the module path) agrees with the per-member path
+    single = [predict_correction(m, system, dtype=torch.float64) for m in ens.members]
+    assert np.abs(d.data - 0.5 * (single[0].data + single[1].data)).max() < 1e-12
+    assert_hamiltonian_equivariant(lambda s: predict_correction(ens, s, dtype=torch.float64), system,
+                                   n_rotations=1, rtol=1e-5)
+    k = np.random.default_rng(3).random((2, 3))
+    hk = KAssembler(d, spinor=True)(k)
+    assert np.allclose(hk, np.conj(np.swapaxes(hk, 1, 2)), atol=1e-12)
+    sy = np.kron(np.eye(d.dim), np.array([[0, -1j], [1j, 0]]))
+    assert np.allclose(hk, sy @ np.conj(KAssembler(d, spinor=True)(-k)) @ sy.conj().T, atol=1e-10)
+    spread = member_spread(parts)
+    diff = np.abs(parts[0].data - parts[1].data)  # two members: the std is half their difference
+    assert spread["members"] == 2 and spread["spread_mean_mev"] == pytest.approx(1e3 * 0.5 * diff.mean(), rel=1e-9)
+    assert member_spread(parts[:1]) == {}
+
+
+def test_members_of_different_architectures_are_refused():
+    with pytest.raises(EnsembleError, match="member 1 has another architecture.*mlp_hidden"):
+        ModelEnsemble([_random_model(CFG), _random_model(dataclasses.replace(CFG, mlp_hidden=8))])
+    with pytest.raises(EnsembleError, match="at least one member"):
+        ModelEnsemble([])
+
+
+def _saved(tmp_path, name: str, model, split: dict | None = None) -> str:
+    path = tmp_path / f"{name}.pt"
+    save_model(path, model, {"split": split or {"train": ["a"], "val": ["b"], "test": ["c"]}, "elements": ["Si"]})
+    return str(path)
+
+
+def test_ensemble_file_round_trip_checksum_and_combine(tmp_path):
+    """combine → save → load gives the same predictions (float32 weights) and a card naming its
+    members; a changed byte is caught; an ensemble cannot seed a single network."""
+    system = read_run(need(EXAMPLE))
+    a, b = _random_model(CFG, seed=1), _random_model(CFG, seed=2)
+    ens, card = combine_models([_saved(tmp_path, "a", a), _saved(tmp_path, "b", b)])
+    assert [m["file"] for m in card["members"]] == [str(tmp_path / "a.pt"), str(tmp_path / "b.pt")]
+    save_model(tmp_path / "ens.pt", ens, card)
+    loaded, lcard = load_model(tmp_path / "ens.pt")
+    assert isinstance(loaded, ModelEnsemble) and len(loaded.members) == 2 and lcard["n_members"] == 2
+    assert loaded.known_elements == frozenset({"Si"})
+    want = predict_correction(ens.float(), system)
+    assert np.abs(predict_correction(loaded, system).data - want.data).max() < 1e-6
+    raw = bytearray((tmp_path / "ens.pt").read_bytes())
+    raw[len(raw) // 2] ^= 1
+    (tmp_path / "ens.pt").write_bytes(bytes(raw))
+    with pytest.raises(ModelFileError, match="checksum"):
+        load_model(tmp_path / "ens.pt")
+    with pytest.raises(ModelFileError, match="cannot seed one network"):
+        load_weights_into(HamiltonianCorrection(CFG), loaded)
+
+
+def test_combine_refuses_other_splits_and_single_files(tmp_path):
+    a = _saved(tmp_path, "a", _random_model(CFG, seed=1))
+    b = _saved(tmp_path, "b", _random_model(CFG, seed=2), split={"train": ["c"], "val": ["b"], "test": ["a"]})
+    with pytest.raises(ModelFileError, match="another train/val/test split"):
+        combine_models([a, b])
+    with pytest.raises(ModelFileError, match="at least two"):
+        combine_models([a])
+    c = _saved(tmp_path, "c", _random_model(dataclasses.replace(CFG, mlp_hidden=8)))
+    with pytest.raises(ModelFileError, match="another architecture"):
+        combine_models([a, c])
+
+
+def test_ensemble_command_then_predict_reports_the_members_spread(tmp_path):
+    """`nextham-dft ensemble A B -o E.pt`, then `predict --model E.pt` writes the members' spread
+    into report.json; an existing output is not overwritten, and bad members fail in one line."""
+    a = _saved(tmp_path, "a", _random_model(CFG, seed=1).float())
+    b = _saved(tmp_path, "b", _random_model(CFG, seed=2).float())
+    runner = CliRunner()
+    res = runner.invoke(main, ["ensemble", a, b, "-o", str(tmp_path / "e.pt")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["ensemble", a, b, "-o", str(tmp_path / "e.pt")])
+    assert res.exit_code != 0 and "exists" in res.output and len(res.output.strip().splitlines()) == 1
+    res = runner.invoke(main, ["ensemble", a, str(tmp_path / "e.pt"), "-o", str(tmp_path / "f.pt")])
+    assert res.exit_code != 0 and "already an ensemble" in res.output and "Traceback" not in res.output
+    out = tmp_path / "pred"
+    res = runner.invoke(main, ["predict", str(need(EXAMPLE)), "--out", str(out), "--model", str(tmp_path / "e.pt")])
+    assert res.exit_code == 0, res.output
+    assert "ensemble of 2 networks" in res.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["ensemble"]["members"] == 2 and report["ensemble"]["spread_mean_mev"] > 0
+    assert report["ensemble"]["spread_max_mev"] >= report["ensemble"]["spread_mean_mev"]
