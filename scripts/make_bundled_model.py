@@ -1,8 +1,9 @@
 """Package a trained model as the bundled one: weights + model card (JSON) with checksums.
 
-Usage: python scripts/make_bundled_model.py TRAIN_OUT_DIR TRAINING_DATA.h5 [--weights best.pt|last.pt] [--pp-orb DIR]
-       [--metrics accuracy.json]
-Writes nextham_dft/model/pretrained/model.pt and model.json.
+Usage: python scripts/make_bundled_model.py TRAIN_OUT_DIR [TRAIN_OUT_DIR ...] TRAINING_DATA.h5
+       [--weights best.pt|last.pt] [--pp-orb DIR] [--metrics accuracy.json]
+Several training folders (one split, one architecture; e.g. two seeds) make an ensemble whose
+correction is their members' average. Writes nextham_dft/model/pretrained/model.pt and model.json.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from pathlib import Path
 import torch
 
 from nextham_dft.dataset import iter_dataset
-from nextham_dft.model.store import PRETRAINED, load_model, save_model
+from nextham_dft.model.store import PRETRAINED, combine_models, load_model, save_model
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("train_dir")
+    ap.add_argument("train_dirs", nargs="+", metavar="TRAIN_OUT_DIR")
     ap.add_argument("data")
     ap.add_argument("--weights", default="best.pt",
                     help="Model file in TRAIN_OUT_DIR to ship: best.pt (default) or last.pt (the last epoch).")
@@ -37,8 +38,12 @@ def main() -> None:
     ap.add_argument("--hardware", default="CPU only, 2 cores",
                     help="How the training machine was used, e.g. 'CPU only, 2 cores shared by two runs'.")
     a = ap.parse_args()
-    tdir = Path(a.train_dir)
-    model, card = load_model(tdir / a.weights)
+    tdirs = [Path(t) for t in a.train_dirs]
+    tdir = tdirs[0]
+    if len(tdirs) == 1:
+        model, card = load_model(tdir / a.weights)
+    else:
+        model, card = combine_models([t / a.weights for t in tdirs])
     split = card["split"]
     train_ids = set(split["train"])
     elements, files, labels, spins = set(), {}, set(), set()
@@ -50,8 +55,8 @@ def main() -> None:
             elements.add(b.element)
             labels.add(b.label())
             files[b.element] = {"file": b.source, "sha256": b.sha256}
-    log = (tdir / "log.csv").read_text().splitlines()
-    last = log[-1].split(",")
+    lasts = [(t / "log.csv").read_text().splitlines()[-1].split(",") for t in tdirs]
+    last = lasts[0]
     out = {
         "name": a.name,
         "description": "E(3)-equivariant H(0)-correction transformer (NextHAM method) for ABACUS LCAO runs "
@@ -71,7 +76,9 @@ def main() -> None:
                      "threads_per_run": (card.get("train_config") or {}).get("threads"),
                      "command": a.command or f"nextham-dft train {tdir / 'config.yaml'}", "note": a.note,
                      "config": card.get("train_config"),
-                     "weights": a.weights, "best_epoch": card.get("epoch"), "val": card.get("val")},
+                     "weights": a.weights, "best_epoch": card.get("epoch"), "val": card.get("val"),
+                     **({"members": [{**m, "dir": str(t), "epochs": int(ls[0]), "wall_clock_s": float(ls[1])}
+                                     for m, t, ls in zip(card["members"], tdirs, lasts)]} if len(tdirs) > 1 else {})},
         "metrics": json.loads(Path(a.metrics).read_text())["summary"] if a.metrics else None,
         "validation_metrics": json.loads(Path(a.val_metrics).read_text())["summary"] if a.val_metrics else None,
     }
