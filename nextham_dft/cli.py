@@ -350,10 +350,12 @@ def _device(name: str) -> str:
 @main.command()
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
 @click.option("--init", "init", default=None, help="Fine-tune from this model file (e.g. the bundled one: 'bundled').")
+@click.option("--member", type=int, default=None,
+              help="With an ensemble as --init: which of its networks to fine-tune (0, 1, ...).")
 @click.option("--no-resume", is_flag=True, help="Start over even if out_dir holds a checkpoint.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
 @friendly_errors
-def train(config, init, no_resume, device):
+def train(config, init, member, no_resume, device):
     """Train (or fine-tune) a model from a YAML config (see docs/training.md).
 
     Multi-GPU / multi-node: torchrun --nproc_per_node N -m nextham_dft.model.train CONFIG.yaml
@@ -365,7 +367,7 @@ def train(config, init, no_resume, device):
     cfg = load_train_config(config)
     if init == "bundled":
         init = str(bundled_model_path())
-    best = run_train(cfg, init=init, resume=not no_resume, device=_device(device))
+    best = run_train(cfg, init=init, resume=not no_resume, device=_device(device), init_member=member)
     click.echo(f"best model: {best} (log: {cfg.out_dir}/log.csv)")
 
 

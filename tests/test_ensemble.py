@@ -17,11 +17,12 @@ from nextham_dft.core.kspace import KAssembler
 from nextham_dft.model.ensemble import EnsembleError, ModelEnsemble
 from nextham_dft.model.network import HamiltonianCorrection
 from nextham_dft.model.predict import member_spread, predict_correction, predict_member_corrections
-from nextham_dft.model.store import ModelFileError, combine_models, load_model, load_weights_into, save_model
+from nextham_dft.model.store import (ModelFileError, combine_models, load_model, load_weights_into, save_model,
+                                     select_member)
 from nextham_dft.testing import assert_hamiltonian_equivariant
 
 from .conftest import DATA, EXAMPLE, need
-from .test_model import SMALL, _random_model
+from .test_model import SMALL, _config, _random_model
 
 CFG = dataclasses.replace(SMALL, trace_feedback=True)
 
@@ -123,3 +124,23 @@ def test_ensemble_command_then_predict_reports_the_members_spread(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["ensemble"]["members"] == 2 and report["ensemble"]["spread_mean_mev"] > 0
     assert report["ensemble"]["spread_max_mev"] >= report["ensemble"]["spread_mean_mev"]
+
+
+def test_fine_tuning_from_an_ensemble_needs_a_member(tmp_path, tiny_dataset):
+    """`train --init ENSEMBLE` names the members to choose from in one line; `--member K` fine-tunes
+    network K; a single network has no member 1."""
+    ens = ModelEnsemble([_random_model(SMALL, seed=1).float(), _random_model(SMALL, seed=2).float()])
+    save_model(tmp_path / "e.pt", ens, {"elements": ["Si"]})
+    loaded, _ = load_model(tmp_path / "e.pt")
+    assert select_member(loaded, 1) is loaded.members[1]
+    single = loaded.members[0]
+    assert select_member(single, None) is single
+    with pytest.raises(ModelFileError, match="no member 1"):
+        select_member(single, 1)
+    cfg = _config(tmp_path, tiny_dataset)
+    runner = CliRunner()
+    res = runner.invoke(main, ["train", str(cfg), "--init", str(tmp_path / "e.pt"), "--device", "cpu"])
+    assert res.exit_code != 0 and "ensemble of 2 networks" in res.output and "--member" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+    res = runner.invoke(main, ["train", str(cfg), "--init", str(tmp_path / "e.pt"), "--member", "1", "--device", "cpu"])
+    assert res.exit_code == 0, res.output

@@ -84,13 +84,27 @@ def load_model(path: str | Path) -> tuple[HamiltonianCorrection | ModelEnsemble,
     return model, card
 
 
+def select_member(model: torch.nn.Module, member: int | None, path: str | Path = "the model") -> torch.nn.Module:
+    """The network to fine-tune from: ``model`` itself, or its member ``member`` for an ensemble
+    (which then must be given: the members are different networks, not one to average)."""
+    if not isinstance(model, ModelEnsemble):
+        if member not in (None, 0):
+            raise ModelFileError(f"{path}: a single network; it has no member {member}")
+        return model
+    n = len(model.members)
+    if member is None or not 0 <= member < n:
+        raise ModelFileError(f"{path} is an ensemble of {n} networks: choose the one to fine-tune with --member "
+                             f"(0 to {n - 1}); fine-tune each and recombine them with `nextham-dft ensemble`")
+    return model.members[member]
+
+
 def load_weights_into(model: HamiltonianCorrection, source: torch.nn.Module | dict) -> None:
     """Copy the weights of ``source`` (a network or its state dict) into ``model``; only the zero-initialised optional extensions
     may be missing (an older model fine-tunes into them). Anything else that does not fit, or an
     ensemble as the source, is a ModelFileError."""
     if isinstance(source, ModelEnsemble):
         raise ModelFileError(f"an ensemble of {len(source.members)} networks cannot seed one network: fine-tune "
-                             "from one of its members (scripts/make_ensemble.py lists the files it was made from)")
+                             "one of its members (train --member K)")
     state = source if isinstance(source, dict) else source.state_dict()
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -28,7 +28,7 @@ from .ema import WeightAverage
 from .graph import Graph, batch_graphs, build_graph
 from .losses import KData, build_kdata, kspace_losses, real_space_loss, rigid_shift
 from .network import HamiltonianCorrection
-from .store import load_model, load_weights_into, save_model
+from .store import load_model, load_weights_into, save_model, select_member
 
 
 @dataclass
@@ -197,8 +197,9 @@ def _dist(device: str) -> tuple[int, int, str, bool]:
 
 
 def train(cfg: TrainConfig, init: str | None = None, resume: bool = True, device: str = "cpu",
-          progress: bool = True, max_steps: int | None = None) -> Path:
-    """Train (or fine-tune from ``init``) and return the path of the best model file."""
+          progress: bool = True, max_steps: int | None = None, init_member: int | None = None) -> Path:
+    """Train (or fine-tune from ``init``; from its network ``init_member`` when ``init`` is an
+    ensemble) and return the path of the best model file."""
     if not Path(cfg.data).is_file():
         raise NexthamError(f"{cfg.data}: training data not found (the config's 'data'; make it with "
                            "`nextham-dft dataset build`)")
@@ -213,7 +214,7 @@ def train(cfg: TrainConfig, init: str | None = None, resume: bool = True, device
     model = HamiltonianCorrection(cfg.model)
     if init:
         src, _card = load_model(init)
-        load_weights_into(model, src)
+        load_weights_into(model, select_member(src, init_member, init))
     model.to(device)
     ids = list_ids(cfg.data)
     elements = {}
@@ -345,11 +346,13 @@ def main(argv: list[str] | None = None) -> None:  # torchrun entry point
     ap = argparse.ArgumentParser(prog="python -m nextham_dft.model.train")
     ap.add_argument("config")
     ap.add_argument("--init", default=None)
+    ap.add_argument("--member", type=int, default=None, help="With an ensemble as --init: the network to start from.")
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto (CUDA when available: NCCL, one GPU per rank)")
     a = ap.parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
-    train(load_train_config(a.config), init=a.init, max_steps=a.max_steps, progress=False, device=device)
+    train(load_train_config(a.config), init=a.init, max_steps=a.max_steps, progress=False, device=device,
+          init_member=a.member)
 
 
 if __name__ == "__main__":
