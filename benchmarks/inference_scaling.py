@@ -33,7 +33,9 @@ def one(run: str, n: int, device: str, model_path: str | None = None) -> dict:
 
     from nextham_dft.core.supercell import make_supercell
     from nextham_dft.dataset import write_system
+    from nextham_dft.model.ensemble import members_of
     from nextham_dft.model.graph import build_graph, corrections_to_blocks
+    from nextham_dft.model.predict import CorrectionMean
     from nextham_dft.model.store import bundled_model_path, load_model
     from nextham_dft.registry import adapter_for, read_run
 
@@ -55,20 +57,29 @@ def one(run: str, n: int, device: str, model_path: str | None = None) -> dict:
     t_graph = time.perf_counter() - t
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    t = time.perf_counter()
-    with torch.no_grad():
-        d, s = model(g.to(device))
-    if cuda:
-        torch.cuda.synchronize()
-    t_model = time.perf_counter() - t
+    g = g.to(device)
+    t_model = t_asm = 0.0
+    acc = CorrectionMean()  # as `predict` does: one network at a time, a running mean (ensembles) and spread
+    for net in members_of(model):
+        t = time.perf_counter()
+        with torch.no_grad():
+            d, s = net(g)
+        if cuda:
+            torch.cuda.synchronize()
+        t_model += time.perf_counter() - t
+        t = time.perf_counter()
+        acc.add(corrections_to_blocks(sc, idx, model.layout, d[: idx.n_stored].cpu().numpy(),
+                                      None if s is None else s[: idx.n_stored].cpu().numpy()))
+        del d, s
+        t_asm += time.perf_counter() - t
     t = time.perf_counter()
     n_edges = len(g.edge_src)
-    dm = corrections_to_blocks(sc, idx, model.layout, d[: idx.n_stored].cpu().numpy(),  # as predict_correction does
-                               None if s is None else s[: idx.n_stored].cpu().numpy())
-    del g, d, s  # as in `predict`: the graph and padded outputs are gone before the files are written
+    del g  # as in `predict`: the graph and padded outputs are gone before the files are written
+    dm, _spread = acc.mean(), acc.spread()
+    del acc
     h0 = sc.matrices["H0"]
     sc.matrices["H"] = h0.with_data(h0.data + dm.data)
-    t_asm = time.perf_counter() - t
+    t_asm += time.perf_counter() - t
     t = time.perf_counter()
     out = Path("/tmp") / f"nextham_bench_{n}.h5"
     with h5py.File(out, "w") as f:

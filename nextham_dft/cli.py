@@ -349,7 +349,8 @@ def _device(name: str) -> str:
 
 @main.command()
 @click.argument("config", type=click.Path(exists=True, dir_okay=False))
-@click.option("--init", "init", default=None, help="Fine-tune from this model file (e.g. the bundled one: 'bundled').")
+@click.option("--init", "init", default=None,
+              help="Fine-tune from this model file, or a bundled model: 'fast' (one network) or 'bundled' (with --member).")
 @click.option("--member", type=int, default=None,
               help="With an ensemble as --init: which of its networks to fine-tune (0, 1, ...).")
 @click.option("--no-resume", is_flag=True, help="Start over even if out_dir holds a checkpoint.")
@@ -361,12 +362,12 @@ def train(config, init, member, no_resume, device):
     Multi-GPU / multi-node: torchrun --nproc_per_node N -m nextham_dft.model.train CONFIG.yaml
     """
     from .model.config import load_train_config
-    from .model.store import bundled_model_path
+    from .model.store import resolve_model_path
     from .model.train import train as run_train
 
     cfg = load_train_config(config)
-    if init == "bundled":
-        init = str(bundled_model_path())
+    if init is not None:
+        init = str(resolve_model_path(init))
     best = run_train(cfg, init=init, resume=not no_resume, device=_device(device), init_member=member)
     click.echo(f"best model: {best} (log: {cfg.out_dir}/log.csv)")
 
@@ -393,9 +394,9 @@ def ensemble(models, output, force):
 
 
 def _load_model(model_path: str | None):
-    from .model.store import bundled_model_path, load_model
+    from .model.store import load_model, resolve_model_path
 
-    return load_model(model_path or bundled_model_path())
+    return load_model(resolve_model_path(model_path))
 
 
 @main.command("eval")
@@ -454,7 +455,8 @@ def eval_cmd(model_path, data, split, json_out, device):
 @main.command()
 @click.argument("run_dir", type=click.Path())
 @click.option("--out", "out_dir", type=click.Path(), required=True, help="New output folder.")
-@click.option("--model", "model_path", default=None, help="Model file (default: the bundled model).")
+@click.option("--model", "model_path", default=None,
+              help="Model file, or 'fast': the bundled single network, half the time (default: the bundled ensemble).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto (CUDA when available).")
 @click.option("--force", is_flag=True, help="Replace a previous nextham-dft output folder.")
 @click.option("--no-native", is_flag=True,
@@ -471,7 +473,7 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, zeroth, conv
     from .dataset import write_system
     from .evaluation import evaluate
     from .model.compat import check_run
-    from .model.predict import hamiltonian_from, mean_correction, member_spread, predict_member_corrections
+    from .model.predict import hamiltonian_from, predict_correction_and_spread
     from .registry import adapter_for
     from .writers.output import output_dir
 
@@ -488,15 +490,15 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, zeroth, conv
         click.echo(f"warning: {w}", err=True)
     dev = _device(device)
     t = time.perf_counter()
-    parts = predict_member_corrections(model, system, dev, torch.float32)
-    h_pred = hamiltonian_from(system, mean_correction(parts))
+    delta, spread = predict_correction_and_spread(model, system, dev, torch.float32)
+    h_pred = hamiltonian_from(system, delta)
+    del delta
     timings["predict_s"] = time.perf_counter() - t
     predicted = _with_prediction(system, h_pred)
     report = {"model": card.get("name", str(model_path)), "model_sha256": card.get("sha256"), "device": dev,
               "run_dir": str(run_dir), "warnings": warnings, "timings": timings}
-    if spread := member_spread(parts):  # an ensemble: how far its networks disagree on this run
+    if spread:  # an ensemble: how far its networks disagree on this run
         report["ensemble"] = spread
-    del parts
     if "H" in system.matrices:
         if why := _dense_shortfall(system.dim):
             warnings.append(f"the run holds a converged SCF, but {why}: not compared")

@@ -39,17 +39,18 @@ def farthest_state(system, window, h) -> float:
     return float(nearest_distance(e, e_ref)[(e >= lo) & (e <= hi)].max())
 
 
-def test_bundled_model_card_and_checksum(tmp_path):
-    model, card = load_model(bundled_model_path())
-    assert bundled_model_path().stat().st_size < 30e6
+@pytest.mark.parametrize("name", ["bundled", "fast"])
+def test_bundled_model_card_and_checksum(tmp_path, name):
+    model, card = load_model(bundled_model_path(name))
+    assert sum(bundled_model_path(n).stat().st_size for n in ("bundled", "fast")) < 30e6  # both ship
     for key in ("elements", "orbital_files", "basis_labels", "spin_modes", "training", "split", "sha256"):
         assert key in card
     assert "Si" in card["elements"] and card["training"]["total_wall_clock_s"] <= 2 * 3600  # trains in ≤ 2 h
     bad = tmp_path / "model.pt"
-    data = bytearray(bundled_model_path().read_bytes())
+    data = bytearray(bundled_model_path(name).read_bytes())
     data[-10] ^= 0xFF
     bad.write_bytes(bytes(data))
-    shutil.copy(bundled_model_path().with_suffix(".json"), tmp_path / "model.json")
+    shutil.copy(bundled_model_path(name).with_suffix(".json"), tmp_path / "model.json")
     with pytest.raises(ModelFileError, match="checksum"):
         load_model(bad)
 
@@ -87,6 +88,14 @@ def test_predict_example_writes_outputs_and_beats_nothing_silently(tmp_path):
     with h5py.File(lean / "hamiltonian.h5") as f:
         again = read_system(f[next(iter(f))])
     assert again.matrices["H"].max_abs_diff(system.matrices["H"]) == 0.0
+    # the default bundled model is an ensemble: its members' spread is reported; 'fast' is one network
+    assert report["ensemble"]["members"] == 2 and 0 < report["ensemble"]["spread_mean_mev"] < 100
+    fast = tmp_path / "fast"
+    res = run("predict", str(EXAMPLE), "--out", str(fast), "--device", "cpu", "--no-native", "--model", "fast")
+    assert res.exit_code == 0, res.stderr
+    rep = json.loads((fast / "report.json").read_text())
+    assert "ensemble" not in rep and rep["model"] != report["model"]
+    assert rep["eval"]["predicted"]["band_mae_shifted_mev"] < rep["eval"]["h0"]["band_mae_shifted_mev"]
 
 
 def test_predicted_bands_plot(tmp_path):

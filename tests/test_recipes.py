@@ -21,17 +21,44 @@ def test_recipe_config_loads(path):
     assert cfg.epochs > 0 and cfg.lr > 0
 
 
-def test_bundled_card_matches_its_recipe():
-    """The card's last-stage config is scripts/fast_recipe/stageB.yaml but for the paths, and every
-    recipe file its command names exists, so the recipe README's commands redo the shipped model.
-    Both go through the config dataclasses, so options added since the card was written compare at
-    their defaults."""
-    card = json.loads(bundled_model_path().with_suffix(".json").read_text())
-    shipped = to_dict(train_config_from_dict(card["training"]["config"]))
-    recipe = to_dict(load_train_config(ROOT / "scripts/fast_recipe/stageB.yaml"))
+def _same_but_paths(card_config: dict, recipe: Path) -> None:
+    shipped = to_dict(train_config_from_dict(card_config))
+    want = to_dict(load_train_config(recipe))
     for key in ("data", "out_dir"):
-        shipped.pop(key), recipe.pop(key)
-    assert shipped == recipe
-    assert to_dict(model_config_from_dict(card["model_config"])) == recipe["model"]
-    named = re.findall(r"scripts/\w+/\w+\.yaml", card["training"]["command"])
+        shipped.pop(key), want.pop(key)
+    assert shipped == want, recipe
+
+
+def _named_files_exist(command: str) -> list[str]:
+    named = re.findall(r"scripts/\w+/\w+\.yaml", command)
     assert named and all((ROOT / p).is_file() for p in named)
+    return named
+
+
+def test_fast_bundled_card_matches_its_recipe():
+    """The single-network bundled model ('fast'): its last-stage config is
+    scripts/fast_recipe/stageB.yaml but for the paths, and every recipe file its command names
+    exists, so the recipe README's commands redo it. Both go through the config dataclasses, so
+    options added since the card was written compare at their defaults."""
+    card = json.loads(bundled_model_path("fast").with_suffix(".json").read_text())
+    _same_but_paths(card["training"]["config"], ROOT / "scripts/fast_recipe/stageB.yaml")
+    recipe = to_dict(load_train_config(ROOT / "scripts/fast_recipe/stageB.yaml"))
+    assert to_dict(model_config_from_dict(card["model_config"])) == recipe["model"]
+    _named_files_exist(card["training"]["command"])
+
+
+def test_default_bundled_card_matches_its_ensemble_recipe():
+    """The default bundled model is an ensemble: member k's last-stage config is
+    scripts/ensemble_recipe/member{k}_stageB.yaml but for the paths, the members differ only in
+    their seed, share one split, and every recipe file the command names exists."""
+    card = json.loads(bundled_model_path().with_suffix(".json").read_text())
+    members = card["training"]["members"]
+    assert card["n_members"] == len(members) == 2
+    for k, m in enumerate(members):
+        _same_but_paths(m["train_config"], ROOT / f"scripts/ensemble_recipe/member{k}_stageB.yaml")
+        recipe = to_dict(load_train_config(ROOT / f"scripts/ensemble_recipe/member{k}_stageB.yaml"))
+        assert to_dict(model_config_from_dict(card["model_config"])) == recipe["model"]
+    assert len({m["train_config"]["seed"] for m in members}) == 2
+    assert len({m["train_config"]["split_seed"] for m in members}) == 1
+    named = _named_files_exist(card["training"]["command"])
+    assert {f"scripts/ensemble_recipe/member{k}_stage{s}.yaml" for k in (0, 1) for s in ("A", "A2", "B")} <= set(named)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from torch import nn
@@ -12,10 +14,10 @@ from .ensemble import members_of
 from .graph import build_graph, corrections_to_blocks
 
 
-def predict_member_corrections(model: nn.Module, system: System, device: str = "cpu",
-                               dtype: torch.dtype = torch.float32) -> list[BlockSparse]:
+def iter_member_corrections(model: nn.Module, system: System, device: str = "cpu",
+                            dtype: torch.dtype = torch.float32) -> Iterator[BlockSparse]:
     """ΔH (eV) on the stored blocks of the system's H(0), one per network of the model (one for a
-    single network, M for an ensemble). The graph is built once; the networks run one after another."""
+    single network, M for an ensemble), yielded one at a time. The graph is built once."""
     model.eval()
     g, idx = build_graph(system, model.layout, with_target=False, dtype=dtype, long_range=model.cfg.long_range)
     known = getattr(model, "known_elements", None)
@@ -24,40 +26,89 @@ def predict_member_corrections(model: nn.Module, system: System, device: str = "
         g.z = torch.where(unseen, torch.zeros_like(g.z), g.z)
     g = g.to(device)
     ns = idx.n_stored  # the stored half, in the network's dtype: the entries are gathered, then widened
-    out = []
     for net in members_of(model):
         with torch.no_grad():
             delta, spin = net.to(device=device, dtype=dtype)(g)
         d = delta[:ns].detach().cpu().numpy()
         sp = None if spin is None else spin[:ns].detach().cpu().numpy()
         del delta, spin
-        out.append(corrections_to_blocks(system, idx, model.layout, d, sp))
-    return out
+        yield corrections_to_blocks(system, idx, model.layout, d, sp)
+
+
+def predict_member_corrections(model: nn.Module, system: System, device: str = "cpu",
+                               dtype: torch.dtype = torch.float32) -> list[BlockSparse]:
+    """Every network's ΔH (eV) at once (M copies in memory; ``predict_correction_and_spread`` holds one)."""
+    return list(iter_member_corrections(model, system, device, dtype))
+
+
+class CorrectionMean:
+    """Running mean of the members' corrections on one pattern, and their spread: holds the sum, the
+    sum of squared moduli (only for M > 1) and nothing per member."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._first: BlockSparse | None = None
+        self._sum: np.ndarray | None = None
+        self._sumsq: np.ndarray | None = None
+
+    def add(self, part: BlockSparse) -> None:
+        sq = part.data.real**2 + (part.data.imag**2 if np.iscomplexobj(part.data) else 0.0)
+        if self._first is None:
+            self._first, self._sum, self._sumsq = part, part.data, sq  # the part's own array becomes the sum
+        else:
+            self._sum += part.data
+            self._sumsq += sq
+        self.n += 1
+
+    def mean(self) -> BlockSparse:
+        """eV: the average correction."""
+        if self._first is None:
+            raise ValueError("no correction added")
+        return self._first if self.n == 1 else self._first.with_data(self._sum / self.n)
+
+    def spread(self) -> dict[str, float]:
+        """meV: the members' standard deviation per stored entry (complex entries: of the modulus of
+        the deviation), its mean and largest value over the entries; empty for a single network."""
+        if self.n < 2:
+            return {}
+        m = self._sum / self.n
+        var = self._sumsq / self.n - (m.real**2 + (m.imag**2 if np.iscomplexobj(m) else 0.0))
+        del m
+        std = np.sqrt(np.clip(var, 0.0, None, out=var), out=var)
+        return {"members": self.n, "spread_mean_mev": 1e3 * float(std.mean()),
+                "spread_max_mev": 1e3 * float(std.max(initial=0.0))}
+
+
+def predict_correction_and_spread(model: nn.Module, system: System, device: str = "cpu",
+                                  dtype: torch.dtype = torch.float32) -> tuple[BlockSparse, dict[str, float]]:
+    """ΔH (eV; an ensemble: its members' mean) and the members' spread (meV; empty for one network)."""
+    acc = CorrectionMean()
+    for part in iter_member_corrections(model, system, device, dtype):
+        acc.add(part)
+        del part
+    return acc.mean(), acc.spread()
 
 
 def mean_correction(parts: list[BlockSparse]) -> BlockSparse:
     """The average of corrections on one pattern (the ensemble's ΔH)."""
-    if len(parts) == 1:
-        return parts[0]
-    return parts[0].with_data(sum(p.data for p in parts) / len(parts))
+    acc = CorrectionMean()
+    for p in parts:
+        acc.add(p.with_data(p.data.copy()))
+    return acc.mean()
 
 
 def member_spread(parts: list[BlockSparse]) -> dict[str, float]:
-    """meV: the members' standard deviation per stored entry (complex entries: of the modulus of the
-    deviation), its mean and largest value over the entries; empty for a single network."""
-    if len(parts) < 2:
-        return {}
-    mean = mean_correction(parts).data
-    var = sum(np.abs(p.data - mean) ** 2 for p in parts) / len(parts)
-    std = np.sqrt(var)
-    return {"members": len(parts), "spread_mean_mev": 1e3 * float(std.mean()),
-            "spread_max_mev": 1e3 * float(std.max(initial=0.0))}
+    """meV: see ``CorrectionMean.spread``."""
+    acc = CorrectionMean()
+    for p in parts:
+        acc.add(p.with_data(p.data.copy()))
+    return acc.spread()
 
 
 def predict_correction(model: nn.Module, system: System, device: str = "cpu",
                        dtype: torch.dtype = torch.float32) -> BlockSparse:
     """ΔH (eV) on the stored blocks of the system's H(0) (an ensemble: its members' mean)."""
-    return mean_correction(predict_member_corrections(model, system, device, dtype))
+    return predict_correction_and_spread(model, system, device, dtype)[0]
 
 
 def hamiltonian_from(system: System, delta: BlockSparse) -> BlockSparse:

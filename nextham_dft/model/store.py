@@ -116,8 +116,21 @@ def load_weights_into(model: HamiltonianCorrection, source: torch.nn.Module | di
                              + ", ".join((missing + unexpected)[:4]) + (" ..." if len(missing + unexpected) > 4 else ""))
 
 
-def bundled_model_path() -> Path:
-    return PRETRAINED / "model.pt"
+#: the bundled models by name: the default (the most accurate), and "fast", a single network (half
+#: the prediction time of the default ensemble of two)
+BUNDLED = {"bundled": PRETRAINED / "model.pt", "fast": PRETRAINED / "fast" / "model.pt"}
+
+
+def bundled_model_path(name: str = "bundled") -> Path:
+    return BUNDLED[name]
+
+
+def resolve_model_path(name: str | Path | None) -> Path:
+    """A model file from a ``--model`` value: None or "bundled" (the default bundled model), "fast"
+    (the bundled single network), else a path."""
+    if name is None:
+        return BUNDLED["bundled"]
+    return BUNDLED.get(str(name), Path(name))
 
 
 def combine_models(paths: list[str | Path]) -> tuple[ModelEnsemble, dict]:
@@ -145,6 +158,6 @@ def combine_models(paths: list[str | Path]) -> tuple[ModelEnsemble, dict]:
     ens.known_elements = frozenset().union(*(n.known_elements for n in nets))
     card = {k: v for k, v in cards[0].items() if k not in ("sha256", "n_parameters", "model_config", "epoch", "val")}
     card["elements"] = sorted(ens.known_elements)
-    card["members"] = [{"file": str(p), "sha256": c.get("sha256"), "epoch": c.get("epoch"), "val": c.get("val")}
-                       for p, c in zip(paths, cards)]
+    card["members"] = [{"file": str(p), "sha256": c.get("sha256"), "epoch": c.get("epoch"), "val": c.get("val"),
+                        "train_config": c.get("train_config")} for p, c in zip(paths, cards)]
     return ens, card
