@@ -14,7 +14,7 @@ from pathlib import Path
 from nextham_dft.dataset import iter_dataset, list_ids
 from nextham_dft.evaluation import evaluate, summarise
 from nextham_dft.model.predict import predict_hamiltonian
-from nextham_dft.model.store import bundled_model_path, load_model
+from nextham_dft.model.store import bundled_model_path, load_model, resolve_model_path
 
 KEYS = ["h_mae_mev", "h_mae_onsite_mev", "h_mae_offsite_mev", "h_mae_shifted_mev", "soc_mae_uev", "band_mae_mev",
         "band_mae_shifted_mev", "ghost_states", "far_states", "farthest_state_mev", "h_mae_median_mev", "band_mae_shifted_median_mev",
@@ -22,7 +22,7 @@ KEYS = ["h_mae_mev", "h_mae_onsite_mev", "h_mae_offsite_mev", "h_mae_shifted_mev
 
 
 def run(model_path: str, data: str, split: str, held_only: bool = False) -> tuple[dict, list, float]:
-    model, card = load_model(model_path)
+    model, card = load_model(resolve_model_path(model_path))
     ids = set(card["split"][split]) if split != "all" else set(list_ids(data))
     held = set(card["split"].get("held_out_elements", []))
     rows, t = [], time.perf_counter()

@@ -36,7 +36,7 @@ def one(run: str, n: int, device: str, model_path: str | None = None) -> dict:
     from nextham_dft.model.ensemble import members_of
     from nextham_dft.model.graph import build_graph, corrections_to_blocks
     from nextham_dft.model.predict import CorrectionMean
-    from nextham_dft.model.store import bundled_model_path, load_model
+    from nextham_dft.model.store import load_model, resolve_model_path
     from nextham_dft.registry import adapter_for, read_run
 
     torch.set_num_threads(2)
@@ -47,7 +47,7 @@ def one(run: str, n: int, device: str, model_path: str | None = None) -> dict:
     sc = make_supercell(prim, P)
     sc.matrices.pop("H", None)
     t_super = time.perf_counter() - t
-    model, _ = load_model(model_path or bundled_model_path())
+    model, _ = load_model(resolve_model_path(model_path))
     model.to(device)
     cuda = device.startswith("cuda")
     with torch.no_grad():  # warm-up on the primitive cell: first-call costs are not the cell's

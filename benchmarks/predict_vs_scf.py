@@ -3,7 +3,7 @@
 Read on one thread; predict on one thread (like ABACUS's one core) and on two (the 2-core target
 machine); the shortest of --repeat runs after a warm-up. Ratios are (read + predict) / SCF, and the
 whole workflow (zeroth step + read + predict) / (zeroth step + SCF).
-Usage: python benchmarks/predict_vs_scf.py [--runs DIR ...] [--repeat 3]
+Usage: python benchmarks/predict_vs_scf.py [--runs DIR ...] [--repeat 3] [--model PATH|fast]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from nextham_dft.model.predict import predict_hamiltonian
-from nextham_dft.model.store import bundled_model_path, load_model
+from nextham_dft.model.store import load_model, resolve_model_path
 from nextham_dft.registry import read_run
 
 HERE = Path(__file__).resolve().parents[1]
@@ -39,8 +39,9 @@ def main() -> None:
     ap.add_argument("--runs", nargs="+", default=[str(p) for p in default])
     ap.add_argument("--repeat", type=int, default=3, help="Timed repetitions; the shortest is kept.")
     ap.add_argument("--json", default="predict_vs_scf.json")
+    ap.add_argument("--model", default=None, help="Model file or 'fast' (default: the bundled model).")
     a = ap.parse_args()
-    model, _ = load_model(bundled_model_path())
+    model, _ = load_model(resolve_model_path(a.model))
     rows = []
     print(f"{'run':<16}{'atoms':>6}{'H0 s':>8}{'SCF s':>8}{'read s':>8}{'pred 1t':>9}{'pred 2t':>9}"
           f"{'ratio 1t':>10}{'ratio 2t':>10}{'workflow 1t':>13}")
