@@ -41,10 +41,6 @@ class ModelEnsemble(nn.Module):
         self.cfg = members[0].cfg
         self.layout = members[0].layout
 
-    def member_outputs(self, g: Graph) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        """Each member's (ΔH entries, SOC-part entries or None), in the network's output units (eV)."""
-        return [m(g) for m in self.members]
-
     def forward(self, g: Graph) -> tuple[torch.Tensor, torch.Tensor | None]:
         delta = spin = None
         for m in self.members:  # a running sum: one member's output held at a time besides the total

@@ -89,16 +89,8 @@ def predict_correction_and_spread(model: nn.Module, system: System, device: str 
     return acc.mean(), acc.spread()
 
 
-def mean_correction(parts: list[BlockSparse]) -> BlockSparse:
-    """The average of corrections on one pattern (the ensemble's ΔH)."""
-    acc = CorrectionMean()
-    for p in parts:
-        acc.add(p.with_data(p.data.copy()))
-    return acc.mean()
-
-
 def member_spread(parts: list[BlockSparse]) -> dict[str, float]:
-    """meV: see ``CorrectionMean.spread``."""
+    """meV: the spread of corrections held at once (see ``CorrectionMean.spread``)."""
     acc = CorrectionMean()
     for p in parts:
         acc.add(p.with_data(p.data.copy()))
