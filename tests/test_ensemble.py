@@ -42,7 +42,7 @@ def test_ensemble_is_the_mean_of_its_members_and_stays_equivariant_on_a_soc_run(
     want = 0.5 * (parts[0].data + parts[1].data)
     assert np.abs(d.data - want).max() < 1e-12
     assert min(np.abs(d.data - p.data).max() for p in parts) > 1e-4  # the members really differ
-    # forward() (the module path) agrees with the per-member path
+    # each member run alone through predict_correction gives the same average
     single = [predict_correction(m, system, dtype=torch.float64) for m in ens.members]
     assert np.abs(d.data - 0.5 * (single[0].data + single[1].data)).max() < 1e-12
     assert_hamiltonian_equivariant(lambda s: predict_correction(ens, s, dtype=torch.float64), system,
@@ -144,3 +144,19 @@ def test_fine_tuning_from_an_ensemble_needs_a_member(tmp_path, tiny_dataset):
     assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
     res = runner.invoke(main, ["train", str(cfg), "--init", str(tmp_path / "e.pt"), "--member", "1", "--device", "cpu"])
     assert res.exit_code == 0, res.output
+
+
+def test_ensemble_forward_is_the_mean_of_its_members_outputs():
+    """The module path (ensemble(graph), as any HamiltonianCorrection is called) returns the mean of
+    the members' padded outputs, SOC part included."""
+    from nextham_dft.model.graph import build_graph
+
+    system = read_run(need(DATA / "runs" / "t0045"))
+    ens = _pair()
+    g, _idx = build_graph(system, ens.layout, with_target=False, dtype=torch.float64, long_range=ens.cfg.long_range)
+    with torch.no_grad():
+        d, s = ens(g)
+        outs = [m(g) for m in ens.members]
+    assert s is not None
+    assert torch.allclose(d, 0.5 * (outs[0][0] + outs[1][0]), atol=1e-12)
+    assert torch.allclose(s, 0.5 * (outs[0][1] + outs[1][1]), atol=1e-12)

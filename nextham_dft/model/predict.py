@@ -26,9 +26,12 @@ def iter_member_corrections(model: nn.Module, system: System, device: str = "cpu
         g.z = torch.where(unseen, torch.zeros_like(g.z), g.z)
     g = g.to(device)
     ns = idx.n_stored  # the stored half, in the network's dtype: the entries are gathered, then widened
-    for net in members_of(model):
+    nets = members_of(model)
+    for k, net in enumerate(nets):
         with torch.no_grad():
             delta, spin = net.to(device=device, dtype=dtype)(g)
+        if k == len(nets) - 1:
+            del g  # the last network has run: the graph is not needed to assemble the blocks
         d = delta[:ns].detach().cpu().numpy()
         sp = None if spin is None else spin[:ns].detach().cpu().numpy()
         del delta, spin
@@ -41,9 +44,14 @@ def predict_member_corrections(model: nn.Module, system: System, device: str = "
     return list(iter_member_corrections(model, system, device, dtype))
 
 
+def _squared_modulus(x: np.ndarray) -> np.ndarray:
+    return x.real**2 + x.imag**2 if np.iscomplexobj(x) else x**2
+
+
 class CorrectionMean:
     """Running mean of the members' corrections on one pattern, and their spread: holds the sum, the
-    sum of squared moduli (only for M > 1) and nothing per member."""
+    sum of squared moduli (from the second member on: a single network costs no extra array) and
+    nothing per member."""
 
     def __init__(self) -> None:
         self.n = 0
@@ -52,12 +60,13 @@ class CorrectionMean:
         self._sumsq: np.ndarray | None = None
 
     def add(self, part: BlockSparse) -> None:
-        sq = part.data.real**2 + (part.data.imag**2 if np.iscomplexobj(part.data) else 0.0)
         if self._first is None:
-            self._first, self._sum, self._sumsq = part, part.data, sq  # the part's own array becomes the sum
+            self._first, self._sum = part, part.data  # the part's own array becomes the sum
         else:
+            if self._sumsq is None:  # the first part's, before anything is added to the sum
+                self._sumsq = _squared_modulus(self._sum)
             self._sum += part.data
-            self._sumsq += sq
+            self._sumsq += _squared_modulus(part.data)
         self.n += 1
 
     def mean(self) -> BlockSparse:
@@ -71,9 +80,7 @@ class CorrectionMean:
         the deviation), its mean and largest value over the entries; empty for a single network."""
         if self.n < 2:
             return {}
-        m = self._sum / self.n
-        var = self._sumsq / self.n - (m.real**2 + (m.imag**2 if np.iscomplexobj(m) else 0.0))
-        del m
+        var = self._sumsq / self.n - _squared_modulus(self._sum / self.n)
         std = np.sqrt(np.clip(var, 0.0, None, out=var), out=var)
         return {"members": self.n, "spread_mean_mev": 1e3 * float(std.mean()),
                 "spread_max_mev": 1e3 * float(std.max(initial=0.0))}

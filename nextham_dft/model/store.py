@@ -99,9 +99,9 @@ def select_member(model: torch.nn.Module, member: int | None, path: str | Path =
 
 
 def load_weights_into(model: HamiltonianCorrection, source: torch.nn.Module | dict) -> None:
-    """Copy the weights of ``source`` (a network or its state dict) into ``model``; only the zero-initialised optional extensions
-    may be missing (an older model fine-tunes into them). Anything else that does not fit, or an
-    ensemble as the source, is a ModelFileError."""
+    """Copy the weights of ``source`` (a network or its state dict) into ``model``; only the
+    zero-initialised optional extensions may be missing (an older model fine-tunes into them).
+    Anything else that does not fit, or an ensemble as the source, is a ModelFileError."""
     if isinstance(source, ModelEnsemble):
         raise ModelFileError(f"an ensemble of {len(source.members)} networks cannot seed one network: fine-tune "
                              "one of its members (train --member K)")
