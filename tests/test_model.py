@@ -452,6 +452,69 @@ def test_fused_and_e3nn_products_give_the_same_model_output():
     np.testing.assert_allclose(outs[0], outs[1], rtol=0, atol=1e-6 * np.abs(outs[1]).max())
 
 
+def test_bilinear_table_is_the_shared_weight_tensor_product():
+    """The dense bilinear form read off a shared-weight product gives its values for any pairs (runs of
+    one atom, repeats, unsorted), and says when the weights it was made from have changed, even by a
+    write through ``.data`` (which leaves the version counter alone)."""
+    from e3nn import o3
+
+    from nextham_dft.model.fused import BilinearTable, FusedTensorProduct
+
+    torch.manual_seed(5)
+    h = o3.Irreps("3x0e+1x0o+2x1o+1x1e+2x2e+1x2o+1x3o")
+    out = o3.Irreps("2x0e+1x0o+2x1o+2x1e+2x2e+1x3o+1x3e+1x4e")
+    tp = o3.FullyConnectedTensorProduct(h, h, out).double()
+    fused = FusedTensorProduct(tp)
+    table = BilinearTable(fused, tp.weight, h.dim, h.dim)
+    x = torch.randn(9, h.dim, dtype=torch.float64)
+    i = torch.tensor([0, 0, 0, 3, 3, 8, 1, 1, 0, 5, 5, 5, 5, 2])
+    j = torch.tensor([1, 4, 0, 3, 7, 2, 1, 6, 8, 0, 1, 2, 3, 2])
+    with torch.no_grad():
+        got = table.pairs(table.left(x), x, i, j, group=2)
+        ref = fused(x[i], x[j], tp.weight)
+        ref_e3nn = tp(x[i], x[j])
+    assert ref.abs().max() > 0.1
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12 * float(ref.abs().max()))
+    torch.testing.assert_close(got, ref_e3nn, rtol=1e-6, atol=1e-6 * float(ref.abs().max()))  # e3nn: float32 3j
+    assert table.pairs(table.left(x), x, i[:0], j[:0]).shape == (0, out.dim)
+    assert not table.stale(tp.weight)
+    tp.weight.data.mul_(1.5)
+    assert table.stale(tp.weight)
+    assert table.stale(tp.weight.detach().float())
+
+
+def test_pair_table_changes_no_prediction_and_follows_the_weights():
+    """Above ``pair_table_min_edges`` inference evaluates the pair term as a dense bilinear form:
+    the same ΔH to round-off; a table kept from earlier weights is not reused once they change; with
+    autograd on, the per-path products run and gradients reach the pair weights."""
+    run = read_run(EXAMPLE)
+    model = _random_model(ModelConfig(trace_feedback=True))
+    model.fused_max_rows = 0
+    model.pair_table_min_edges = 0
+    ref = predict_correction(model, run, dtype=torch.float64).data
+    model.pair_table_min_edges = 1
+    got = predict_correction(model, run, dtype=torch.float64).data
+    assert np.abs(ref).max() > 1e-3
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-10 * np.abs(ref).max())
+    table = model._pair_table  # made, kept, and used: a doctored copy changes the prediction
+    table.m.mul_(2.0)
+    assert np.abs(predict_correction(model, run, dtype=torch.float64).data - ref).max() > 1e-4
+    table.m.mul_(0.5)
+    with torch.no_grad():
+        model.pair_tp.weight.data.mul_(-0.5)  # in place, through .data: no version trace
+    model.pair_table_min_edges = 0
+    ref2 = predict_correction(model, run, dtype=torch.float64).data
+    model.pair_table_min_edges = 10**9  # a kept table would still be used if it were not checked
+    got2 = predict_correction(model, run, dtype=torch.float64).data
+    assert np.abs(ref2 - ref).max() > 1e-4
+    np.testing.assert_allclose(got2, ref2, rtol=0, atol=1e-10 * np.abs(ref2).max())
+    model.pair_table_min_edges = 1
+    g, _ = build_graph(run, model.layout, dtype=torch.float64)
+    delta, _spin = model(g)
+    (grad,) = torch.autograd.grad(delta.pow(2).sum(), [model.pair_tp.weight])
+    assert grad.abs().max() > 0
+
+
 def test_shift_separated_loss_ignores_a_rigid_shift_and_weighs_it_apart(tmp_path, tiny_dataset):
     """With w_shift set, adding c·S to the predicted ΔH (a rigid shift of every band) leaves the
     real-space and k-space terms unchanged and costs w_shift·|μ| instead; without it, the loss grows

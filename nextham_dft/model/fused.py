@@ -160,3 +160,70 @@ class FusedTensorProduct(nn.Module):
         for sl, y in zip(self._out_slices, outs):
             out[:, sl] = y
         return out
+
+
+class BilinearTable:
+    """A shared-weight tensor product evaluated as the dense bilinear form it is, for many pairs of
+    few distinct inputs: tp(x1, x2)[k] = Σ_ab M[a, b, k] x1[a] x2[b].
+
+    The pair term of ``HamiltonianCorrection`` takes the product of two *node* features for every
+    atom pair of a big cell (tens of thousands of pairs, hundreds of distinct atoms). With
+    A_i = Σ_a M[a] x1_i[a] (one (d2, d_out) matrix per atom i, computed once), each pair (i, j)
+    costs one matrix-vector product x2_jᵀ A_i, and the pairs of one atom i are one matrix product.
+
+    M is read off the module itself (its products with pairs of unit vectors), so it is the same
+    bilinear map up to float rounding: exact in real arithmetic, and equivariant as the module is.
+    It depends on the weights: ``stale`` says when they have changed since. Inference only: it does
+    not differentiate through the weights.
+    """
+
+    #: pairs of unit vectors evaluated per call while reading M off the module (bounds memory)
+    basis_rows: int = 2048
+
+    def __init__(self, fused: FusedTensorProduct, weight: torch.Tensor, d1: int, d2: int) -> None:
+        #: the weights M was made from (a copy: writes through ``.data`` leave no version trace)
+        self.weight = weight.detach().clone()
+        self.d1, self.d2 = d1, d2
+        with torch.no_grad():
+            eye1 = torch.eye(d1, dtype=weight.dtype, device=weight.device)
+            eye2 = torch.eye(d2, dtype=weight.dtype, device=weight.device)
+            a = torch.arange(d1 * d2, device=weight.device)
+            parts = []
+            for s in range(0, d1 * d2, self.basis_rows):
+                sl = a[s: s + self.basis_rows]
+                parts.append(fused(eye1[sl // d2], eye2[sl % d2], weight))
+            #: (d1, d2 · d_out): row a holds the (d2, d_out) matrix of the unit vector e_a
+            self.m = torch.cat(parts).reshape(d1, -1)
+        self.d_out = self.m.shape[1] // d2
+
+    def stale(self, weight: torch.Tensor) -> bool:
+        """True when ``weight`` differs (values, dtype or device) from the weights M was made from."""
+        w = self.weight
+        return w.dtype != weight.dtype or w.device != weight.device or not torch.equal(w, weight.detach())
+
+    def left(self, x1: torch.Tensor) -> torch.Tensor:
+        """(N, d2, d_out): A_i = Σ_a M[a] x1_i[a] for each row of x1 (N, d1)."""
+        return (x1 @ self.m).reshape(len(x1), self.d2, self.d_out)
+
+    def pairs(self, a: torch.Tensor, x2: torch.Tensor, i: torch.Tensor, j: torch.Tensor,
+              group: int = 64) -> torch.Tensor:
+        """(P, d_out): tp(x1_i, x2_j) for the pairs (i[p], j[p]), with a = ``left(x1)``.
+
+        Each run of consecutive pairs of one atom i (all of them when i is sorted) is one matrix
+        product x2[j] @ A_i; runs are taken ``group`` at a time, padded to the longest.
+        """
+        out = x2.new_empty(len(i), self.d_out)
+        if len(i) == 0:
+            return out
+        atoms, counts = torch.unique_consecutive(i, return_counts=True)
+        starts = torch.cumsum(counts, 0) - counts
+        for g0 in range(0, len(atoms), group):
+            at, cn, st = atoms[g0: g0 + group], counts[g0: g0 + group], starts[g0: g0 + group]
+            width = int(cn.max())
+            slot = torch.arange(width, device=i.device)
+            valid = slot[None, :] < cn[:, None]  # (g, width)
+            rows = (st[:, None] + slot[None, :]).clamp_max(len(i) - 1)  # pair index of each slot
+            xj = x2[j[rows]] * valid[..., None].to(x2.dtype)  # (g, width, d2)
+            y = torch.bmm(xj, a[at])  # (g, width, d_out)
+            out[rows[valid]] = y[valid]
+        return out

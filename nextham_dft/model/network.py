@@ -22,7 +22,7 @@ from e3nn.nn import Gate
 from torch import nn
 
 from .config import ModelConfig
-from .fused import FusedTensorProduct
+from .fused import BilinearTable, FusedTensorProduct
 from .graph import Graph
 from .irreps import BasisLayout, BlockIrreps, BlockSparseMap, shell_pair_groups
 
@@ -218,6 +218,27 @@ class HamiltonianCorrection(nn.Module):
             return fused(x1, x2, tp.weight if weight is None else weight)
         return tp(x1, x2) if weight is None else tp(x1, x2, weight)
 
+    #: edges from which, at inference, the pair term h_i ⊗ h_j is evaluated as a dense bilinear form
+    #: (``fused.BilinearTable``; reading the form off the module costs about as much as this many
+    #: pairs the per-path way, and is kept until the weights change); 0 disables it
+    pair_table_min_edges: int = 16384
+
+    def _pair_table_for(self, n_edges: int) -> BilinearTable | None:
+        """The pair term's bilinear table when this forward should use it (no autograd, and a big
+        graph or a table already made for the current weights), else None."""
+        if torch.is_grad_enabled() or self.pair_table_min_edges <= 0:
+            return None
+        w = self.pair_tp.weight
+        table = getattr(self, "_pair_table", None)
+        if table is not None and not table.stale(w):
+            return table if n_edges > self.fused_max_rows else None
+        if n_edges < self.pair_table_min_edges:
+            return None
+        d = self.irreps_hidden.dim
+        table = BilinearTable(self.pair_fused, w, d, d)
+        object.__setattr__(self, "_pair_table", table)  # a cache, not state: never saved or moved
+        return table
+
     def forward(self, g: Graph) -> tuple[torch.Tensor, torch.Tensor | None]:
         """ΔH (E, n, n) eV and the SOC part (E, n, n, 3) eV or None, for every edge of g; with
         ``r_corr`` set, edges longer than it get exactly zero and are left out of the network."""
@@ -257,11 +278,18 @@ class HamiltonianCorrection(nn.Module):
                 cache["x"] = x
             return x
 
+        table = self._pair_table_for(E)
+
         def pair_term(sl: slice | torch.Tensor) -> torch.Tensor:
             """h_i ⊗ h_j of the edges in sl, computed once per atom pair (periodic images share it)."""
             key = g.edge_src[sl] * n_atoms + g.edge_dst[sl]
             uniq, inv = torch.unique(key, return_inverse=True)
-            return self._tensor_product(self.pair_fused, self.pair_tp, h[uniq // n_atoms], h[uniq % n_atoms])[inv]
+            i, j = uniq // n_atoms, uniq % n_atoms
+            if table is not None:  # big cells at inference: the dense bilinear form, one A_i per atom
+                if "A" not in cache:
+                    cache["A"] = table.left(h)
+                return table.pairs(cache["A"], h, i, j)[inv]
+            return self._tensor_product(self.pair_fused, self.pair_tp, h[i], h[j])[inv]
 
         r = torch.linalg.norm(g.edge_vec, dim=1)
         x_node = None
