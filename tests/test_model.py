@@ -453,9 +453,9 @@ def test_fused_and_e3nn_products_give_the_same_model_output():
 
 
 def test_bilinear_table_is_the_shared_weight_tensor_product():
-    """The dense bilinear form read off a shared-weight product gives its values for any pairs (runs of
-    one atom, repeats, unsorted), and says when the weights it was made from have changed, even by a
-    write through ``.data`` (which leaves the version counter alone)."""
+    """The dense bilinear form summed from a shared-weight product's paths gives its values for any
+    pairs (runs of one atom, repeats, unsorted), and says when the weights it was made from have
+    changed, even by a write through ``.data`` (which leaves the version counter alone)."""
     from e3nn import o3
 
     from nextham_dft.model.fused import BilinearTable, FusedTensorProduct
@@ -465,7 +465,7 @@ def test_bilinear_table_is_the_shared_weight_tensor_product():
     out = o3.Irreps("2x0e+1x0o+2x1o+2x1e+2x2e+1x3o+1x3e+1x4e")
     tp = o3.FullyConnectedTensorProduct(h, h, out).double()
     fused = FusedTensorProduct(tp)
-    table = BilinearTable(fused, tp.weight, h.dim, h.dim)
+    table = BilinearTable(tp, tp.weight)
     x = torch.randn(9, h.dim, dtype=torch.float64)
     i = torch.tensor([0, 0, 0, 3, 3, 8, 1, 1, 0, 5, 5, 5, 5, 2])
     j = torch.tensor([1, 4, 0, 3, 7, 2, 1, 6, 8, 0, 1, 2, 3, 2])
@@ -504,7 +504,7 @@ def test_pair_table_changes_no_prediction_and_follows_the_weights():
         model.pair_tp.weight.data.mul_(-0.5)  # in place, through .data: no version trace
     model.pair_table_min_edges = 0
     ref2 = predict_correction(model, run, dtype=torch.float64).data
-    model.pair_table_min_edges = 10**9  # a kept table would still be used if it were not checked
+    model.pair_table_min_edges = 1  # the kept table is for the old weights: it must be remade
     got2 = predict_correction(model, run, dtype=torch.float64).data
     assert np.abs(ref2 - ref).max() > 1e-4
     np.testing.assert_allclose(got2, ref2, rtol=0, atol=1e-10 * np.abs(ref2).max())

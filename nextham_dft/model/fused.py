@@ -18,6 +18,10 @@ unchanged; tests compare both evaluations on random inputs and weights.
 It wins where calls are many and tensors small (small cells, training batches: 1.5–2.5× on 256 to
 1,024 rows); on thousands of rows both are bound by memory traffic and e3nn's per-path loop, which
 never holds all coupled features at once, is as fast or faster (see ``HamiltonianCorrection``).
+
+:class:`BilinearTable` is the third evaluation, for a shared-weight product of node features over
+the atom pairs of a big cell: the product's dense bilinear form (``bilinear_tensor``), contracted
+with each atom's features once, then one matrix product per atom for all of its pairs.
 """
 
 from __future__ import annotations
@@ -162,6 +166,30 @@ class FusedTensorProduct(nn.Module):
         return out
 
 
+def bilinear_tensor(tp: o3.TensorProduct, weight: torch.Tensor) -> torch.Tensor:
+    """(d1, d2, d_out): the bilinear form M of a weighted ``uvw`` tensor product with the weights
+    ``weight`` (weight_numel,), tp(x1, x2)[k] = Σ_ab M[a, b, k] x1[a] x2[b], summed path by path
+    from e3nn's instructions (weights, path weights, Wigner 3j symbols in float64) in weight's dtype."""
+    ir1, ir2, iro = tp.irreps_in1, tp.irreps_in2, tp.irreps_out
+    s1, s2, so = ir1.slices(), ir2.slices(), iro.slices()
+    m = torch.zeros(ir1.dim, ir2.dim, iro.dim, dtype=torch.float64, device=weight.device)
+    w64 = weight.detach().to(torch.float64)
+    off = 0
+    for i in tp.instructions:
+        if 0 in i.path_shape:
+            continue
+        if i.connection_mode != "uvw" or not i.has_weight:
+            raise ValueError(f"bilinear_tensor handles weighted 'uvw' paths only, not {i.connection_mode!r}")
+        (m1, r1), (m2, r2), (mo, ro) = ir1[i.i_in1], ir2[i.i_in2], iro[i.i_out]
+        n = m1 * m2 * mo
+        w = w64[off: off + n].reshape(m1, m2, mo)
+        off += n
+        c = o3.wigner_3j(r1.l, r2.l, ro.l, dtype=torch.float64, device=weight.device)
+        blk = i.path_weight * torch.einsum("uvw,ijk->uivjwk", w, c).reshape(m1 * r1.dim, m2 * r2.dim, mo * ro.dim)
+        m[s1[i.i_in1], s2[i.i_in2], so[i.i_out]] += blk
+    return m.to(weight.dtype)
+
+
 class BilinearTable:
     """A shared-weight tensor product evaluated as the dense bilinear form it is, for many pairs of
     few distinct inputs: tp(x1, x2)[k] = Σ_ab M[a, b, k] x1[a] x2[b].
@@ -171,30 +199,19 @@ class BilinearTable:
     A_i = Σ_a M[a] x1_i[a] (one (d2, d_out) matrix per atom i, computed once), each pair (i, j)
     costs one matrix-vector product x2_jᵀ A_i, and the pairs of one atom i are one matrix product.
 
-    M is read off the module itself (its products with pairs of unit vectors), so it is the same
-    bilinear map up to float rounding: exact in real arithmetic, and equivariant as the module is.
-    It depends on the weights: ``stale`` says when they have changed since. Inference only: it does
-    not differentiate through the weights.
+    M is summed from the module's own paths (``bilinear_tensor``): the same bilinear map, to float
+    rounding, and equivariant as the module is. It depends on the weights: ``stale`` says when they
+    have changed since. Inference only: it does not differentiate through the weights.
     """
 
-    #: pairs of unit vectors evaluated per call while reading M off the module (bounds memory)
-    basis_rows: int = 2048
-
-    def __init__(self, fused: FusedTensorProduct, weight: torch.Tensor, d1: int, d2: int) -> None:
+    def __init__(self, tp: o3.TensorProduct, weight: torch.Tensor) -> None:
         #: the weights M was made from (a copy: writes through ``.data`` leave no version trace)
         self.weight = weight.detach().clone()
-        self.d1, self.d2 = d1, d2
         with torch.no_grad():
-            eye1 = torch.eye(d1, dtype=weight.dtype, device=weight.device)
-            eye2 = torch.eye(d2, dtype=weight.dtype, device=weight.device)
-            a = torch.arange(d1 * d2, device=weight.device)
-            parts = []
-            for s in range(0, d1 * d2, self.basis_rows):
-                sl = a[s: s + self.basis_rows]
-                parts.append(fused(eye1[sl // d2], eye2[sl % d2], weight))
-            #: (d1, d2 · d_out): row a holds the (d2, d_out) matrix of the unit vector e_a
-            self.m = torch.cat(parts).reshape(d1, -1)
-        self.d_out = self.m.shape[1] // d2
+            m = bilinear_tensor(tp, weight)
+        self.d1, self.d2, self.d_out = m.shape
+        #: (d1, d2 · d_out): row a holds the (d2, d_out) matrix of the unit vector e_a
+        self.m = m.reshape(self.d1, -1)
 
     def stale(self, weight: torch.Tensor) -> bool:
         """True when ``weight`` differs (values, dtype or device) from the weights M was made from."""
