@@ -219,8 +219,8 @@ class HamiltonianCorrection(nn.Module):
         return tp(x1, x2) if weight is None else tp(x1, x2, weight)
 
     #: edges from which, at inference, the pair term h_i ⊗ h_j is evaluated as a dense bilinear form
-    #: (``fused.BilinearTable``); below it the per-path products are as fast (measured: level from 54
-    #: to 128 atoms, 17% faster on the 432-atom SOC cell); 0 disables it
+    #: (``fused.BilinearTable``); below it the per-path products are about as fast (the whole forward
+    #: within -6% to +13% at 54 to 128 atoms; 17% faster on the 432-atom SOC cell); 0 disables it
     pair_table_min_edges: int = 16384
 
     def _pair_table_for(self, n_edges: int) -> BilinearTable | None:
