@@ -312,8 +312,8 @@ class HamiltonianCorrection(nn.Module):
         off = ~g.onsite
         src, dst = g.edge_src[off], g.edge_dst[off]
         # Spherical harmonics of every edge's direction, computed once for all layers and heads.
-        # An on-site edge has no direction, so it is given the vector (1, 1, 1) as a placeholder;
-        # every use of sh_all selects the off-site rows (sh_off) or masks the on-site ones out.
+        # On-site edges have no direction: they get the fixed vector (1, 1, 1), which keeps their rows
+        # finite, and every use of sh_all takes the off-site rows (sh_off) or masks the on-site rows out.
         sh_all = o3.spherical_harmonics(self.irreps_sh, torch.where(g.onsite[:, None], torch.ones_like(g.edge_vec),
                                                                      g.edge_vec), normalize=True, normalization="component")
         sh_off = sh_all[off]
