@@ -158,6 +158,9 @@ def test_config_yaml_round_trip(tmp_path):
     p.write_text("split_seed: abc\n")
     with pytest.raises(ValueError, match="split_seed"):
         load_train_config(p)
+    p.write_text("window_reference: h1\n")
+    with pytest.raises(ValueError, match="window_reference"):
+        load_train_config(p)
 
 
 def test_train_without_its_data_is_one_line_and_writes_nothing(tmp_path):
@@ -404,6 +407,36 @@ def test_band_window_loss_is_first_order_band_error_without_the_rigid_shift(run)
     sel = np.arange(i0, i0 + len(ew))  # the window states are a contiguous run of bands
     assert np.allclose(e0[sel], ew, atol=1e-5)
     assert abs(first.sum() - (e1 - e0)[sel].sum()) < 1e-3 * np.abs(first).sum()
+
+
+@pytest.mark.parametrize("run", ["s0221", "t0045"])
+def test_absolute_band_window_loss_is_the_rms_band_error_in_its_unit(run):
+    """``window_scale``: an error α·H (every band stretched about zero) gives C^†(αH)C = α·diag(ε), so the
+    absolute loss is |α| times the rms spread of the window energies about their mean, in scale units;
+    the relative loss of the same error is that number over H(0)'s, and the true ΔH gives 0 in both."""
+    from nextham_dft.core.blocks import spinor_to_ab
+    from nextham_dft.core.kspace import KAssembler
+    from nextham_dft.model.graph import build_graph
+    from nextham_dft.model.irreps import BasisLayout
+    from nextham_dft.model.losses import build_kdata, kspace_losses
+
+    system = read_run(need(DATA / "runs" / run))
+    layout = BasisLayout()
+    g, idx = build_graph(system, layout, dtype=torch.float64)
+    k = np.array([[0.0, 0.0, 0.0], [0.25, 0.1, 0.4]])
+    kd = build_kdata(system, idx, layout, k)
+    alpha, scale = 1e-3, 0.05
+    stretched = g.target + alpha * (g.h0 + g.target) * g.mask  # ΔH_pred − ΔH_true = α·H (spin-free part)
+    h = system.matrices["H"]
+    ha = h if h.spin == "none" else h.with_data(spinor_to_ab(h.data)[0], "none")
+    c, m = kd.C.numpy().astype(complex), kd.wmask.numpy() > 0
+    eps = np.einsum("kdn,kde,ken->kn", c.conj(), KAssembler(ha)(k), c).real[m]  # window energies, eV
+    expected = alpha * np.sqrt(np.mean((eps - eps.mean()) ** 2)) / scale
+    win_abs = float(kspace_losses(stretched, kd, window_scale=scale)[1])
+    assert win_abs == pytest.approx(expected, rel=1e-3)
+    win_rel = float(kspace_losses(stretched, kd)[1])
+    assert win_rel == pytest.approx(win_abs * np.sqrt(m.sum() * scale**2 / kd.ref_window), rel=1e-5)
+    assert float(kspace_losses(g.target, kd, window_scale=scale)[1]) < 1e-3
 
 
 @pytest.mark.parametrize("shared", [False, True])

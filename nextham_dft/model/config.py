@@ -84,6 +84,11 @@ class TrainConfig:
     w_window: float = 0.0
     #: eV added on both sides of the band window of that loss (1.0: the window where ghost states are counted)
     window_margin: float = 0.0
+    #: what the band-window loss is measured against: "h0" (relative to H(0)'s own window error, so
+    #: every structure weighs the same whatever H(0)'s error) or "absolute" (the rms first-order band
+    #: error per window state in units of ``model.target_scale``, so that structures weigh by their
+    #: band error in eV, as the band MAE metric does; crystals where H(0) is far off then weigh more)
+    window_reference: str = "h0"
     #: None: the real-space and k-space losses compare ΔH itself, so the rigid shift μS is learned with
     #: everything else. A number: both compare ΔH after removing each structure's best rigid shift μS
     #: (least squares over its entries, as the metric "H MAE after μS"), and w_shift·|μ|/target_scale
@@ -137,6 +142,8 @@ def train_config_from_dict(d: dict) -> TrainConfig:
         raise ValueError(f"unknown training option(s): {', '.join(sorted(bad))}")
     if d.get("select_on", "h_mae") not in ("h_mae", "loss"):
         raise ValueError(f"select_on must be 'h_mae' or 'loss', not {d['select_on']!r}")
+    if d.get("window_reference", "h0") not in ("h0", "absolute"):
+        raise ValueError(f"window_reference must be 'h0' or 'absolute', not {d['window_reference']!r}")
     if not 0.0 <= float(d.get("ema_decay", 0.0)) < 1.0:
         raise ValueError(f"ema_decay must lie in [0, 1), not {d['ema_decay']!r}")
     if d.get("split_seed") is not None and (isinstance(d["split_seed"], bool) or not isinstance(d["split_seed"], int)):

@@ -16,7 +16,9 @@ C_w^† (H_pred(k) − H(k)) C_w holds the first-order errors of those band ener
 their mixing off it. It is made invariant to a rigid shift (the mean of the diagonal is removed):
 the real-space term carries the absolute level, this one the bands relative to each other. The
 term is the norm of that matrix relative to H(0)'s (1 = no better than H(0)), with H(0)'s taken as at
-least WINDOW_FLOOR_EV rms per state.
+least WINDOW_FLOOR_EV rms per state; or (``window_scale`` given) the absolute rms per window state in
+units of that scale, which weighs structures by their band error in eV instead of by how much they
+improve on H(0).
 """
 
 from __future__ import annotations
@@ -173,15 +175,16 @@ def rigid_shift(diff: torch.Tensor, s: torch.Tensor, mask: torch.Tensor) -> torc
     return (diff * sm).sum() / (sm * s).sum().clamp_min(1e-12)
 
 
-def kspace_losses(delta: torch.Tensor, kd: KData, window: bool = True,
-                  mu: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def kspace_losses(delta: torch.Tensor, kd: KData, window: bool = True, mu: torch.Tensor | None = None,
+                  window_scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(orthonormalised-H(k) loss, band-window loss) of one structure, each relative to H(0)'s (1 = no
     better than H(0)), so that every structure weighs the same whatever its conditioning.
 
     Orthonormalised: |S^-1/2 (ΔH_pred(k) − ΔH_true(k)) S^-1/2|². Band window: see the module
     docstring (None when the structure has no state in the window or ``window`` is False).
     delta: (E, n, n) predicted padded blocks of this structure's directed edges (eV). ``mu`` (eV): a
-    rigid shift μS of the error to leave out (``kd`` built ``with_xsx``).
+    rigid shift μS of the error to leave out (``kd`` built ``with_xsx``). ``window_scale`` (eV): the
+    band-window loss as sqrt(Σ|C^† E C − μ1|² / n_states) / window_scale instead of relative to H(0).
     """
     diff = _delta_k(delta, kd) - kd.dH
     ortho = kd.X @ diff @ kd.X
@@ -190,7 +193,8 @@ def kspace_losses(delta: torch.Tensor, kd: KData, window: bool = True,
     full = (ortho.abs() ** 2).sum() / kd.ref_norm
     win = None
     if window and kd.C is not None:  # a norm ratio, not its square: outliers weigh less
-        win = torch.sqrt(_window_error(kd.C, kd.wmask, diff) / kd.ref_window + 1e-12)
+        ref = kd.ref_window if window_scale is None else float(kd.wmask.sum()) * window_scale**2
+        win = torch.sqrt(_window_error(kd.C, kd.wmask, diff) / ref + 1e-12)
     return full, win
 
 

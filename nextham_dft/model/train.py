@@ -92,6 +92,11 @@ def structure_spans(batch: list[Item]) -> list[slice]:
     return out
 
 
+def window_scale(cfg: TrainConfig) -> float | None:
+    """eV unit of an absolute band-window loss (``window_reference: absolute``); None: relative to H(0)."""
+    return cfg.model.target_scale if cfg.window_reference == "absolute" else None
+
+
 def step_loss(model, batch: list[Item], cfg: TrainConfig, use_kspace: bool = True) -> tuple[torch.Tensor, dict]:
     dev = next(model.parameters()).device
     g = batch_graphs([it.graph for it in batch]).to(dev)  # items stay on the CPU; one batch at a time on the device
@@ -115,7 +120,8 @@ def step_loss(model, batch: list[Item], cfg: TrainConfig, use_kspace: bool = Tru
     if use_kspace and (cfg.w_kspace > 0 or cfg.w_window > 0):
         lk, lw, nw = 0.0, 0.0, 0
         for it, sl, mu in zip(batch, spans, mus):
-            full, win = kspace_losses(delta[sl], it.kdata.to(dev), window=cfg.w_window > 0, mu=mu)
+            full, win = kspace_losses(delta[sl], it.kdata.to(dev), window=cfg.w_window > 0, mu=mu,
+                                      window_scale=window_scale(cfg))
             lk = lk + full
             if win is not None:
                 lw, nw = lw + win, nw + 1
@@ -158,7 +164,7 @@ def validate(model, items: list[Item], cfg: TrainConfig | None = None) -> dict:
         n += float(m.sum())
         if want_k:
             full, win = kspace_losses(delta, it.kdata.to(dev), window=cfg.w_window > 0,
-                                      mu=mu if split_shift else None)
+                                      mu=mu if split_shift else None, window_scale=window_scale(cfg))
             ks += float(full)
             if win is not None:
                 ws, nw = ws + float(win), nw + 1
