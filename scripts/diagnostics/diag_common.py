@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Iterator
 
 import numpy as np
@@ -11,6 +12,15 @@ from nextham_dft.core.system import System
 from nextham_dft.dataset import iter_dataset
 from nextham_dft.model.predict import predict_hamiltonian
 from nextham_dft.model.store import load_model, resolve_model_path
+
+
+def split_parser(doc: str) -> argparse.ArgumentParser:
+    """Arguments every split-wide diagnostic takes: DATA.h5, --model (default: bundled), --split."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("data", help="dataset file of `nextham-dft dataset build`")
+    ap.add_argument("--model", default=None, help="model file (default: the bundled model)")
+    ap.add_argument("--split", default="val", help="split of the model card: train, val or test")
+    return ap
 
 
 def split_systems(model_path: str | None, data: str, split: str) -> Iterator[tuple[System, BlockSparse]]:

@@ -9,20 +9,15 @@ Usage: python scripts/diagnostics/gap_error.py DATA.h5 [--model PATH] [--split v
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 
-from diag_common import split_systems
+from diag_common import split_parser, split_systems
 from nextham_dft.core.kspace import band_energies
 from nextham_dft.evaluation import band_window
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("data")
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--split", default="val")
+    ap = split_parser(__doc__)
     a = ap.parse_args()
     print("id     formula   kind | model: shifted MAE, gap error, rest | H(0): the same (meV)")
     for system, hp in split_systems(a.model, a.data, a.split):

@@ -11,11 +11,9 @@ Usage: python scripts/diagnostics/near_null_filter.py DATA.h5 [--model PATH] [--
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 
-from diag_common import spin_free, split_systems, with_spin_free
+from diag_common import split_parser, spin_free, split_systems, with_spin_free
 from nextham_dft.core.blocks import BlockSparse
 from nextham_dft.core.kspace import KAssembler
 from nextham_dft.evaluation import evaluate
@@ -42,10 +40,7 @@ def filter_near_null(m: BlockSparse, s: BlockSparse, s0: float, chunk: int = 32)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("data")
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--split", default="val")
+    ap = split_parser(__doc__)
     ap.add_argument("--s0", type=float, default=0.01, help="S eigenvalue below which components are damped")
     a = ap.parse_args()
     print(f"{'id':6s} {'formula':9s} | shifted band MAE (meV), ghost states: H+E | H+gEg | H(0)+g dH g")

@@ -10,11 +10,9 @@ Usage: python scripts/diagnostics/overlap_spectrum_error.py DATA.h5 [--model PAT
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 
-from diag_common import spin_free, split_systems
+from diag_common import split_parser, spin_free, split_systems
 from nextham_dft.core.kspace import KAssembler
 
 BINS = (0.0, 1e-3, 1e-2, 1e-1, np.inf)
@@ -29,10 +27,7 @@ def binned_error(err_k: np.ndarray, w: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("data")
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--split", default="val")
+    ap = split_parser(__doc__)
     a = ap.parse_args()
     labels = [f"s<{hi:g}" for hi in BINS[1:]]
     print(f"{'id':6s} {'formula':9s} {'min s':>8s}  model: " + " ".join(f"{x:>9s}" for x in labels)
