@@ -178,7 +178,8 @@ def rigid_shift(diff: torch.Tensor, s: torch.Tensor, mask: torch.Tensor) -> torc
 def kspace_losses(delta: torch.Tensor, kd: KData, window: bool = True, mu: torch.Tensor | None = None,
                   window_scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(orthonormalised-H(k) loss, band-window loss) of one structure, each relative to H(0)'s (1 = no
-    better than H(0)), so that every structure weighs the same whatever its conditioning.
+    better than H(0)), so that every structure weighs the same whatever its conditioning; the window
+    loss in ``window_scale`` units instead where that is given.
 
     Orthonormalised: |S^-1/2 (ΔH_pred(k) − ΔH_true(k)) S^-1/2|². Band window: see the module
     docstring (None when the structure has no state in the window or ``window`` is False).
