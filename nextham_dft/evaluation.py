@@ -41,7 +41,7 @@ def nearest_distance(e: np.ndarray, e_ref: np.ndarray) -> np.ndarray:
     return out
 
 
-def _parts(m: BlockSparse) -> tuple[np.ndarray, np.ndarray | None]:
+def spin_parts(m: BlockSparse) -> tuple[np.ndarray, np.ndarray | None]:
     """Spin-free part (nnz,) and spin part (nnz, 3) (None without spinors) of a Hamiltonian's entries."""
     if m.spin == "spinor":
         return spinor_to_ab(m.data)
@@ -70,14 +70,14 @@ def evaluate(system: System, predicted: BlockSparse, kfrac: np.ndarray | None = 
     fermi = system.fermi_from_bands(e_ref, weights) if kfrac is None else system.fermi_ev.get("H", 0.0)
     lo, hi, insulator = band_window(e_ref, system.nelec, system.spin_degeneracy, fermi)
     sel = (e_ref >= lo) & (e_ref <= hi)
-    a_ref, b_ref = _parts(h.aligned_to(h0))
+    a_ref, b_ref = spin_parts(h.aligned_to(h0))
     s_al = s.aligned_to(h0).data
     edge, _, _ = h0.entry_index()
     on = h0.onsite_blocks()[edge]
     length = block_lengths(system, h0)[edge]  # Å, per entry
     out = {}
     for name, m in (("predicted", predicted.aligned_to(h0)), ("h0", h0)):
-        a, b = _parts(m)
+        a, b = spin_parts(m)
         d = a - a_ref
         mu = float(np.dot(d, s_al) / np.dot(s_al, s_al))  # best rigid shift H -> H - μS
         e = band_energies(m, s, k)

@@ -194,7 +194,7 @@ def kspace_losses(delta: torch.Tensor, kd: KData, window: bool = True, mu: torch
     full = (ortho.abs() ** 2).sum() / kd.ref_norm
     win = None
     if window and kd.C is not None:  # a norm ratio, not its square: outliers weigh less
-        ref = kd.ref_window if window_scale is None else float(kd.wmask.sum()) * window_scale**2
+        ref = kd.ref_window if window_scale is None else kd.wmask.sum() * window_scale**2  # no host sync
         win = torch.sqrt(_window_error(kd.C, kd.wmask, diff) / ref + 1e-12)
     return full, win
 

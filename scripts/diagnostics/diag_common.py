@@ -7,9 +7,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from nextham_dft.core.blocks import BlockSparse, ab_to_spinor, spinor_to_ab
+from nextham_dft.core.blocks import BlockSparse, ab_to_spinor
 from nextham_dft.core.system import System
 from nextham_dft.dataset import iter_dataset
+from nextham_dft.evaluation import spin_parts
 from nextham_dft.model.predict import predict_hamiltonian
 from nextham_dft.model.store import load_model, resolve_model_path
 
@@ -35,9 +36,7 @@ def split_systems(model_path: str | None, data: str, split: str) -> Iterator[tup
 
 def spin_free(m: BlockSparse, data: np.ndarray) -> np.ndarray:
     """Real spin-free part (nnz,) of entries laid out as ``m``'s (eV)."""
-    if m.spin == "spinor":
-        return spinor_to_ab(data)[0]
-    return data.real if np.iscomplexobj(data) else data
+    return spin_parts(m.with_data(data))[0]
 
 
 def with_spin_free(m: BlockSparse, base: np.ndarray, a: np.ndarray) -> BlockSparse:

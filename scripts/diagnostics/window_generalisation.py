@@ -10,30 +10,20 @@ Usage: python scripts/diagnostics/window_generalisation.py RUN_DIR [--weights be
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from nextham_dft.model.config import load_train_config
-from nextham_dft.model.losses import kspace_losses, rigid_shift
+from nextham_dft.model.config import TrainConfig, load_train_config
 from nextham_dft.model.store import load_model
-from nextham_dft.model.train import Item, load_items, window_scale
+from nextham_dft.model.train import Item, load_items, validate
 
 
-@torch.no_grad()
-def mean_losses(model, items: list[Item], cfg) -> tuple[float, float]:
-    """(mean k-space loss, mean band-window loss) of ``model`` over ``items``."""
-    ks, ws = [], []
-    for it in items:
-        delta, _ = model(it.graph)
-        mu = rigid_shift(delta - it.graph.target, it.graph.s, it.graph.mask) if cfg.w_shift is not None else None
-        full, win = kspace_losses(delta, it.kdata, window=True, mu=mu, window_scale=window_scale(cfg))
-        ks.append(float(full))
-        if win is not None:
-            ws.append(float(win))
-    return float(np.mean(ks)), float(np.mean(ws))
+def mean_losses(model, items: list[Item], cfg: TrainConfig) -> tuple[float, float]:
+    """(mean k-space loss, mean band-window loss) of ``model`` over ``items``, as training's validation
+    computes them (the window loss is computed even where the run did not train on it)."""
+    out = validate(model, items, dataclasses.replace(cfg, select_on="loss", w_window=max(cfg.w_window, 1.0)))
+    return out["val_kspace"], out["val_window"]
 
 
 def main() -> None:
