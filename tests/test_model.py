@@ -172,6 +172,15 @@ def test_train_without_its_data_is_one_line_and_writes_nothing(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_train_with_a_bad_window_reference_is_one_line_and_writes_nothing(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"out_dir: {tmp_path / 'run'}\nwindow_reference: h1\n")
+    res = CliRunner().invoke(main, ["train", str(cfg)])
+    assert res.exit_code != 0 and "window_reference must be 'h0' or 'absolute'" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_split_seed_fixes_the_split_apart_from_the_training_seed():
     ids = [f"s{i:03d}" for i in range(40)]
     elements = {i: {"Si"} if int(i[1:]) % 5 else {"Au", "Si"} for i in ids}
