@@ -51,6 +51,15 @@ class ModelConfig:
     #: pair term h_i ⊗ h_j is the same for every periodic image of an atom pair. Zero-initialised, so
     #: a model without it fine-tunes into it
     edge_messages: bool = False
+    #: bond-environment term: each edge (i, j, R) gets m_e = Σ_k w(|r_ik|, |r_jk|, Z_k) Y(r̂_ik) over the
+    #: atoms k within ``r_env`` (Å) of i (a three-body feature: where the neighbours of a bond sit
+    #: around it), coupled with Y(r̂_ij) and mapped linearly onto the block irreps. Without it an
+    #: off-site block learns the angular shape of its environment only through its own H(0) block
+    #: (node features of sites with cubic symmetry carry no l ≤ 3 part). Zero-initialised, so a model
+    #: without it fine-tunes into it
+    bond_env: bool = False
+    r_env: float = 4.0
+    env_channels: int = 8
 
 
 @dataclass(frozen=True)

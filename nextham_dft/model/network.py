@@ -140,6 +140,9 @@ class HamiltonianCorrection(nn.Module):
         with torch.no_grad():
             self.potential.net[-1].weight.zero_()
             self.potential.net[-1].bias.zero_()
+        # 1 for the l = 0 component of the edge spherical harmonics, 0 for the rest
+        self.register_buffer("_sh_l0", (torch.arange(self.irreps_sh.dim) == 0).to(torch.get_default_dtype()),
+                             persistent=False)
         self.out_lin = o3.Linear(bir, bir)
         with torch.no_grad():  # start from ΔH = 0, i.e. from H(0) itself
             for w in self.out_lin.parameters():
@@ -172,6 +175,17 @@ class HamiltonianCorrection(nn.Module):
             with torch.no_grad():
                 for w in self.edge_out.parameters():
                     w.zero_()
+        if cfg.bond_env:
+            c = cfg.env_channels
+            self.irreps_env = o3.Irreps([(c, (l, (-1) ** l)) for l in range(4)])
+            self.irreps_env_sh = o3.Irreps.spherical_harmonics(3)
+            self.env_radial = MLP([2 * cfg.num_rbf + cfg.embed_dim, cfg.mlp_hidden, 4 * c])
+            self.env_tp = o3.FullyConnectedTensorProduct(self.irreps_env, self.irreps_sh, h)
+            self.env_tp_fused = FusedTensorProduct(self.env_tp)
+            self.env_out = o3.Linear(h, bir)
+            with torch.no_grad():
+                for w in self.env_out.parameters():
+                    w.zero_()
         if cfg.spin_head:
             bsp = self.blocks.irreps_spin
             self.irreps_spin = bsp
@@ -194,7 +208,8 @@ class HamiltonianCorrection(nn.Module):
 
     #: parameters a model file may lack: zero-initialised extensions (fine-tuning an older model into them)
     optional_prefixes: tuple[str, ...] = ("trace_gate.", "trace_potential.", "charge.", "ewald_response", "edge_tp.",
-                                          "edge_tp_w.", "edge_tp_fused.", "edge_out.")
+                                          "edge_tp_w.", "edge_tp_fused.", "edge_out.", "env_radial.", "env_tp.",
+                                          "env_tp_fused.", "env_out.")
 
     def _scalars(self, h: torch.Tensor) -> torch.Tensor:
         return h[:, : self.irreps_hidden.count("0e")]
@@ -345,6 +360,40 @@ class HamiltonianCorrection(nn.Module):
                                      self.edge_tp_w(s_e[sl]))
             return self.edge_out(z * (~g.onsite[sl])[:, None].to(z.dtype))
 
+        if cfg.bond_env:
+            # the edges from each atom to its neighbours within r_env (the k of the three-body sums),
+            # grouped by their source atom
+            near = torch.nonzero(~g.onsite & (r < cfg.r_env), as_tuple=False).squeeze(1)
+            near = near[torch.argsort(g.edge_src[near], stable=True)]
+            n_near = torch.bincount(g.edge_src[near], minlength=n_atoms)
+            first_near = torch.cumsum(n_near, 0) - n_near
+
+        def env_term(sl: slice | torch.Tensor) -> torch.Tensor:
+            """Block irreps of the bond-environment term of the edges in sl: m_e = Σ_k w(|r_ik|, |r_jk|,
+            Z_k) Y(r̂_ik) over the neighbours k of i within r_env, coupled with Y(r̂_ij) (on-site edges:
+            with its l = 0 part alone, as they have no direction)."""
+            e = torch.arange(E, device=r.device)[sl]
+            src = g.edge_src[e]
+            cnt = n_near[src]
+            rep = torch.repeat_interleave(torch.arange(len(e), device=r.device), cnt)
+            start = torch.cumsum(cnt, 0) - cnt
+            f = near[first_near[src][rep] + torch.arange(len(rep), device=r.device) - start[rep]]
+            v_ik = g.edge_vec[f]
+            r_ik = torch.linalg.norm(v_ik, dim=1)
+            r_jk = torch.linalg.norm(v_ik - g.edge_vec[e][rep], dim=1)
+            w = self.env_radial(torch.cat([bessel(r_ik, cfg.num_rbf, cfg.r_env),
+                                           bessel(r_jk, cfg.num_rbf, cfg.r_env + cfg.r_max),
+                                           self.embed(g.z[g.edge_dst[f]])], dim=1))
+            w = w * envelope(r_ik, cfg.r_env)[:, None]
+            y_k = o3.spherical_harmonics(self.irreps_env_sh, v_ik, normalize=True, normalization="component")
+            c = cfg.env_channels
+            parts = [(w[:, l * c:(l + 1) * c, None] * y_k[:, l * l:(l + 1) ** 2][:, None, :]).reshape(len(rep), -1)
+                     for l in range(4)]
+            m = torch.zeros(len(e), self.irreps_env.dim, dtype=w.dtype, device=w.device)
+            m = m.index_add(0, rep, torch.cat(parts, dim=1))
+            sh = sh_all[sl] * torch.where(g.onsite[sl][:, None], self._sh_l0.to(w.dtype), torch.ones_like(self._sh_l0, dtype=w.dtype))
+            return self.env_out(self._tensor_product(self.env_tp_fused, self.env_tp, m, sh))
+
         def correction_irreps(sl: slice | torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
             """ΔH irreps (units of target_scale) of the edges in sl (edge inputs x when already at hand),
             before the trace feedback."""
@@ -353,6 +402,8 @@ class HamiltonianCorrection(nn.Module):
             y = self.edge_lin(x) * gates[:, self.out_index] + pair_term(sl) * size[sl]
             if cfg.edge_messages:
                 y = y + edge_term(sl) * size[sl]
+            if cfg.bond_env:
+                y = y + env_term(sl) * size[sl]
             return self.out_lin(y)
 
         tau = None
