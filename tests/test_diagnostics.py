@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+import torch
 import pytest
 
 from nextham_dft.adapters.abacus import read_run
@@ -45,3 +46,26 @@ def test_overlap_spectrum_bins_add_up_to_the_orthonormalised_error(example):
     x = np.einsum("kij,kj,klj->kil", v, 1.0 / np.sqrt(w), v.conj())
     total = float(np.sum(np.abs(x @ err @ x) ** 2))
     assert binned_error(err, w, v).sum() == pytest.approx(total, rel=1e-10)
+
+
+def test_capacity_probe_measures_what_eval_reports(example):
+    """The probe's H MAE after μS of H(0) (ΔH = 0) is eval's h_mae_shifted_mev for H(0), computed on
+    the padded graph; its error shares add up to 1 both ways."""
+    from capacity_probe import error_shares, shifted_mae
+
+    from nextham_dft.evaluation import evaluate
+    from nextham_dft.model.graph import build_graph
+    from nextham_dft.model.irreps import BasisLayout
+
+    system, _ = example
+    layout = BasisLayout()
+    g, _ = build_graph(system, layout, dtype=torch.float64)
+    spans = [slice(0, len(g.edge_src))]
+    zero = torch.zeros_like(g.target)
+    got = shifted_mae(zero, g, spans)[0]
+    want = evaluate(system, system.matrices["H0"])["predicted"]["h_mae_shifted_mev"]
+    assert got == pytest.approx(want, rel=1e-6)
+    assert shifted_mae(g.target, g, spans)[0] == pytest.approx(0.0, abs=1e-9)  # the true ΔH
+    shares = error_shares(zero, g, spans, layout)
+    assert sum(shares["class"].values()) == pytest.approx(1.0, abs=1e-9)
+    assert sum(shares["l"].values()) == pytest.approx(1.0, abs=1e-9)
