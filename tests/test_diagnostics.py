@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from nextham_dft.adapters.abacus import read_run
 from nextham_dft.core.kspace import KAssembler

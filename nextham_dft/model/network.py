@@ -140,9 +140,6 @@ class HamiltonianCorrection(nn.Module):
         with torch.no_grad():
             self.potential.net[-1].weight.zero_()
             self.potential.net[-1].bias.zero_()
-        # 1 for the l = 0 component of the edge spherical harmonics, 0 for the rest
-        self.register_buffer("_sh_l0", (torch.arange(self.irreps_sh.dim) == 0).to(torch.get_default_dtype()),
-                             persistent=False)
         self.out_lin = o3.Linear(bir, bir)
         with torch.no_grad():  # start from ΔH = 0, i.e. from H(0) itself
             for w in self.out_lin.parameters():
@@ -179,6 +176,9 @@ class HamiltonianCorrection(nn.Module):
             c = cfg.env_channels
             self.irreps_env = o3.Irreps([(c, (l, (-1) ** l)) for l in range(4)])
             self.irreps_env_sh = o3.Irreps.spherical_harmonics(3)
+            # 1 for the l = 0 component of the edge spherical harmonics, 0 for the rest
+            self.register_buffer("sh_l0", (torch.arange(self.irreps_sh.dim) == 0).to(torch.get_default_dtype()),
+                                 persistent=False)
             self.env_radial = MLP([2 * cfg.num_rbf + cfg.embed_dim, cfg.mlp_hidden, 4 * c])
             self.env_tp = o3.FullyConnectedTensorProduct(self.irreps_env, self.irreps_sh, h)
             self.env_tp_fused = FusedTensorProduct(self.env_tp)
@@ -391,7 +391,7 @@ class HamiltonianCorrection(nn.Module):
                      for l in range(4)]
             m = torch.zeros(len(e), self.irreps_env.dim, dtype=w.dtype, device=w.device)
             m = m.index_add(0, rep, torch.cat(parts, dim=1))
-            sh = sh_all[sl] * torch.where(g.onsite[sl][:, None], self._sh_l0.to(w.dtype), torch.ones_like(self._sh_l0, dtype=w.dtype))
+            sh = torch.where(g.onsite[sl][:, None], sh_all[sl] * self.sh_l0.to(w.dtype), sh_all[sl])
             return self.env_out(self._tensor_product(self.env_tp_fused, self.env_tp, m, sh))
 
         def correction_irreps(sl: slice | torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
