@@ -206,6 +206,15 @@ def batch_graphs(graphs: list[Graph]) -> Graph:
     return Graph(spinor=graphs[0].spinor, n_atoms=a_off, ewald=ewald, **cat)
 
 
+def edge_spans(graphs: list[Graph]) -> list[slice]:
+    """The slice of each graph's directed edges in ``batch_graphs(graphs)``."""
+    out, e0 = [], 0
+    for g in graphs:
+        out.append(slice(e0, e0 + len(g.edge_src)))
+        e0 += len(g.edge_src)
+    return out
+
+
 def corrections_to_blocks(system: System, idx: EdgeIndex, layout: BasisLayout, delta: np.ndarray,
                           delta_spin: np.ndarray | None) -> BlockSparse:
     """Padded per-edge corrections (stored half = first n_stored edges) → BlockSparse in the system's layout."""

@@ -25,7 +25,7 @@ from ..dataset import iter_dataset, list_ids
 from ..errors import NexthamError
 from .config import TrainConfig, dump_yaml, to_dict
 from .ema import WeightAverage
-from .graph import Graph, batch_graphs, build_graph
+from .graph import Graph, batch_graphs, build_graph, edge_spans
 from .losses import KData, build_kdata, kspace_losses, real_space_loss, rigid_shift
 from .network import HamiltonianCorrection
 from .store import load_model, load_weights_into, save_model, select_member
@@ -84,12 +84,7 @@ def batches(items: list[Item], size: int, rng: random.Random) -> list[list[Item]
 
 def structure_spans(batch: list[Item]) -> list[slice]:
     """The slice of each structure's directed edges in the batched graph of ``batch``."""
-    out, e0 = [], 0
-    for it in batch:
-        ne = len(it.graph.edge_src)
-        out.append(slice(e0, e0 + ne))
-        e0 += ne
-    return out
+    return edge_spans([it.graph for it in batch])
 
 
 def window_scale(cfg: TrainConfig) -> float | None:

@@ -23,7 +23,8 @@ import yaml
 
 from nextham_dft.dataset import iter_dataset
 from nextham_dft.model.config import load_train_config
-from nextham_dft.model.graph import Graph, batch_graphs, build_graph
+from nextham_dft.evaluation import LENGTH_BINS
+from nextham_dft.model.graph import Graph, batch_graphs, build_graph, edge_spans
 from nextham_dft.model.irreps import BasisLayout
 from nextham_dft.model.losses import real_space_loss, rigid_shift
 from nextham_dft.model.network import HamiltonianCorrection
@@ -52,14 +53,15 @@ def shifted_mae(delta: torch.Tensor, g: Graph, spans: list[slice]) -> np.ndarray
 
 
 def error_shares(delta: torch.Tensor, g: Graph, spans: list[slice], layout: BasisLayout) -> dict[str, dict[str, float]]:
-    """Shares of the summed |error| after μS over all structures: by block class (on-site, off-site
-    shorter than 3 Å, 3–6 Å, 6 Å and longer) and by the l of the two orbitals (ss, sp, …)."""
+    """Shares of the summed |error| after μS over all structures: by block class (on-site, then off-site
+    by length in eval's bins: lt3A, 3to6A, ge6A) and by the l of the two orbitals (ss, sp, …)."""
     err = torch.zeros_like(g.target)
     for sl in spans:
         err[sl] = _shifted_error(delta, g, sl)
     total = err.sum()
     r = torch.linalg.norm(g.edge_vec, dim=1)
-    classes = {"onsite": g.onsite, "<3": ~g.onsite & (r < 3), "3-6": (r >= 3) & (r < 6), ">=6": r >= 6}
+    classes = {"onsite": g.onsite}  # then off-site blocks by length, in eval's bins
+    classes.update({tag: ~g.onsite & (r >= lo) & (r < hi) for lo, hi, tag in LENGTH_BINS})
     by_class = {k: float(err[sel].sum() / total) for k, sel in classes.items()}
     l_of = torch.tensor([l for l, _z, _o in layout.shells for _ in range(2 * l + 1)])
     by_l = {}
@@ -94,10 +96,7 @@ def main() -> None:
     systems = list(iter_dataset(a.data, ids=a.ids))
     graphs = [build_graph(s, layout, long_range=mcfg.long_range)[0] for s in systems]
     g = batch_graphs(graphs)
-    spans, e0 = [], 0
-    for gg in graphs:
-        spans.append(slice(e0, e0 + len(gg.edge_src)))
-        e0 += len(gg.edge_src)
+    spans = edge_spans(graphs)
     h0 = shifted_mae(torch.zeros_like(g.target), g, spans)
     print(f"{len(systems)} structures {[s.meta['id'] for s in systems]}, "
           f"{sum(p.numel() for p in model.parameters())} parameters; H(0) after μS (meV): {np.round(h0, 3).tolist()}")
