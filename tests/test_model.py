@@ -181,6 +181,17 @@ def test_train_with_a_bad_window_reference_is_one_line_and_writes_nothing(tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("option, message", [("r_env: -1.0", "r_env must be > 0"),
+                                             ("env_channels: 0", "env_channels must be an integer >= 1")])
+def test_train_with_a_bad_bond_env_option_is_one_line_and_writes_nothing(tmp_path, option, message):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"out_dir: {tmp_path / 'run'}\nmodel:\n  bond_env: true\n  {option}\n")
+    res = CliRunner().invoke(main, ["train", str(cfg)])
+    assert res.exit_code != 0 and message in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_split_seed_fixes_the_split_apart_from_the_training_seed():
     ids = [f"s{i:03d}" for i in range(40)]
     elements = {i: {"Si"} if int(i[1:]) % 5 else {"Au", "Si"} for i in ids}

@@ -141,6 +141,11 @@ def model_config_from_dict(d: dict) -> ModelConfig:
         raise ValueError(f"unknown model option(s): {', '.join(sorted(bad))}")
     if d.get("r_corr") is not None and not float(d["r_corr"]) > 0:
         raise ValueError(f"r_corr must be null or > 0 Å, not {d['r_corr']!r}")
+    if "r_env" in d and not (isinstance(d["r_env"], (int, float)) and not isinstance(d["r_env"], bool) and d["r_env"] > 0):
+        raise ValueError(f"r_env must be > 0 Å, not {d['r_env']!r}")
+    if "env_channels" in d and not (isinstance(d["env_channels"], int) and not isinstance(d["env_channels"], bool)
+                                    and d["env_channels"] >= 1):
+        raise ValueError(f"env_channels must be an integer >= 1, not {d['env_channels']!r}")
     return ModelConfig(**{k: _tuplify(v) for k, v in d.items()})
 
 
