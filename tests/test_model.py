@@ -161,6 +161,9 @@ def test_config_yaml_round_trip(tmp_path):
     p.write_text("window_reference: h1\n")
     with pytest.raises(ValueError, match="window_reference"):
         load_train_config(p)
+    p.write_text("real_weighting: atoms\n")
+    with pytest.raises(ValueError, match="real_weighting must be 'entries' or 'metric'"):
+        load_train_config(p)
 
 
 def test_train_without_its_data_is_one_line_and_writes_nothing(tmp_path):
@@ -607,6 +610,45 @@ def test_shift_separated_loss_ignores_a_rigid_shift_and_weighs_it_apart(tmp_path
     p.write_text(p.read_text().replace("w_shift: 0.05", "w_shift: -1.0"))
     res = CliRunner().invoke(main, ["train", str(p), "--device", "cpu"])
     assert res.exit_code != 0 and "w_shift" in res.output + res.stderr
+
+
+def test_metric_weighted_real_loss_weighs_entries_as_eval_does(tiny_dataset):
+    """With ``real_weighting: metric`` the real-space loss of ΔH = 0 is eval's H(0) H MAE (stored half:
+    on-site entries twice on the directed graph), and in a batch every structure weighs the same
+    whatever its size; the default weighs every entry alike, so it differs on such a batch."""
+    from nextham_dft.evaluation import evaluate
+    from nextham_dft.model.graph import batch_graphs
+    from nextham_dft.model.losses import metric_edge_weights, real_space_loss
+    from nextham_dft.model.train import load_items, step_loss, structure_spans
+
+    system = read_run(need(EXAMPLE))
+    g, _ = build_graph(system, BasisLayout(), dtype=torch.float64)
+    w = metric_edge_weights(g.onsite, g.mask, [slice(0, len(g.edge_src))])
+    zero = torch.zeros_like(g.target)
+    got = float(real_space_loss(zero, g.target, g.mask, 1.0, beta=1e-12, edge_weight=w))  # ≈ L1, eV
+    want = evaluate(system, system.matrices["H0"])["h0"]["h_mae_mev"] * 1e-3
+    assert got == pytest.approx(want, rel=1e-6)
+    assert float(real_space_loss(zero, g.target, g.mask, 1.0, beta=1e-12)) != pytest.approx(want, rel=1e-3)
+
+    cfg = TrainConfig(data=str(tiny_dataset), model=SMALL, k_per_structure=2, w_kspace=0.0)
+    model = _random_model(SMALL).float()
+    items = load_items(str(tiny_dataset), None, cfg, model.layout, seed=0)[:2]
+    small = items[1].graph  # the second structure loses its off-site entries beyond the first 40 edges
+    small.mask[40:] = small.mask[40:] * small.onsite[40:, None, None].to(small.mask.dtype)
+    small.target = small.target * small.mask
+    batch = batch_graphs([it.graph for it in items])
+    spans = structure_spans(items)
+    w = metric_edge_weights(batch.onsite, batch.mask, spans)
+    for sl in spans:  # every structure sums to one
+        assert float((w[sl] * batch.mask[sl].sum((1, 2))).sum()) == pytest.approx(1.0)
+    pred = torch.zeros_like(batch.target)
+    each = [float(real_space_loss(pred[sl], batch.target[sl], batch.mask[sl], 0.05, edge_weight=w[sl] * len(spans)))
+            for sl in spans]
+    both = float(real_space_loss(pred, batch.target, batch.mask, 0.05, edge_weight=w))
+    assert both == pytest.approx(sum(each) / 2, rel=1e-6)
+    real = {mode: step_loss(model, items, dataclasses.replace(cfg, real_weighting=mode))[1]["real"]
+            for mode in ("entries", "metric")}
+    assert abs(real["entries"] - real["metric"]) > 1e-3 * real["entries"]
 
 
 def _grown_from_local(cfg: ModelConfig, system) -> tuple[HamiltonianCorrection, object]:

@@ -87,6 +87,10 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 0.0
     w_real: float = 1.0
+    #: how the real-space loss weighs entries: "entries" (every entry of the directed graph alike, so
+    #: big cells and off-site pairs, stored in both directions, weigh more) or "metric" (as the H MAE
+    #: metric does: each structure alike, on-site entries twice within it)
+    real_weighting: str = "entries"
     w_kspace: float = 0.05
     #: band-window loss (first-order band errors of the converged bands in the metrics' window, rigid
     #: shift removed; see model.losses)
@@ -156,6 +160,8 @@ def train_config_from_dict(d: dict) -> TrainConfig:
         raise ValueError(f"unknown training option(s): {', '.join(sorted(bad))}")
     if d.get("select_on", "h_mae") not in ("h_mae", "loss"):
         raise ValueError(f"select_on must be 'h_mae' or 'loss', not {d['select_on']!r}")
+    if d.get("real_weighting", "entries") not in ("entries", "metric"):
+        raise ValueError(f"real_weighting must be 'entries' or 'metric', not {d['real_weighting']!r}")
     if d.get("window_reference", "h0") not in ("h0", "absolute"):
         raise ValueError(f"window_reference must be 'h0' or 'absolute', not {d['window_reference']!r}")
     if not 0.0 <= float(d.get("ema_decay", 0.0)) < 1.0:

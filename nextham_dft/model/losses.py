@@ -200,15 +200,39 @@ def kspace_losses(delta: torch.Tensor, kd: KData, window: bool = True, mu: torch
 
 
 def real_space_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, scale: float,
-                    beta: float = 0.02) -> torch.Tensor:
+                    beta: float = 0.02, edge_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Smooth-L1 ΔH error over existing orbital pairs, errors in units of ``scale``.
 
     Quadratic below ``beta`` (in scale units), linear above: close to the entry-wise MAE that
     the metrics report, so that the many small off-site entries count as much as the few large
-    on-site ones.
+    on-site ones. ``edge_weight`` (E,): each edge's entries weigh this much in the mean
+    (Σ w·loss / Σ w·count); None: every entry alike.
     """
     m = mask if pred.dim() == mask.dim() else mask[..., None]
     n = m.sum() * (1 if pred.dim() == mask.dim() else pred.shape[-1])
     err = ((pred - target) * m).abs() / scale
     loss = torch.where(err < beta, 0.5 * err**2 / beta, err - 0.5 * beta)
-    return loss.sum() / n.clamp_min(1)
+    if edge_weight is None:
+        return loss.sum() / n.clamp_min(1)
+    per_edge = loss.reshape(len(loss), -1).sum(1)
+    count = m.reshape(len(m), -1).sum(1) * (1 if pred.dim() == mask.dim() else pred.shape[-1])
+    return (edge_weight * per_edge).sum() / (edge_weight * count).sum().clamp_min(1e-12)
+
+
+def stored_half_weight(onsite: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(E,) weight of each directed edge so that sums over the directed graph are sums over the stored
+    entries that the H MAE metric averages: an off-site pair is stored once but has two directed edges
+    (weight 1 each), an on-site block is its own mirror (weight 2)."""
+    return 1.0 + onsite.to(dtype)
+
+
+def metric_edge_weights(onsite: torch.Tensor, mask: torch.Tensor, spans: list[slice]) -> torch.Tensor:
+    """(E,) edge weights that make the real-space loss weigh entries as the H MAE metric does: over the
+    stored half (``stored_half_weight``) and every structure alike (the metric is a mean over
+    structures of each structure's entry mean)."""
+    w = stored_half_weight(onsite, mask.dtype)
+    count = mask.reshape(len(mask), -1).sum(1)
+    out = torch.empty_like(w)
+    for sl in spans:
+        out[sl] = w[sl] / (w[sl] * count[sl]).sum().clamp_min(1e-12)
+    return out

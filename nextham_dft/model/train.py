@@ -26,7 +26,7 @@ from ..errors import NexthamError
 from .config import TrainConfig, dump_yaml, to_dict
 from .ema import WeightAverage
 from .graph import Graph, batch_graphs, build_graph, edge_spans
-from .losses import KData, build_kdata, kspace_losses, real_space_loss, rigid_shift
+from .losses import KData, build_kdata, kspace_losses, metric_edge_weights, real_space_loss, rigid_shift
 from .network import HamiltonianCorrection
 from .store import load_model, load_weights_into, save_model, select_member
 
@@ -105,7 +105,8 @@ def step_loss(model, batch: list[Item], cfg: TrainConfig, use_kspace: bool = Tru
     if cfg.w_shift is not None:  # compare ΔH up to each structure's rigid shift μS; |μ| weighed apart
         mus = [rigid_shift(delta[sl] - g.target[sl], g.s[sl], g.mask[sl]) for sl in spans]
         target = g.target + torch.cat([mu * g.s[sl] for mu, sl in zip(mus, spans)])
-    lr_ = real_space_loss(delta, target, g.mask, scale)
+    weight = metric_edge_weights(g.onsite, g.mask, spans) if cfg.real_weighting == "metric" else None
+    lr_ = real_space_loss(delta, target, g.mask, scale, edge_weight=weight)
     loss = cfg.w_real * lr_
     parts = {"real": lr_.item()}
     if cfg.w_shift is not None:

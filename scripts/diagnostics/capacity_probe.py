@@ -26,16 +26,15 @@ from nextham_dft.model.config import load_train_config
 from nextham_dft.evaluation import LENGTH_BINS
 from nextham_dft.model.graph import Graph, batch_graphs, build_graph, edge_spans
 from nextham_dft.model.irreps import BasisLayout
-from nextham_dft.model.losses import real_space_loss, rigid_shift
+from nextham_dft.model.losses import real_space_loss, rigid_shift, stored_half_weight
 from nextham_dft.model.network import HamiltonianCorrection
 from nextham_dft.model.store import load_model, load_weights_into, resolve_model_path, select_member
 
 
 def entry_weights(g: Graph) -> torch.Tensor:
     """(E, n, n) weight of each existing entry of the directed graph so that sums over it are sums over
-    the stored entries that `nextham-dft eval` averages: an off-site pair is stored once but has two
-    directed edges (weight 1 each), an on-site block is its own mirror (weight 2)."""
-    return g.mask * (1.0 + g.onsite.to(g.mask.dtype))[:, None, None]
+    the stored entries that `nextham-dft eval` averages (``stored_half_weight``)."""
+    return g.mask * stored_half_weight(g.onsite, g.mask.dtype)[:, None, None]
 
 
 def _shifted_error(delta: torch.Tensor, g: Graph, sl: slice) -> torch.Tensor:
