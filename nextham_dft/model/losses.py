@@ -209,14 +209,13 @@ def real_space_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
     (Σ w·loss / Σ w·count); None: every entry alike.
     """
     m = mask if pred.dim() == mask.dim() else mask[..., None]
-    n = m.sum() * (1 if pred.dim() == mask.dim() else pred.shape[-1])
+    per_entry = 1 if pred.dim() == mask.dim() else pred.shape[-1]  # components per orbital pair
     err = ((pred - target) * m).abs() / scale
     loss = torch.where(err < beta, 0.5 * err**2 / beta, err - 0.5 * beta)
     if edge_weight is None:
-        return loss.sum() / n.clamp_min(1)
-    per_edge = loss.reshape(len(loss), -1).sum(1)
-    count = m.reshape(len(m), -1).sum(1) * (1 if pred.dim() == mask.dim() else pred.shape[-1])
-    return (edge_weight * per_edge).sum() / (edge_weight * count).sum().clamp_min(1e-12)
+        return loss.sum() / (m.sum() * per_entry).clamp_min(1)
+    count = m.flatten(1).sum(1) * per_entry
+    return (edge_weight * loss.flatten(1).sum(1)).sum() / (edge_weight * count).sum().clamp_min(1e-12)
 
 
 def stored_half_weight(onsite: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -231,7 +230,7 @@ def metric_edge_weights(onsite: torch.Tensor, mask: torch.Tensor, spans: list[sl
     stored half (``stored_half_weight``) and every structure alike (the metric is a mean over
     structures of each structure's entry mean)."""
     w = stored_half_weight(onsite, mask.dtype)
-    count = mask.reshape(len(mask), -1).sum(1)
+    count = mask.flatten(1).sum(1)
     out = torch.empty_like(w)
     for sl in spans:
         out[sl] = w[sl] / (w[sl] * count[sl]).sum().clamp_min(1e-12)
