@@ -184,6 +184,15 @@ def test_train_with_a_bad_window_reference_is_one_line_and_writes_nothing(tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+def test_train_with_a_bad_real_weighting_is_one_line_and_writes_nothing(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"out_dir: {tmp_path / 'run'}\nreal_weighting: atoms\n")
+    res = CliRunner().invoke(main, ["train", str(cfg)])
+    assert res.exit_code != 0 and "real_weighting must be 'entries' or 'metric'" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("option, message", [("r_env: -1.0", "r_env must be > 0"),
                                              ("env_channels: 0", "env_channels must be an integer >= 1")])
 def test_train_with_a_bad_bond_env_option_is_one_line_and_writes_nothing(tmp_path, option, message):
