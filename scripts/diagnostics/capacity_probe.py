@@ -9,6 +9,10 @@ structures well below a tenth of H(0)'s error cannot reach that on unseen ones.
 
 Example (session 17): python scripts/diagnostics/capacity_probe.py cfg.yaml DATA.h5 \
     --ids t0044 s0221 s0014 t0083 --steps 400 --set bond_env=true
+
+``--minutes M`` makes the cosine schedule run over M minutes of wall clock instead of ``--steps`` steps
+(``--steps`` is then a cap), so that runs on different hardware or of different widths get the same
+time; ``--device cuda`` fits on a GPU (``auto``: CUDA when available).
 """
 
 from __future__ import annotations
@@ -82,7 +86,11 @@ def main() -> None:
     ap.add_argument("--init", default=None, help="model file to start from (an ensemble: its first member)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="model option overrides (YAML values)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--minutes", type=float, default=None,
+                    help="cosine schedule over this wall-clock time (minutes); --steps is then a cap")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto (CUDA when available)")
     a = ap.parse_args()
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     torch.manual_seed(a.seed)
     cfg = load_train_config(a.config)
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in a.set)}
@@ -94,27 +102,36 @@ def main() -> None:
         load_weights_into(model, select_member(source, 0, a.init))
     systems = list(iter_dataset(a.data, ids=a.ids))
     graphs = [build_graph(s, layout, long_range=mcfg.long_range)[0] for s in systems]
-    g = batch_graphs(graphs)
+    g = batch_graphs(graphs).to(device)
+    model.to(device)
     spans = edge_spans(graphs)
     h0 = shifted_mae(torch.zeros_like(g.target), g, spans)
     print(f"{len(systems)} structures {[s.meta['id'] for s in systems]}, "
-          f"{sum(p.numel() for p in model.parameters())} parameters; H(0) after μS (meV): {np.round(h0, 3).tolist()}")
+          f"{sum(p.numel() for p in model.parameters())} parameters, device {device}; "
+          f"H(0) after μS (meV): {np.round(h0, 3).tolist()}")
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, a.steps))
     t0 = time.time()
+    budget_s = None if a.minutes is None else 60.0 * a.minutes
     for step in range(a.steps + 1):
+        elapsed = time.time() - t0
+        last = step == a.steps or (budget_s is not None and elapsed >= budget_s)
         delta, _ = model(g)
         loss = real_space_loss(delta, g.target, g.mask, mcfg.target_scale)
-        if step % a.every == 0 or step == a.steps:
+        if step % a.every == 0 or last:
             mae = shifted_mae(delta.detach(), g, spans)
-            print(f"step {step:5d} {time.time() - t0:7.0f} s  after μS {mae.mean():.3f} meV  "
+            print(f"step {step:5d} {elapsed:7.0f} s  after μS {mae.mean():.3f} meV  "
                   f"fraction of H(0)'s {np.mean(mae / h0):.3f}  per structure {np.round(mae, 2).tolist()}", flush=True)
-        if step == a.steps:
+        if last:
             break
         opt.zero_grad()
         loss.backward()
         opt.step()
-        sched.step()
+        if budget_s is None:
+            sched.step()
+        else:  # cosine over the wall clock, as `nextham-dft train`'s budget schedule
+            for group in opt.param_groups:
+                group["lr"] = 0.5 * a.lr * (1.0 + np.cos(np.pi * min(1.0, (time.time() - t0) / budget_s)))
     with torch.no_grad():
         for label, d in (("H(0)", torch.zeros_like(g.target)), ("fit", model(g)[0])):
             shares = error_shares(d, g, spans, layout)
