@@ -25,8 +25,11 @@ def run(model_path: str, data: str, split: str, held_only: bool = False) -> tupl
     model, card = load_model(resolve_model_path(model_path))
     ids = set(card["split"][split]) if split != "all" else set(list_ids(data))
     held = set(card["split"].get("held_out_elements", []))
+    ids &= set(list_ids(data))
+    if not ids:
+        raise SystemExit(f"{data}: holds none of the structures of the model's '{split}' split")
     rows, t = [], time.perf_counter()
-    for s in iter_dataset(data, ids=sorted(ids & set(list_ids(data)))):
+    for s in iter_dataset(data, ids=sorted(ids)):
         if held_only and not (set(s.elements) & held):
             continue
         if not held_only and (set(s.elements) & held):

@@ -425,6 +425,9 @@ def eval_cmd(model_path, data, split, json_out, device):
             if not chosen:
                 raise NexthamError(f"the model card has no '{split}' split; use --split all")
             ids = [i for i in ids if i in set(chosen)]
+            if not ids:
+                raise NexthamError(f"{data}: holds none of the {len(chosen)} structures of the model's "
+                                   f"'{split}' split; use --split all")
         systems = list(iter_dataset(p, ids=ids))
     rows = []
     for s in systems:

@@ -133,7 +133,8 @@ def list_ids(path: str | Path) -> list[str]:
 
 
 def iter_dataset(path: str | Path, ids: list[str] | None = None, matrices: tuple[str, ...] | None = None) -> Iterator[System]:
-    """Systems of a training file, in id order."""
+    """Systems of a training file: those of ``ids`` in that order, or all in id order when ``ids`` is None
+    (an empty list reads none: an empty split must not become the whole file)."""
     import h5py
 
     try:
@@ -141,5 +142,5 @@ def iter_dataset(path: str | Path, ids: list[str] | None = None, matrices: tuple
     except OSError as exc:
         raise ParseError(path, f"not an HDF5 file ({exc})") from None
     with f:
-        for sid in ids or sorted(f.keys()):
+        for sid in sorted(f.keys()) if ids is None else ids:
             yield read_system(f[sid], matrices)

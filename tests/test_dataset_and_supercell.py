@@ -9,7 +9,7 @@ import pytest
 from nextham_dft.adapters.abacus import read_run
 from nextham_dft.adapters.abacus.dojo_h5 import read_structure, structure_ids
 from nextham_dft.core.supercell import make_supercell
-from nextham_dft.dataset import iter_dataset, write_system
+from nextham_dft.dataset import iter_dataset, list_ids, write_system
 
 from .conftest import DATA, need
 from .test_abacus_runs import window_error
@@ -45,6 +45,15 @@ def test_training_format_round_trip(tmp_path):
     for tag in ("S", "H0", "H"):
         assert back.matrices[tag].max_abs_diff(system.matrices[tag]) == 0.0
     assert [b.label() for b in back.bases] == ["2s2p2d1f"]
+
+
+def test_an_empty_id_list_reads_no_structure(tiny_dataset):
+    """ids=[] (an empty split) reads nothing; ids=None reads every structure."""
+    assert list(iter_dataset(tiny_dataset, ids=[])) == []
+    every = [s.meta["id"] for s in iter_dataset(tiny_dataset, matrices=())]
+    assert every == sorted(list_ids(tiny_dataset)) and len(every) == 3
+    one = every[1]
+    assert [s.meta["id"] for s in iter_dataset(tiny_dataset, ids=[one], matrices=())] == [one]
 
 
 def supercell_of(p, s):

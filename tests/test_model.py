@@ -221,9 +221,8 @@ def test_split_seed_fixes_the_split_apart_from_the_training_seed():
 
 
 def _config(tmp_path: Path, data: Path, **kw) -> Path:
-    opts = {"epochs": 2, **kw}
-    cfg = TrainConfig(data=str(data), out_dir=str(tmp_path / "run"), val_fraction=0.0, test_fraction=0.0,
-                      batch_size=1, k_per_structure=2, budget_minutes=5, model=SMALL, **opts)
+    opts = {"epochs": 2, "val_fraction": 0.0, "test_fraction": 0.0, **kw}
+    cfg = TrainConfig(data=str(data), out_dir=str(tmp_path / "run"), batch_size=1, k_per_structure=2, budget_minutes=5, model=SMALL, **opts)
     p = tmp_path / "cfg.yaml"
     p.write_text(dump_yaml(cfg))
     return p
@@ -274,7 +273,7 @@ def test_weight_average_follows_the_update_rule_and_restores_the_weights():
 
 
 def test_ema_training_validates_and_saves_the_averaged_weights(tmp_path, tiny_dataset):
-    cfg = _config(tmp_path, tiny_dataset, epochs=1, ema_decay=0.9)
+    cfg = _config(tmp_path, tiny_dataset, epochs=1, ema_decay=0.9, val_fraction=0.34)
     res = CliRunner().invoke(main, ["train", str(cfg), "--device", "cpu"])
     assert res.exit_code == 0, res.stderr
     ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
@@ -292,6 +291,25 @@ def test_ema_training_validates_and_saves_the_averaged_weights(tmp_path, tiny_da
     cfg.write_text(cfg.read_text().replace("ema_decay: 0.9", "ema_decay: 1.5"))
     res = CliRunner().invoke(main, ["train", str(cfg), "--device", "cpu"])
     assert res.exit_code != 0 and "ema_decay" in res.output + res.stderr
+
+
+def test_without_a_validation_split_nothing_is_validated(tmp_path, tiny_dataset, monkeypatch):
+    """val_fraction 0: the empty validation split stays empty (it once read every structure of the
+    file, the test split's included, to pick best.pt); the training loss picks best.pt instead."""
+    import json
+
+    from nextham_dft.model import train as train_mod
+
+    def refuse(*_a, **_k):
+        raise AssertionError("validated without a validation split")
+
+    monkeypatch.setattr(train_mod, "validate", refuse)
+    cfg = load_train_config(_config(tmp_path, tiny_dataset, epochs=1, test_fraction=0.34))
+    train_mod.train(cfg, progress=False)
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert split["val"] == [] and len(split["test"]) == 1 and len(split["train"]) == 2
+    card = json.loads((tmp_path / "run" / "best.json").read_text())
+    assert card["val"]["val_h0_mae_mev"] == 0 and card["val"]["score"] > 0  # the training loss
 
 
 def test_band_window_loss_trains_and_is_logged(tmp_path, tiny_dataset):

@@ -224,3 +224,12 @@ def test_predict_skips_the_comparison_that_cannot_fit_in_memory(tmp_path, monkey
     assert res.exit_code == 0, res.stderr
     report = json.loads((out / "report.json").read_text())
     assert "eval" not in report and any("not compared" in w for w in report["warnings"])
+
+
+def test_eval_of_a_split_absent_from_the_data_is_one_line(tmp_path, tiny_dataset):
+    """`eval --split val` on a file that holds none of the model's validation structures is a clear
+    error (it once evaluated every structure of the file under the split's name)."""
+    res = run("eval", "bundled", str(tiny_dataset), "--split", "val", "--json", str(tmp_path / "e.json"))
+    assert res.exit_code != 0 and "none of the" in res.stderr and "'val' split" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+    assert not (tmp_path / "e.json").exists()
