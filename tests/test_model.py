@@ -782,3 +782,34 @@ def test_bond_environment_term_keeps_every_symmetry_and_sees_the_bonds_surroundi
     (checks: ``_check_edge_specific_term``; images within 6 Å, inside the term's reach)."""
     cfg = dataclasses.replace(SMALL, trace_feedback=True, bond_env=True, r_env=3.5, env_channels=2)
     _check_edge_specific_term(run, cfg, "env_out", max_len=6.0)
+
+
+def test_plain_einsum_codegen_computes_the_same_network(monkeypatch):
+    """Networks are built without opt_einsum's contraction-order search (2 of the 3 s of loading the
+    bundled model); the map is the same as with e3nn's default code to float32 rounding, on the fused
+    path and on e3nn's own (above fused_max_rows), and e3nn's defaults are restored afterwards."""
+    import contextlib
+
+    import e3nn
+
+    from nextham_dft.model import network
+
+    before = e3nn.get_optimization_defaults()
+    torch.manual_seed(0)
+    plain = HamiltonianCorrection(SMALL)
+    assert e3nn.get_optimization_defaults() == before
+    with torch.no_grad():  # a fresh network outputs zero (its output maps start at zero)
+        for p in plain.parameters():
+            p.normal_(0.0, 0.2)
+    monkeypatch.setattr(network, "plain_einsum_codegen", contextlib.nullcontext)
+    searched = HamiltonianCorrection(SMALL)
+    searched.load_state_dict(plain.state_dict())
+    g, _ = build_graph(read_run(EXAMPLE), plain.layout)
+    for rows in (plain.fused_max_rows, 0):  # the fused products, then e3nn's generated code throughout
+        plain.fused_max_rows = searched.fused_max_rows = rows
+        with torch.no_grad():
+            a, b = plain(g)[0], searched(g)[0]
+        assert a.abs().max() > 1e-4 and torch.allclose(a, b, rtol=1e-5, atol=1e-6 * float(a.abs().max()))
+    with pytest.raises(RuntimeError), network.plain_einsum_codegen():
+        raise RuntimeError
+    assert e3nn.get_optimization_defaults() == before

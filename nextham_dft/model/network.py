@@ -15,7 +15,10 @@ with real Δa = Δa(-R)^T, Δb = -Δb(-R)^T).
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from typing import Iterator
 
+import e3nn
 import torch
 from e3nn import o3
 from e3nn.nn import Gate
@@ -87,11 +90,31 @@ def instance_norms(x: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor
     return torch.sqrt(sq + 1e-12)
 
 
+@contextmanager
+def plain_einsum_codegen() -> Iterator[None]:
+    """e3nn modules built inside this block skip opt_einsum's contraction-order search in their generated
+    code (e3nn's ``optimize_einsums`` default, restored on exit). That search took 2 of the 3 s of loading
+    the bundled two-network model, which dominated `predict` on small cells; the generated code computes
+    the same map, and it runs only above ``fused_max_rows`` rows, where the forward's speed was the same
+    within noise (128-atom Si and AlP SOC supercells)."""
+    saved = e3nn.get_optimization_defaults()
+    e3nn.set_optimization_defaults(optimize_einsums=False)
+    try:
+        yield
+    finally:
+        e3nn.set_optimization_defaults(**saved)
+
+
 class HamiltonianCorrection(nn.Module):
     """ΔH for every directed edge of a Graph: (E, n, n) eV, and the SOC part (E, n, n, 3) eV or None."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        with plain_einsum_codegen():
+            self._build(cfg)
+
+    def _build(self, cfg: ModelConfig) -> None:
+        """The modules of a network of configuration ``cfg`` (see ``__init__``)."""
         self.cfg = cfg
         self.layout = BasisLayout(tuple(tuple(s) for s in cfg.layout))
         self.blocks = BlockIrreps(self.layout)
