@@ -69,3 +69,21 @@ def test_capacity_probe_measures_what_eval_reports(example):
     shares = error_shares(zero, g, spans, layout)
     assert sum(shares["class"].values()) == pytest.approx(1.0, abs=1e-9)
     assert sum(shares["l"].values()) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_capacity_probe_stops_when_its_minutes_are_spent(tmp_path, tiny_dataset):
+    """--minutes: the cosine schedule runs over wall-clock time and the fit ends when it is spent, far
+    below the --steps cap, with the last step reported and the error shares printed."""
+    import re
+    import subprocess
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("model:\n  hidden_irreps: 4x0e+2x1o+2x1e+1x2e+1x2o\n  num_layers: 1\n  mlp_hidden: 8\n"
+                   "  embed_dim: 4\n")
+    res = subprocess.run([sys.executable, str(ROOT / "scripts/diagnostics/capacity_probe.py"), str(cfg),
+                          str(tiny_dataset), "--ids", "abacus-si2", "--steps", "1000000", "--every", "100000",
+                          "--minutes", "0.05"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    steps = [(int(m[1]), float(m[2])) for m in re.finditer(r"^step\s+(\d+)\s+(\d+) s", res.stdout, re.M)]
+    assert steps[0][0] == 0 and 0 < steps[-1][0] < 1000000 and steps[-1][1] >= 3.0
+    assert "fit error shares by block" in res.stdout
