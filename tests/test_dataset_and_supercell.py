@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from nextham_dft.adapters.abacus import read_run
-from nextham_dft.adapters.abacus.dojo_h5 import read_structure, structure_ids
+from nextham_dft.adapters.abacus.dojo_h5 import iter_structures, read_structure, structure_ids
 from nextham_dft.core.supercell import make_supercell
 from nextham_dft.dataset import iter_dataset, list_ids, write_system
 
@@ -54,6 +54,12 @@ def test_an_empty_id_list_reads_no_structure(tiny_dataset):
     assert every == sorted(list_ids(tiny_dataset)) and len(every) == 3
     one = every[1]
     assert [s.meta["id"] for s in iter_dataset(tiny_dataset, ids=[one], matrices=())] == [one]
+
+
+def test_an_empty_id_list_reads_no_structure_of_the_shared_dataset():
+    path = need(DATA / "dataset.h5")
+    assert list(iter_structures(path, ids=[])) == []
+    assert [s.meta["id"] for s in iter_structures(path, ids=["s0221"])] == ["s0221"]
 
 
 def supercell_of(p, s):

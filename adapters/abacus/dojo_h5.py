@@ -115,7 +115,9 @@ def read_structure(path: str | Path, sid: str, pp_orb: str | Path | None = None)
 
 
 def iter_structures(path: str | Path, ids: list[str] | None = None) -> Iterator[System]:
-    for sid in ids or structure_ids(path):
+    """Structures of dataset.h5: those of ``ids`` in that order, or all when ``ids`` is None (an empty
+    list reads none)."""
+    for sid in structure_ids(path) if ids is None else ids:
         yield read_structure(path, sid)
 
 
