@@ -186,3 +186,52 @@ def test_blocks_sit_on_their_bonds(run):
         assert (stru.positions @ np.linalg.inv(stru.lattice)).min() < 0
         system.positions = stru.positions
         assert orbital_convention_residual(system)[0] > 0.5
+
+
+def _rewritten_example(tmp_path, s_name):
+    """The shipped example with both steps' matrices rewritten in the 2025 generation, S under ``s_name``."""
+    src = need(EXAMPLE)
+    system = read_run(src)
+    out = tmp_path / "run"
+    shutil.copytree(src, out, ignore=shutil.ignore_patterns("OUT.*"))
+    for step, tag in (("OUT.h0", "H0"), ("OUT.scf", "H")):
+        (out / step).mkdir()
+        shutil.copy(src / step / "kpoints", out / step / "kpoints")
+        write_hs(out / step, system, tag, "2025", s_name)
+    return system, out
+
+
+def test_overlap_named_sr_nao_is_read_and_written_back(tmp_path):
+    """ABACUS develop from 2026-07 names S(R) sr_nao.csr (no spin index): the run reads as before, and
+    `predict` writes its abacus/ matrices under the names that were read."""
+    from click.testing import CliRunner
+
+    from nextham_dft.adapters.abacus.writers import S_NAME_2026
+    from nextham_dft.cli import main
+
+    system, run = _rewritten_example(tmp_path, S_NAME_2026)
+    back = read_run(run)
+    assert back.meta["s_file_name"] == "sr_nao.csr" and "sr_nao" in back.meta["generation"]
+    for tag in ("H0", "H", "S"):
+        assert system.matrices[tag].max_abs_diff(back.matrices[tag]) < 1e-6
+    res = CliRunner().invoke(main, ["predict", str(run), "--out", str(tmp_path / "pred")])
+    assert res.exit_code == 0, res.stderr
+    assert sorted(p.name for p in (tmp_path / "pred" / "abacus").iterdir()) == ["hrs1_nao.csr", "sr_nao.csr"]
+    assert read_csr(tmp_path / "pred" / "abacus" / "sr_nao.csr").generation == "2025"
+
+
+def test_a_gamma_only_step_is_refused_in_one_line(tmp_path):
+    """gamma_only 1 makes ABACUS fold H(R) and S(R) onto R = 0: not a real-space Hamiltonian."""
+    from click.testing import CliRunner
+
+    from nextham_dft.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(need(EXAMPLE), run)
+    text = (run / "INPUT.h0").read_text()
+    (run / "INPUT.h0").write_text(text.replace("nspin            1", "nspin            1\ngamma_only       1"))
+    with pytest.raises(RunDirectoryError, match="gamma_only"):
+        read_run(run)
+    res = CliRunner().invoke(main, ["predict", str(run), "--out", str(tmp_path / "pred")])
+    assert res.exit_code != 0 and "gamma_only" in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "pred").exists()

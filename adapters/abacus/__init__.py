@@ -32,10 +32,12 @@ class AbacusAdapter:
     def write_prediction(self, directory: Path, system: System) -> str:
         """The predicted H(R) and S(R) in the sparse-file generation that was read, under
         ``directory/abacus/`` (so ABACUS's own tools read them); the folder name."""
-        from .writers import write_hs
+        from .writers import S_NAME_2026, write_hs
 
         (directory / "abacus").mkdir()
-        write_hs(directory / "abacus", system, "H", system.meta.get("csr_generation") or "old")
+        generation = system.meta.get("csr_generation") or "old"
+        s_name = S_NAME_2026 if generation == "2025" and system.meta.get("s_file_name") == S_NAME_2026 else None
+        write_hs(directory / "abacus", system, "H", generation, s_name)
         return "abacus/"
 
     def write_restart(self, directory: Path, run_dir: Path, system: System, source: str) -> dict[str, Any]:

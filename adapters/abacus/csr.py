@@ -8,7 +8,7 @@ Generations (see docs/compatibility.md):
   up to 3.10, and ``hrs1_nao.csr``/``srs1_nao.csr`` in 3.10.x LTS);
 * ``2025``: a commented header (``# number of localized basis``, lattice and atoms)
   and ``# CSR values`` / ``# CSR column indices`` / ``# CSR row pointers`` sections
-  (3.11 and develop, ``hrs1_nao.csr``).
+  (3.11 and develop, ``hrs1_nao.csr``; S(R) as ``srs1_nao.csr``, and from 2026-07 ``sr_nao.csr``).
 
 Values are real, or complex ``(re,im)`` for nspin 4 (spinor-interleaved rows
 2μ+s). Units are ABACUS's (Ry for H); conversion happens in the adapter.

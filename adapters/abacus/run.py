@@ -26,11 +26,12 @@ from .convention import ABACUS_CONVENTION
 from .csr import CsrFile, read_csr
 from .inputs import abacus_positions, OrbFile, read_input, read_kpt, read_orb, read_stru, read_upf_valence
 from .outputs import LogFacts, read_eig_occ, read_istate, read_kpoints, read_log
-from .textio import find
+from .textio import find, logical_name
 
-#: Matrix file names per generation, H then S; {s} is the spin index.
+#: Matrix file names per generation, H then S; {s} is the spin index. ABACUS develop from 2026-07
+#: (deepmodeling/abacus-develop#7707) names the spin-independent S(R) ``sr_nao.csr``.
 H_NAMES = ("data-HR-sparse_SPIN{s0}.csr", "hrs{s1}_nao.csr")
-S_NAMES = ("data-SR-sparse_SPIN0.csr", "srs1_nao.csr")
+S_NAMES = ("data-SR-sparse_SPIN0.csr", "srs1_nao.csr", "sr_nao.csr")
 _REF = (".ref",)  # ABACUS's integration tests store reference outputs as *.ref
 
 
@@ -309,9 +310,19 @@ def _csr_to_blocks(
 # ---------------------------------------------------------------------------- run
 
 
+def _plain_name(path: Path) -> str:
+    """A matrix file's name without the compression and test-reference suffixes (.xz, .gz, .ref)."""
+    name = path.name
+    for suffix in (".xz", ".gz", ".bz2", ".ref"):
+        name = name.removesuffix(suffix)
+    return name
+
+
 def _version_generation(step: Step, csr: CsrFile | None) -> str:
     gen = csr.generation if csr is not None else "?"
     names = step.file_names
+    if step.s_file is not None and _plain_name(step.s_file) == "sr_nao.csr":
+        return "ABACUS develop ≥ 2026-07 (hrs*_nao.csr, sr_nao.csr)"
     if gen == "2025":
         return "ABACUS ≥ 3.11 (hrs/srs *_nao.csr, 2025 header)"
     if "nao.csr" in names:
@@ -340,6 +351,11 @@ def read_run(
         raise RunDirectoryError(f"{run_dir}: no ABACUS sparse matrices found (no OUT.*/data-HR-sparse_SPIN0.csr or hrs1_nao.csr; was out_mat_hs2 1 set?)")
     s0, sc = select_steps(steps, zeroth, converged)
     used = [s for s in (s0, sc) if s is not None] or steps[:1]
+    for s in used:
+        if s.params.get("gamma_only", "0").lower() in ("1", "true", "t", ".true."):
+            raise RunDirectoryError(f"{s.directory}: gamma_only 1: ABACUS writes its H(R) and S(R) folded onto "
+                                    "R = 0 (the matrices at Γ), not per R; rerun this step without gamma_only "
+                                    "(a 1x1x1 KPT; `nextham-dft setup` writes one)")
     params: dict[str, str] = {}
     for s in reversed(used):
         params.update(s.params)
@@ -390,9 +406,11 @@ def read_run(
             break
     transforms = canonical_transforms(bases)
     gen_csr = None
+    s_name = None
     if load_matrices:
         s_step = next((s for s in used if s.s_file is not None), None) or next((s for s in steps if s.s_file), None)
         if s_step is not None:
+            s_name = _plain_name(s_step.s_file)
             c = read_csr(s_step.s_file)
             gen_csr = c
             system.matrices["S"] = csr_to_blocks([c], norb, kinds, transforms, 1.0, overlap=True)
@@ -420,6 +438,7 @@ def read_run(
         "run_dir": str(run_dir),
         "generation": _version_generation(first, gen_csr),
         "csr_generation": gen_csr.generation if gen_csr is not None else None,
+        "s_file_name": s_name,
         "version": next((lg.version for lg in logs if lg.version), ""),
         "steps": [
             {"name": s.name, "kind": s.kind, "files": s.file_names, "notes": s.notes} for s in steps

@@ -50,8 +50,14 @@ def write_matrix(path: str | Path, m: BlockSparse, system: System, generation: s
               complex_values=spinor, spin_index=spin_index + 1, n_spin=2 if system.spin_mode == "collinear" else 1)
 
 
-def write_hs(directory: str | Path, system: System, source: str, generation: str) -> list[Path]:
-    """H (from matrix ``source``) and S files in ``directory`` with the generation's file names."""
+#: S(R)'s name in ABACUS develop from 2026-07 (2025 format): spin-independent, so no spin index
+S_NAME_2026 = "sr_nao.csr"
+
+
+def write_hs(directory: str | Path, system: System, source: str, generation: str,
+             s_name: str | None = None) -> list[Path]:
+    """H (from matrix ``source``) and S files in ``directory`` with the generation's file names
+    (``s_name``: the S file's name instead, e.g. ``S_NAME_2026`` for a run that used it)."""
     directory = Path(directory)
     out = []
     h = system.matrices[source]
@@ -59,7 +65,7 @@ def write_hs(directory: str | Path, system: System, source: str, generation: str
         p = directory / FILE_NAMES[(generation, "H")].format(s0=s, s1=s + 1)
         write_matrix(p, h, system, generation, "H", s)
         out.append(p)
-    p = directory / FILE_NAMES[(generation, "S")]
+    p = directory / (s_name or FILE_NAMES[(generation, "S")])
     write_matrix(p, system.matrices["S"], system, generation, "S")
     out.append(p)
     return out
