@@ -31,12 +31,16 @@ class AbacusAdapter:
 
     def write_prediction(self, directory: Path, system: System) -> str:
         """The predicted H(R) and S(R) in the sparse-file generation that was read, under
-        ``directory/abacus/`` (so ABACUS's own tools read them); the folder name."""
+        ``directory/abacus/`` (so ABACUS's own tools read them), under the file names that were read;
+        for NPZ archives the text files of the same ABACUS (2025 generation); the folder name."""
         from .writers import S_NAME_2026, write_hs
 
         (directory / "abacus").mkdir()
         generation = system.meta.get("csr_generation") or "old"
-        s_name = S_NAME_2026 if generation == "2025" and system.meta.get("s_file_name") == S_NAME_2026 else None
+        s_read = system.meta.get("s_file_name")
+        if generation == "npz":
+            generation = "2025"
+        s_name = S_NAME_2026 if generation == "2025" and s_read in (S_NAME_2026, "sr_nao.npz") else None
         write_hs(directory / "abacus", system, "H", generation, s_name)
         return "abacus/"
 

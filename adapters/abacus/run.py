@@ -24,14 +24,16 @@ from nextham_dft.errors import BasisError, ParseError, RunDirectoryError
 
 from .convention import ABACUS_CONVENTION
 from .csr import CsrFile, read_csr
+from .npz import read_npz
 from .inputs import abacus_positions, OrbFile, read_input, read_kpt, read_orb, read_stru, read_upf_valence
 from .outputs import LogFacts, read_eig_occ, read_istate, read_kpoints, read_log
 from .textio import find, logical_name
 
 #: Matrix file names per generation, H then S; {s} is the spin index. ABACUS develop from 2026-07
 #: (deepmodeling/abacus-develop#7707) names the spin-independent S(R) ``sr_nao.csr``.
-H_NAMES = ("data-HR-sparse_SPIN{s0}.csr", "hrs{s1}_nao.csr")
-S_NAMES = ("data-SR-sparse_SPIN0.csr", "srs1_nao.csr", "sr_nao.csr")
+#: The NPZ archives (``out_hr_npz``/``out_hsr_npz``, ``out_hsr 3``) come after the text files.
+H_NAMES = ("data-HR-sparse_SPIN{s0}.csr", "hrs{s1}_nao.csr", "hrs{s1}_nao.npz", "output_HR{s0}.npz")
+S_NAMES = ("data-SR-sparse_SPIN0.csr", "srs1_nao.csr", "sr_nao.csr", "sr_nao.npz", "output_SR.npz")
 _REF = (".ref",)  # ABACUS's integration tests store reference outputs as *.ref
 
 
@@ -310,6 +312,11 @@ def _csr_to_blocks(
 # ---------------------------------------------------------------------------- run
 
 
+def read_matrix_file(path: Path) -> CsrFile:
+    """A sparse-matrix file of any generation: text CSR, or an NPZ archive (``*.npz``)."""
+    return read_npz(path) if _plain_name(path).endswith(".npz") else read_csr(path)
+
+
 def _plain_name(path: Path) -> str:
     """A matrix file's name without the compression and test-reference suffixes (.xz, .gz, .ref)."""
     name = path.name
@@ -321,6 +328,8 @@ def _plain_name(path: Path) -> str:
 def _version_generation(step: Step, csr: CsrFile | None) -> str:
     gen = csr.generation if csr is not None else "?"
     names = step.file_names
+    if gen == "npz":
+        return f"ABACUS NPZ matrices ({step.file_names})"
     if step.s_file is not None and _plain_name(step.s_file) == "sr_nao.csr":
         return "ABACUS develop ≥ 2026-07 (hrs*_nao.csr, sr_nao.csr)"
     if gen == "2025":
@@ -411,13 +420,13 @@ def read_run(
         s_step = next((s for s in used if s.s_file is not None), None) or next((s for s in steps if s.s_file), None)
         if s_step is not None:
             s_name = _plain_name(s_step.s_file)
-            c = read_csr(s_step.s_file)
+            c = read_matrix_file(s_step.s_file)
             gen_csr = c
             system.matrices["S"] = csr_to_blocks([c], norb, kinds, transforms, 1.0, overlap=True)
         for tag, st in (("H0", s0), ("H", sc)):
             if st is None or not st.h_files or tag not in matrices:
                 continue
-            cs = [read_csr(p) for p in st.h_files]
+            cs = [read_matrix_file(p) for p in st.h_files]
             gen_csr = cs[0]
             system.matrices[tag] = csr_to_blocks(cs, norb, kinds, transforms, RY_TO_EV, overlap=False)
     for tag, st in (("H0", s0), ("H", sc)):
