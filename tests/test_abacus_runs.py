@@ -188,8 +188,8 @@ def test_blocks_sit_on_their_bonds(run):
         assert orbital_convention_residual(system)[0] > 0.5
 
 
-def _rewritten_example(tmp_path, s_name):
-    """The shipped example with both steps' matrices rewritten in the 2025 generation, S under ``s_name``."""
+def _rewritten_example(tmp_path, s_name, generation="2025", h_names=None):
+    """The shipped example with both steps' matrices rewritten in ``generation``, S under ``s_name``."""
     src = need(EXAMPLE)
     system = read_run(src)
     out = tmp_path / "run"
@@ -197,7 +197,7 @@ def _rewritten_example(tmp_path, s_name):
     for step, tag in (("OUT.h0", "H0"), ("OUT.scf", "H")):
         (out / step).mkdir()
         shutil.copy(src / step / "kpoints", out / step / "kpoints")
-        write_hs(out / step, system, tag, "2025", s_name)
+        write_hs(out / step, system, tag, generation, s_name, h_names)
     return system, out
 
 
@@ -235,3 +235,21 @@ def test_a_gamma_only_step_is_refused_in_one_line(tmp_path):
     res = CliRunner().invoke(main, ["predict", str(run), "--out", str(tmp_path / "pred")])
     assert res.exit_code != 0 and "gamma_only" in res.stderr and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "pred").exists()
+
+
+def test_lts_names_under_the_old_header_are_written_back_as_read(tmp_path):
+    """ABACUS 3.10.x LTS writes hrs1_nao.csr / srs1_nao.csr with the old header: `predict` writes its
+    abacus/ matrices under those names and that header."""
+    from click.testing import CliRunner
+
+    from nextham_dft.cli import main
+
+    system, run = _rewritten_example(tmp_path, "srs1_nao.csr", "old", ["hrs1_nao.csr"])
+    back = read_run(run)
+    assert "3.10" in back.meta["generation"] and back.meta["h_file_names"] == ["hrs1_nao.csr"]
+    assert system.matrices["H0"].max_abs_diff(back.matrices["H0"]) < 1e-6
+    res = CliRunner().invoke(main, ["predict", str(run), "--out", str(tmp_path / "pred")])
+    assert res.exit_code == 0, res.stderr
+    written = tmp_path / "pred" / "abacus"
+    assert sorted(p.name for p in written.iterdir()) == ["hrs1_nao.csr", "srs1_nao.csr"]
+    assert read_csr(written / "hrs1_nao.csr").generation == "old"

@@ -37,11 +37,11 @@ class AbacusAdapter:
 
         (directory / "abacus").mkdir()
         generation = system.meta.get("csr_generation") or "old"
-        s_read = system.meta.get("s_file_name")
-        if generation == "npz":
-            generation = "2025"
-        s_name = S_NAME_2026 if generation == "2025" and s_read in (S_NAME_2026, "sr_nao.npz") else None
-        write_hs(directory / "abacus", system, "H", generation, s_name)
+        s_name, h_names = system.meta.get("s_file_name"), system.meta.get("h_file_names")
+        if generation == "npz":  # text files of the same ABACUS
+            generation, h_names = "2025", None
+            s_name = S_NAME_2026 if s_name == "sr_nao.npz" else None
+        write_hs(directory / "abacus", system, "H", generation, s_name, h_names)
         return "abacus/"
 
     def write_restart(self, directory: Path, run_dir: Path, system: System, source: str) -> dict[str, Any]:

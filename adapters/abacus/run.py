@@ -448,6 +448,7 @@ def read_run(
         "generation": _version_generation(first, gen_csr),
         "csr_generation": gen_csr.generation if gen_csr is not None else None,
         "s_file_name": s_name,
+        "h_file_names": [_plain_name(p) for p in s0.h_files] if s0 is not None and s0.h_files else None,
         "version": next((lg.version for lg in logs if lg.version), ""),
         "steps": [
             {"name": s.name, "kind": s.kind, "files": s.file_names, "notes": s.notes} for s in steps

@@ -55,14 +55,18 @@ S_NAME_2026 = "sr_nao.csr"
 
 
 def write_hs(directory: str | Path, system: System, source: str, generation: str,
-             s_name: str | None = None) -> list[Path]:
-    """H (from matrix ``source``) and S files in ``directory`` with the generation's file names
-    (``s_name``: the S file's name instead, e.g. ``S_NAME_2026`` for a run that used it)."""
+             s_name: str | None = None, h_names: list[str] | None = None) -> list[Path]:
+    """H (from matrix ``source``) and S files in ``directory`` with the generation's file names, or
+    with the names a run used (``h_names`` per spin, ``s_name``: e.g. ABACUS 3.10 LTS's hrs1_nao.csr
+    under the old header, or ``S_NAME_2026``)."""
     directory = Path(directory)
     out = []
     h = system.matrices[source]
-    for s in range(2 if h.spin == "collinear" else 1):
-        p = directory / FILE_NAMES[(generation, "H")].format(s0=s, s1=s + 1)
+    n_files = 2 if h.spin == "collinear" else 1
+    if h_names is not None and len(h_names) != n_files:
+        raise ValueError(f"{n_files} H file name(s) needed, got {h_names}")
+    for s in range(n_files):
+        p = directory / (h_names[s] if h_names else FILE_NAMES[(generation, "H")].format(s0=s, s1=s + 1))
         write_matrix(p, h, system, generation, "H", s)
         out.append(p)
     p = directory / (s_name or FILE_NAMES[(generation, "S")])
