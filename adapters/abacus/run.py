@@ -24,8 +24,8 @@ from nextham_dft.errors import BasisError, ParseError, RunDirectoryError
 
 from .convention import ABACUS_CONVENTION
 from .csr import CsrFile, read_csr
-from .npz import read_npz
 from .inputs import abacus_positions, OrbFile, read_input, read_kpt, read_orb, read_stru, read_upf_valence
+from .npz import read_npz
 from .outputs import LogFacts, read_eig_occ, read_istate, read_kpoints, read_log
 from .textio import find, logical_name
 
@@ -318,11 +318,8 @@ def read_matrix_file(path: Path) -> CsrFile:
 
 
 def _plain_name(path: Path) -> str:
-    """A matrix file's name without the compression and test-reference suffixes (.xz, .gz, .ref)."""
-    name = path.name
-    for suffix in (".xz", ".gz", ".bz2", ".ref"):
-        name = name.removesuffix(suffix)
-    return name
+    """A matrix file's name without its compression suffix and ABACUS's test-reference ``.ref``."""
+    return logical_name(path).removesuffix(".ref")
 
 
 def _version_generation(step: Step, csr: CsrFile | None) -> str:
