@@ -175,20 +175,13 @@ def test_train_without_its_data_is_one_line_and_writes_nothing(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_train_with_a_bad_window_reference_is_one_line_and_writes_nothing(tmp_path):
+@pytest.mark.parametrize("option, message", [("window_reference: h1", "window_reference must be 'h0' or 'absolute'"),
+                                             ("real_weighting: atoms", "real_weighting must be 'entries' or 'metric'")])
+def test_train_with_a_bad_loss_option_is_one_line_and_writes_nothing(tmp_path, option, message):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"out_dir: {tmp_path / 'run'}\nwindow_reference: h1\n")
+    cfg.write_text(f"out_dir: {tmp_path / 'run'}\n{option}\n")
     res = CliRunner().invoke(main, ["train", str(cfg)])
-    assert res.exit_code != 0 and "window_reference must be 'h0' or 'absolute'" in res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
-    assert not (tmp_path / "run").exists()
-
-
-def test_train_with_a_bad_real_weighting_is_one_line_and_writes_nothing(tmp_path):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"out_dir: {tmp_path / 'run'}\nreal_weighting: atoms\n")
-    res = CliRunner().invoke(main, ["train", str(cfg)])
-    assert res.exit_code != 0 and "real_weighting must be 'entries' or 'metric'" in res.stderr
+    assert res.exit_code != 0 and message in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
     assert not (tmp_path / "run").exists()
 
@@ -222,7 +215,8 @@ def test_split_seed_fixes_the_split_apart_from_the_training_seed():
 
 def _config(tmp_path: Path, data: Path, **kw) -> Path:
     opts = {"epochs": 2, "val_fraction": 0.0, "test_fraction": 0.0, **kw}
-    cfg = TrainConfig(data=str(data), out_dir=str(tmp_path / "run"), batch_size=1, k_per_structure=2, budget_minutes=5, model=SMALL, **opts)
+    cfg = TrainConfig(data=str(data), out_dir=str(tmp_path / "run"), batch_size=1, k_per_structure=2,
+                      budget_minutes=5, model=SMALL, **opts)
     p = tmp_path / "cfg.yaml"
     p.write_text(dump_yaml(cfg))
     return p

@@ -14,7 +14,8 @@ writes it:
   half is M(j, i, −R) = M(i, j, R)^†.
 
 ``read_npz`` returns the same ``CsrFile`` as the text reader (generation ``"npz"``), so everything
-after it is shared.
+after it is shared. The archive holds one member per atom pair and cell, so it is read member by
+member; the entries are then gathered into flat arrays once.
 """
 
 from __future__ import annotations

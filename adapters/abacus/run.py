@@ -312,6 +312,11 @@ def _csr_to_blocks(
 # ---------------------------------------------------------------------------- run
 
 
+def _flag(params: dict[str, str], key: str) -> bool:
+    """An INPUT boolean (ABACUS writes 1/0 or true/false)."""
+    return params.get(key, "0").lower() in ("1", "true", "t")
+
+
 def read_matrix_file(path: Path) -> CsrFile:
     """A sparse-matrix file of any generation: text CSR, or an NPZ archive (``*.npz``)."""
     return read_npz(path) if _plain_name(path).endswith(".npz") else read_csr(path)
@@ -358,7 +363,7 @@ def read_run(
     s0, sc = select_steps(steps, zeroth, converged)
     used = [s for s in (s0, sc) if s is not None] or steps[:1]
     for s in used:
-        if s.params.get("gamma_only", "0").lower() in ("1", "true", "t", ".true."):
+        if _flag(s.params, "gamma_only"):
             raise RunDirectoryError(f"{s.directory}: gamma_only 1: ABACUS writes its H(R) and S(R) folded onto "
                                     "R = 0 (the matrices at Γ), not per R; rerun this step without gamma_only "
                                     "(a 1x1x1 KPT; `nextham-dft setup` writes one)")
@@ -382,7 +387,7 @@ def read_run(
     spin_mode = {1: "none", 2: "collinear", 4: "noncollinear"}.get(nspin)
     if spin_mode is None:
         raise ParseError(run_dir / "INPUT", f"nspin {nspin} is not 1, 2 or 4")
-    soc = params.get("lspinorb", "0").lower() in ("1", "true", "t")
+    soc = _flag(params, "lspinorb")
     logs = [s.log for s in used if s.log is not None]
     system = System(
         lattice=stru.lattice,

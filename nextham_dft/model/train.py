@@ -56,6 +56,11 @@ def split_ids(ids: list[str], elements: dict[str, set[str]], cfg: TrainConfig) -
             "train": sorted(pool[n_test + n_val :]), "held_out_elements": sorted(held)}
 
 
+def cosine_lr(lr: float, frac: float) -> float:
+    """The learning rate after a fraction ``frac`` of a cosine schedule from ``lr`` to 0 (frac ≥ 1: 0)."""
+    return lr * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+
+
 def load_items(path: str, ids: list[str], cfg: TrainConfig, layout, seed: int) -> list[Item]:
     rng = np.random.default_rng(seed)
     items = []
@@ -268,7 +273,7 @@ def train(cfg: TrainConfig, init: str | None = None, resume: bool = True, device
                           "window", "val_kspace", "val_window", "shift", "val_shifted_mae_mev", "val_shift_mev"])
         while state["epoch"] < cfg.epochs:
             frac = max(state["epoch"] / cfg.epochs, (time.time() - t0) / budget)
-            lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+            lr = cosine_lr(cfg.lr, frac)
             for gr in opt.param_groups:
                 gr["lr"] = lr
             rng = random.Random(cfg.seed * 1000 + state["epoch"])

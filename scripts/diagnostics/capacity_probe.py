@@ -32,6 +32,7 @@ from nextham_dft.model.graph import Graph, batch_graphs, build_graph, edge_spans
 from nextham_dft.model.irreps import BasisLayout
 from nextham_dft.model.losses import real_space_loss, rigid_shift, stored_half_weight
 from nextham_dft.model.network import HamiltonianCorrection
+from nextham_dft.model.train import cosine_lr
 from nextham_dft.model.store import load_model, load_weights_into, resolve_model_path, select_member
 
 
@@ -131,7 +132,7 @@ def main() -> None:
             sched.step()
         else:  # cosine over the wall clock, as `nextham-dft train`'s budget schedule
             for group in opt.param_groups:
-                group["lr"] = 0.5 * a.lr * (1.0 + np.cos(np.pi * min(1.0, (time.time() - t0) / budget_s)))
+                group["lr"] = cosine_lr(a.lr, (time.time() - t0) / budget_s)
     with torch.no_grad():
         for label, d in (("H(0)", torch.zeros_like(g.target)), ("fit", model(g)[0])):
             shares = error_shares(d, g, spans, layout)
