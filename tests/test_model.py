@@ -807,3 +807,37 @@ def test_plain_einsum_codegen_computes_the_same_network(monkeypatch):
     with pytest.raises(RuntimeError), network.plain_einsum_codegen():
         raise RuntimeError
     assert e3nn.get_optimization_defaults() == before
+
+
+@pytest.mark.parametrize("run", ["s0221", "t0045"])
+def test_density_features_keep_every_symmetry_and_fine_tune_from_a_model_without_them(run):
+    """density_features: the zeroth-step density matrix (H(0)'s own occupied states, a matrix function
+    of H(0) and S) feeds the blocks, the edge scalars and the nodes. It holds the run's electrons and is
+    hermitian; the model stays equivariant (rotations, inversion, permutations, translations; SOC run
+    too) and hermitian; a model without the term loads into it and predicts the same, and the
+    correction moves once the term's weights do; a graph without the density is refused."""
+    from nextham_dft.core.density import electron_count
+    from nextham_dft.model.graph import zeroth_step_density
+
+    system = read_run(need(DATA / "runs" / run))
+    dm = zeroth_step_density(system)
+    assert electron_count(dm, system.matrices["S"]) == pytest.approx(system.nelec, abs=1e-6)
+    cfg = dataclasses.replace(SMALL, trace_feedback=True, density_features=True)
+    model = _random_model(cfg)
+    predict = lambda s: predict_correction(model, s, dtype=torch.float64)  # noqa: E731
+    assert_hamiltonian_equivariant(predict, system, n_rotations=2, rtol=1e-5)
+    d = predict(system)
+    hk = KAssembler(d, spinor=d.spin == "spinor")(np.random.default_rng(2).random((2, 3)))
+    assert np.allclose(hk, np.conj(np.swapaxes(hk, 1, 2)), atol=1e-12)
+
+    grown, base = _grown_from_local(cfg, system)
+    for name in ("dm_edge", "dm_node", "dm_scalars"):
+        trial = HamiltonianCorrection(cfg).double()
+        trial.load_state_dict(grown.state_dict())
+        with torch.no_grad():
+            for p in getattr(trial, name).parameters():
+                p.normal_(0, 0.3)
+        assert predict_correction(trial, system, dtype=torch.float64).max_abs_diff(base) > 1e-4, name
+    g, _ = build_graph(system, grown.layout, dtype=torch.float64)  # built without the density
+    with pytest.raises(ValueError, match="density"):
+        grown(g)

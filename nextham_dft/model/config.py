@@ -60,6 +60,13 @@ class ModelConfig:
     bond_env: bool = False
     r_env: float = 4.0
     env_channels: int = 8
+    #: zeroth-step density features: the density matrix of H(0)'s own occupied states on the run's k-mesh
+    #: (``graph.zeroth_step_density``; the first SCF iteration's output density, which holds the charge
+    #: the SCF moves) enters as irreps of every block: a linear map onto the correction (gated like
+    #: H(0)'s), its invariants into the edge scalars and its on-site blocks into the node features.
+    #: Costs one diagonalisation per k-point of the run's full mesh at prediction. Zero-initialised, so
+    #: a model without it fine-tunes into it
+    density_features: bool = False
 
 
 @dataclass(frozen=True)

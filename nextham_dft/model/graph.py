@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..core.blocks import BlockSparse, ab_to_spinor, is_onsite, spinor_to_ab
+from ..core.density import density_matrix
 from ..core.ewald import neutral_potential_operator
 from ..core.system import System
 from .irreps import BasisLayout
@@ -26,6 +27,8 @@ from .irreps import BasisLayout
 # mirror         [n_edges] index of the (j, i, -R) edge
 # ewald          [n_atoms, n_atoms] eV/e², per structure (block-diagonal in a batch): the potential
 #                at each atom of neutralised per-atom charges (core.ewald); only for long-range models
+# dm             [n_edges, n, n] padded blocks of the zeroth-step density matrix (electrons; spin summed):
+#                the occupied states of H(0) itself (zeroth_step_density); only for density-feature models
 
 
 @dataclass
@@ -47,13 +50,15 @@ class Graph:
     target_spin: torch.Tensor | None = None  # [n_edges, n, n, 3]
     n_atoms: int = 0
     ewald: torch.Tensor | None = None
+    dm: torch.Tensor | None = None
 
     def to(self, device) -> Graph:
         kw = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
         return Graph(**kw)
 
     #: fields with one row per edge
-    EDGE_FIELDS = ("edge_src", "edge_dst", "edge_vec", "h0", "s", "h0_spin", "mask", "onsite", "target", "target_spin")
+    EDGE_FIELDS = ("edge_src", "edge_dst", "edge_vec", "h0", "s", "h0_spin", "mask", "onsite", "target", "target_spin",
+                   "dm")
 
     def subgraph(self, keep: torch.Tensor) -> Graph:
         """The same atoms with the edges where ``keep`` (bool [n_edges]) only; ``keep`` must be closed
@@ -132,10 +137,28 @@ def _entry_index(off: np.ndarray, ni: np.ndarray, nj: np.ndarray):
     return edge, local // nj[edge], local % nj[edge]
 
 
+def zeroth_step_density(system: System) -> BlockSparse:
+    """The density matrix of H(0)'s own occupied states (electrons, spins summed; H(0)'s pattern).
+
+    DM(R) on the run's full k-mesh with the run's smearing and electron count (``core.density``): what
+    the first SCF iteration computes as its output density before any mixing. Its difference from the
+    superposed atomic densities that built H(0) is the charge the SCF moves (a matrix function of H(0)
+    and S, so it rotates with their blocks). Spinor runs: the charge part Σ_s DM_ss (real; the spin
+    part of a non-magnetic crystal's DM is not a feature)."""
+    h0, s = system.matrices["H0"], system.matrices["S"]
+    if system.nelec is None:
+        raise ValueError("the zeroth-step density needs the electron count (no pseudopotential, nelec or log found)")
+    k = system.full_kmesh()
+    dm, _ef = density_matrix(h0, s, k.frac, k.weights, system.nelec, system.smearing, pattern=h0)
+    data = (dm.data[:, 0, 0] + dm.data[:, 1, 1]).real if dm.spin == "spinor" else dm.data.real
+    return dm.with_data(data, "none")
+
+
 def build_graph(system: System, layout: BasisLayout, with_target: bool = True, dtype=torch.float32,
-                long_range: bool = False) -> tuple[Graph, EdgeIndex]:
+                long_range: bool = False, density: bool = False) -> tuple[Graph, EdgeIndex]:
     """Graph tensors of a System that holds H0 and S (and H when with_target); with ``long_range``
-    also the Ewald operator of its sites (models with ``long_range`` need it)."""
+    also the Ewald operator of its sites (models with ``long_range`` need it), with ``density`` the
+    zeroth-step density matrix (models with ``density_features``)."""
     from pymatgen.core.periodic_table import Element
 
     h0 = system.matrices["H0"]
@@ -177,6 +200,8 @@ def build_graph(system: System, layout: BasisLayout, with_target: bool = True, d
         n_atoms=system.n_atoms,
         ewald=(torch.as_tensor(neutral_potential_operator(system.lattice, system.positions), dtype=dtype)
                if long_range else None),
+        dm=(torch.as_tensor(_padded(system, zeroth_step_density(system), idx, layout, pos, npdt), dtype=dtype)
+            if density else None),
     )
     if with_target and "H" in system.matrices:
         if spinor:

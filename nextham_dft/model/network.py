@@ -209,6 +209,16 @@ class HamiltonianCorrection(nn.Module):
             with torch.no_grad():
                 for w in self.env_out.parameters():
                     w.zero_()
+        if cfg.density_features:
+            # the zeroth-step density matrix's block irreps: onto the correction (before the channel gates),
+            # their invariants into the edge scalars, the on-site ones into the node features; all from zero
+            self.dm_edge = o3.Linear(bir, bir)
+            self.dm_scalars = MLP([bir.num_irreps, cfg.mlp_hidden, cfg.mlp_hidden])
+            self.dm_node = o3.Linear(bir, h)
+            with torch.no_grad():
+                for w in list(self.dm_edge.parameters()) + list(self.dm_node.parameters()) + list(
+                        self.dm_scalars.net[-1].parameters()):
+                    w.zero_()
         if cfg.spin_head:
             bsp = self.blocks.irreps_spin
             self.irreps_spin = bsp
@@ -232,7 +242,7 @@ class HamiltonianCorrection(nn.Module):
     #: parameters a model file may lack: zero-initialised extensions (fine-tuning an older model into them)
     optional_prefixes: tuple[str, ...] = ("trace_gate.", "trace_potential.", "charge.", "ewald_response", "edge_tp.",
                                           "edge_tp_w.", "edge_tp_fused.", "edge_out.", "env_radial.", "env_tp.",
-                                          "env_tp_fused.", "env_out.")
+                                          "env_tp_fused.", "env_out.", "dm_edge.", "dm_scalars.", "dm_node.")
 
     def _scalars(self, h: torch.Tensor) -> torch.Tensor:
         return h[:, : self.irreps_hidden.count("0e")]
@@ -312,6 +322,21 @@ class HamiltonianCorrection(nn.Module):
                 cache["x"] = x
             return x
 
+        density = cfg.density_features
+        if density and g.dm is None:
+            raise ValueError("a density-feature model needs the graph's zeroth-step density (build_graph(..., density=True))")
+
+        def dm_inputs(sl: slice | torch.Tensor) -> torch.Tensor:
+            """Block irreps of the zeroth-step density matrix of the edges sl (kept when one chunk holds all)."""
+            whole = single and isinstance(sl, slice)
+            if whole and "xd" in cache:
+                return cache["xd"]
+            d = g.dm[sl]
+            xd = self.block_map(d.reshape(d.shape[0], n * n))
+            if whole:
+                cache["xd"] = xd
+            return xd
+
         table = self._pair_table_for(E)
 
         def pair_term(sl: slice | torch.Tensor) -> torch.Tensor:
@@ -326,15 +351,20 @@ class HamiltonianCorrection(nn.Module):
             return self._tensor_product(self.pair_fused, self.pair_tp, h[i], h[j])[inv]
 
         r = torch.linalg.norm(g.edge_vec, dim=1)
-        x_node = None
+        x_node = xd_node = None
         s_parts, size_parts = [], []
         on_all = g.onsite
+        n_out = self.irreps_block.num_irreps
         for sl in self._chunks(E):
             x = edge_inputs(sl)
             norms = torch.log1p(instance_norms(x, self.in_index, self.irreps_in.num_irreps))
             zi, zj = self.embed(g.z[g.edge_src[sl]]), self.embed(g.z[g.edge_dst[sl]])
-            s_parts.append(self.edge_mlp(torch.cat([bessel(r[sl], cfg.num_rbf, cfg.r_max), zi, zj, norms,
-                                                    on_all[sl].to(x.dtype)[:, None]], dim=1)))
+            s_chunk = self.edge_mlp(torch.cat([bessel(r[sl], cfg.num_rbf, cfg.r_max), zi, zj, norms,
+                                               on_all[sl].to(x.dtype)[:, None]], dim=1))
+            if density:
+                xd = dm_inputs(sl)
+                s_chunk = s_chunk + self.dm_scalars(torch.log1p(instance_norms(xd, self.out_index, n_out)))
+            s_parts.append(s_chunk)
             # the environment term is scaled by the size of the edge's own H(0)/S block (an invariant):
             # corrections of far, tiny blocks stay tiny instead of picking up noise
             size_parts.append(torch.linalg.norm(x, dim=1, keepdim=True))
@@ -342,10 +372,16 @@ class HamiltonianCorrection(nn.Module):
             if x_node is None:
                 x_node = torch.zeros(n_atoms, x.shape[1], dtype=x.dtype, device=x.device)
             x_node = x_node.index_copy(0, g.edge_src[sl][on], x[on]) if len(on) else x_node
+            if density:
+                if xd_node is None:
+                    xd_node = torch.zeros(n_atoms, xd.shape[1], dtype=xd.dtype, device=xd.device)
+                xd_node = xd_node.index_copy(0, g.edge_src[sl][on], xd[on]) if len(on) else xd_node
         s_e = torch.cat(s_parts)
         size = torch.cat(size_parts)
         # nodes from their on-site blocks
         h = self.node_in(torch.cat([x_node, self.embed(g.z)], dim=1))
+        if density:
+            h = h + self.dm_node(xd_node)
         # attention-weighted equivariant message passing (on-site edges excluded)
         off = ~g.onsite
         src, dst = g.edge_src[off], g.edge_dst[off]
@@ -375,7 +411,6 @@ class HamiltonianCorrection(nn.Module):
         atom_inv = torch.cat([self._scalars(h), self.embed(g.z)], dim=1)  # invariants of each atom
         v = self.potential(atom_inv) * cfg.target_scale  # [atoms, slots]
         spin_on = cfg.spin_head and g.spinor and g.h0_spin is not None
-        n_out = self.irreps_block.num_irreps
 
         def edge_term(sl: slice | torch.Tensor) -> torch.Tensor:
             """Block irreps of the edge messages h_j ⊗ Y(r̂_ij) of the edges in sl (0 on-site)."""
@@ -422,7 +457,8 @@ class HamiltonianCorrection(nn.Module):
             before the trace feedback."""
             x = edge_inputs(sl) if x is None else x
             gates = 1.0 + self.channel_gate(inv[sl])
-            y = self.edge_lin(x) * gates[:, self.out_index] + pair_term(sl) * size[sl]
+            lin = self.edge_lin(x) + self.dm_edge(dm_inputs(sl)) if density else self.edge_lin(x)
+            y = lin * gates[:, self.out_index] + pair_term(sl) * size[sl]
             if cfg.edge_messages:
                 y = y + edge_term(sl) * size[sl]
             if cfg.bond_env:

@@ -19,7 +19,8 @@ def iter_member_corrections(model: nn.Module, system: System, device: str = "cpu
     """ΔH (eV) on the stored blocks of the system's H(0), one per network of the model (one for a
     single network, M for an ensemble), yielded one at a time. The graph is built once."""
     model.eval()
-    g, idx = build_graph(system, model.layout, with_target=False, dtype=dtype, long_range=model.cfg.long_range)
+    g, idx = build_graph(system, model.layout, with_target=False, dtype=dtype, long_range=model.cfg.long_range,
+                         density=model.cfg.density_features)
     known = getattr(model, "known_elements", None)
     if known:  # an element the model never saw uses the "unknown" embedding, not an untrained row
         unseen = torch.tensor([el not in known for el in system.elements])

@@ -67,7 +67,7 @@ def load_items(path: str, ids: list[str], cfg: TrainConfig, layout, seed: int) -
     for system in iter_dataset(path, ids=ids):
         if system.spin_mode == "collinear":
             continue
-        g, idx = build_graph(system, layout, long_range=cfg.model.long_range)
+        g, idx = build_graph(system, layout, long_range=cfg.model.long_range, density=cfg.model.density_features)
         k = system.kpoints.frac if system.kpoints is not None else np.zeros((1, 3))
         sel = rng.choice(len(k), size=min(cfg.k_per_structure, len(k)), replace=False)
         kd = build_kdata(system, idx, layout, k[sel], window_margin=cfg.window_margin,
