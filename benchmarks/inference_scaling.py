@@ -51,9 +51,11 @@ def one(run: str, n: int, device: str, model_path: str | None = None) -> dict:
     model.to(device)
     cuda = device.startswith("cuda")
     with torch.no_grad():  # warm-up on the primitive cell: first-call costs are not the cell's
-        model(build_graph(prim, model.layout, with_target=False, long_range=model.cfg.long_range)[0].to(device))
+        model(build_graph(prim, model.layout, with_target=False, long_range=model.cfg.long_range,
+                          density=model.cfg.density_features)[0].to(device))
     t = time.perf_counter()
-    g, idx = build_graph(sc, model.layout, with_target=False, long_range=model.cfg.long_range)  # Ewald operator included
+    g, idx = build_graph(sc, model.layout, with_target=False, long_range=model.cfg.long_range,
+                         density=model.cfg.density_features)  # Ewald operator (and density) included
     t_graph = time.perf_counter() - t
     if cuda:
         torch.cuda.reset_peak_memory_stats()

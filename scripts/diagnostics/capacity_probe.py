@@ -102,7 +102,7 @@ def main() -> None:
         source, _ = load_model(resolve_model_path(a.init))
         load_weights_into(model, select_member(source, 0, a.init))
     systems = list(iter_dataset(a.data, ids=a.ids))
-    graphs = [build_graph(s, layout, long_range=mcfg.long_range)[0] for s in systems]
+    graphs = [build_graph(s, layout, long_range=mcfg.long_range, density=mcfg.density_features)[0] for s in systems]
     g = batch_graphs(graphs).to(device)
     model.to(device)
     spans = edge_spans(graphs)
