@@ -15,6 +15,7 @@ from ..core.blocks import BlockSparse, ab_to_spinor, is_onsite, spinor_to_ab
 from ..core.density import density_matrix
 from ..core.ewald import neutral_potential_operator
 from ..core.system import System
+from ..errors import MissingDataError
 from .irreps import BasisLayout
 
 #: real-space block fields
@@ -147,7 +148,8 @@ def zeroth_step_density(system: System) -> BlockSparse:
     part of a non-magnetic crystal's DM is not a feature)."""
     h0, s = system.matrices["H0"], system.matrices["S"]
     if system.nelec is None:
-        raise ValueError("the zeroth-step density needs the electron count (no pseudopotential, nelec or log found)")
+        raise MissingDataError("the zeroth-step density of a density-feature model needs the electron count "
+                               "(no pseudopotential, nelec or log found)")
     k = system.full_kmesh()
     dm, _ef = density_matrix(h0, s, k.frac, k.weights, system.nelec, system.smearing, pattern=h0)
     data = (dm.data[:, 0, 0] + dm.data[:, 1, 1]).real if dm.spin == "spinor" else dm.data.real
