@@ -725,6 +725,16 @@ def test_long_range_term_keeps_every_symmetry_and_fine_tunes_from_a_local_model(
         grown(g)
 
 
+def _assert_symmetric_and_hermitian(model: HamiltonianCorrection, system) -> None:
+    """The model's H(0) + ΔH is equivariant (two random rotations, inversion, permutations,
+    translations) and hermitian at two random k-points."""
+    predict = lambda s: predict_correction(model, s, dtype=torch.float64)  # noqa: E731
+    assert_hamiltonian_equivariant(predict, system, n_rotations=2, rtol=1e-5)
+    d = predict(system)
+    hk = KAssembler(d, spinor=d.spin == "spinor")(np.random.default_rng(2).random((2, 3)))
+    assert np.allclose(hk, np.conj(np.swapaxes(hk, 1, 2)), atol=1e-12)
+
+
 def _check_edge_specific_term(run: str, cfg: ModelConfig, out_module: str, max_len: float = np.inf) -> None:
     """Checks of a zero-initialised term that gives each edge a block of its own (``out_module``: the
     term's last, zero-initialised map). The model stays equivariant (rotations, inversion; SOC run
@@ -734,11 +744,7 @@ def _check_edge_specific_term(run: str, cfg: ModelConfig, out_module: str, max_l
     than a common factor, beyond what a per-pair feature could."""
     system = read_run(need(DATA / "runs" / run))
     model = _random_model(cfg)
-    predict = lambda s: predict_correction(model, s, dtype=torch.float64)  # noqa: E731
-    assert_hamiltonian_equivariant(predict, system, n_rotations=2, rtol=1e-5)
-    d = predict(system)
-    hk = KAssembler(d, spinor=d.spin == "spinor")(np.random.default_rng(2).random((2, 3)))
-    assert np.allclose(hk, np.conj(np.swapaxes(hk, 1, 2)), atol=1e-12)
+    _assert_symmetric_and_hermitian(model, system)
 
     grown, base = _grown_from_local(cfg, system)
     with torch.no_grad():
@@ -824,11 +830,7 @@ def test_density_features_keep_every_symmetry_and_fine_tune_from_a_model_without
     assert electron_count(dm, system.matrices["S"]) == pytest.approx(system.nelec, abs=1e-6)
     cfg = dataclasses.replace(SMALL, trace_feedback=True, density_features=True)
     model = _random_model(cfg)
-    predict = lambda s: predict_correction(model, s, dtype=torch.float64)  # noqa: E731
-    assert_hamiltonian_equivariant(predict, system, n_rotations=2, rtol=1e-5)
-    d = predict(system)
-    hk = KAssembler(d, spinor=d.spin == "spinor")(np.random.default_rng(2).random((2, 3)))
-    assert np.allclose(hk, np.conj(np.swapaxes(hk, 1, 2)), atol=1e-12)
+    _assert_symmetric_and_hermitian(model, system)
 
     grown, base = _grown_from_local(cfg, system)
     for name in ("dm_edge", "dm_node", "dm_scalars"):
