@@ -70,7 +70,9 @@ def adapter_for(path: str | Path, code: str | None = None) -> Adapter:
         raise RunDirectoryError(f"{path}: no such file or directory")
     hits = [a for a in ads.values() if a.detect(path)]
     if not hits:
-        raise RunDirectoryError(f"{path}: not a run directory of any supported code ({', '.join(sorted(ads))})")
+        hints = [h for a in ads.values() if (h := getattr(a, "near_miss", lambda _p: None)(path))]
+        why = f": {hints[0]}" if hints else ""
+        raise RunDirectoryError(f"{path}: not a run directory of any supported code ({', '.join(sorted(ads))}){why}")
     return hits[0]
 
 

@@ -285,3 +285,19 @@ def test_python_dash_m_has_every_command(module):
     assert res.returncode == 0, res.stderr
     for cmd in ("info", "dataset", "predict", "train", "eval", "bands", "restart", "setup", "export"):
         assert f"  {cmd} " in res.stdout, (cmd, res.stdout)
+
+
+def test_matrices_without_their_run_say_what_is_missing(tmp_path):
+    """A folder holding ABACUS matrix files but no STRU or OUT.* folder (matrices copied out of their
+    run) is refused in one line that names the files found and what to add; a folder with nothing of
+    any code's gets the plain message; nothing is written."""
+    res = run("predict", str(need(FIXTURES / "abacus" / "C_atom_nspin4_newfmt_scf_out_hsr_spin4")),
+              "--out", str(tmp_path / "out"))
+    assert_clean_error(res)
+    assert "hrs1_nao.csr.ref" in res.stderr and "STRU" in res.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = run("predict", str(empty), "--out", str(tmp_path / "out"))
+    assert_clean_error(res)
+    assert "not a run directory" in res.stderr and "ABACUS matrices" not in res.stderr
+    assert not (tmp_path / "out").exists()
