@@ -7,7 +7,7 @@ from typing import Any
 
 from nextham_dft.core.system import System
 
-from .run import find_steps, read_run
+from .run import find_steps, matrix_files, read_run
 
 
 class AbacusAdapter:
@@ -23,19 +23,15 @@ class AbacusAdapter:
             return True
         return any(p.is_dir() and p.name.startswith("OUT.") for p in path.iterdir())
 
-    #: names of ABACUS's sparse-matrix files of every generation (text, compressed, test references, NPZ)
-    MATRIX_PATTERNS = ("data-HR-sparse_SPIN*", "data-SR-sparse_SPIN*", "hrs*_nao.*", "srs*_nao.*", "sr_nao.*",
-                       "output_HR*.npz", "output_SR.npz")
-
     def near_miss(self, path: Path) -> str | None:
         """Why a folder that ``detect`` rejects still looks like part of an ABACUS run, or None."""
         path = Path(path)
         if not path.is_dir():
             return None
-        found = sorted({p.name for pat in self.MATRIX_PATTERNS for p in path.glob(pat) if p.is_file()})
+        found = [p.name for p in matrix_files(path)]
         if not found:
             return None
-        return (f"it holds ABACUS matrices ({', '.join(found[:3])}{', …' if len(found) > 3 else ''}) but no STRU "
+        return (f"it holds ABACUS matrices ({', '.join(found)}) but no STRU "
                 "and no OUT.* folder: put them in the run directory beside its INPUT, STRU and KPT")
 
     def read_run(self, path: Path, **options: Any) -> System:

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from nextham_dft.core.density import density_matrix, density_on_grid
+from nextham_dft.core.density import density_on_grid
 from nextham_dft.core.system import System
 from nextham_dft.core.units import ANG_TO_BOHR, EV_TO_RY
-from nextham_dft.errors import MissingDataError, RunDirectoryError
+from nextham_dft.errors import RunDirectoryError
 
 from .cube import read_cube, write_cube
 from .run import find_steps
@@ -114,12 +114,10 @@ def _valences(run_dir: Path, params: dict[str, str], system: System) -> np.ndarr
 def write_restart(directory: str | Path, run_dir: str | Path, system: System, source: str) -> dict[str, object]:
     """Write every ABACUS starting file of Hamiltonian ``source`` into ``directory``; returns a summary."""
     directory, run_dir = Path(directory), Path(run_dir)
-    if system.nelec is None:
-        raise MissingDataError("the electron count is unknown (no pseudopotential or log): needed for the DM")
-    h, s = system.hamiltonian(source), system.matrices["S"]
+    system.require_nelec("no pseudopotential or log; the density matrix needs it")
+    h = system.hamiltonian(source)
     params = _run_params(run_dir)
-    mesh = system.full_kmesh()
-    dm, ef = density_matrix(h, s, mesh.frac, mesh.weights, system.nelec, system.smearing)
+    dm, ef = system.density_matrix(source)
     shape, grid_src = grid_for(system, run_dir, params)
     rho = density_on_grid(system, dm, shape)
     from pymatgen.core.periodic_table import Element

@@ -70,6 +70,13 @@ def _h_files(directory: Path, nspin: int) -> list[Path]:
     return out
 
 
+def matrix_files(directory: Path) -> list[Path]:
+    """The sparse-matrix files of any generation in ``directory``: H of either spin, then S (the first
+    name found of each, as the steps are read)."""
+    s = _find_any(directory, list(S_NAMES))
+    return _h_files(directory, 2) + ([s] if s is not None else [])
+
+
 def _step_params(run_dir: Path, out_dir: Path, suffix: str) -> tuple[dict[str, str], str]:
     """Parameters of a step: OUT.<suffix>/INPUT dump, INPUT.<suffix>, or INPUT with that suffix."""
     dump = find(out_dir, "INPUT")

@@ -14,21 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from nextham_dft.core.density import density_matrix
 from nextham_dft.core.system import System
-from nextham_dft.errors import MissingDataError
 
 from .run import _basis_of, _pick, _read_matrix, canonical_transforms, find_steps
 
 
 def siesta_dm(system: System, source: str):
     """(sisl DensityMatrix in SIESTA's conventions, E_F eV) of Hamiltonian ``source`` of a SIESTA run."""
-    h, s = system.hamiltonian(source), system.matrices["S"]
-    if system.nelec is None:
-        raise MissingDataError("the electron count is unknown (no SIESTA output with 'Total number of electrons')")
-    mesh = system.full_kmesh()
-    dm, ef = density_matrix(h, s, mesh.frac, mesh.weights, system.nelec, system.smearing)
-    return dm, ef
+    system.require_nelec("no SIESTA output with 'Total number of electrons'")
+    return system.density_matrix(source)
 
 
 def write_dm(directory: str | Path, run_dir: str | Path, system: System, source: str) -> dict[str, object]:

@@ -14,6 +14,7 @@ import numpy as np
 from ..errors import MissingDataError
 from .basis import SpeciesBasis
 from .blocks import BlockSparse
+from .density import density_matrix
 from .kspace import Smearing, band_energies, fermi_level
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -162,8 +163,19 @@ class System:
             raise MissingDataError("the run's k-points are unknown: a density matrix needs its k-mesh")
         return self.kpoints.full_mesh()
 
+    def require_nelec(self, why: str = "no pseudopotential, nelec or log found") -> float:
+        """The valence electron count; MissingDataError (saying ``why`` it is missing) when unknown."""
+        if self.nelec is None:
+            raise MissingDataError(f"the electron count is unknown ({why})")
+        return self.nelec
+
     def fermi_from_bands(self, eigs: np.ndarray, weights: np.ndarray) -> float:
         """Fermi level (eV) from eigenvalues on a k-mesh and the electron count."""
-        if self.nelec is None:
-            raise MissingDataError("the electron count is unknown (no pseudopotential, nelec or log found)")
-        return fermi_level(eigs, weights, self.nelec, self.smearing, self.spin_degeneracy)
+        return fermi_level(eigs, weights, self.require_nelec(), self.smearing, self.spin_degeneracy)
+
+    def density_matrix(self, source: str, pattern: BlockSparse | None = None) -> tuple[BlockSparse, float]:
+        """(DM(R), E_F in eV) of Hamiltonian ``source`` on the run's full k-mesh with its smearing and
+        electron count (:func:`.density.density_matrix`; DM on ``pattern``'s blocks, default S's)."""
+        mesh = self.full_kmesh()
+        return density_matrix(self.hamiltonian(source), self.matrices["S"], mesh.frac, mesh.weights,
+                              self.require_nelec(), self.smearing, pattern=pattern)

@@ -12,10 +12,8 @@ import numpy as np
 import torch
 
 from ..core.blocks import BlockSparse, ab_to_spinor, is_onsite, spinor_to_ab
-from ..core.density import density_matrix
 from ..core.ewald import neutral_potential_operator
 from ..core.system import System
-from ..errors import MissingDataError
 from .irreps import BasisLayout
 
 #: real-space block fields
@@ -146,13 +144,9 @@ def zeroth_step_density(system: System) -> BlockSparse:
     superposed atomic densities that built H(0) is the charge the SCF moves (a matrix function of H(0)
     and S, so it rotates with their blocks). Spinor runs: the charge part Σ_s DM_ss (real; the spin
     part of a non-magnetic crystal's DM is not a feature)."""
-    h0, s = system.matrices["H0"], system.matrices["S"]
-    if system.nelec is None:
-        raise MissingDataError("the zeroth-step density of a density-feature model needs the electron count "
-                               "(no pseudopotential, nelec or log found)")
-    k = system.full_kmesh()
-    dm, _ef = density_matrix(h0, s, k.frac, k.weights, system.nelec, system.smearing, pattern=h0)
-    data = (dm.data[:, 0, 0] + dm.data[:, 1, 1]).real if dm.spin == "spinor" else dm.data.real
+    system.require_nelec("no pseudopotential, nelec or log found; a density-feature model needs it")
+    dm, _ef = system.density_matrix("H0", pattern=system.matrices["H0"])
+    data = 2.0 * spinor_to_ab(dm.data)[0] if dm.spin == "spinor" else dm.data.real  # Σ_s DM_ss = 2a
     return dm.with_data(data, "none")
 
 

@@ -308,34 +308,34 @@ class HamiltonianCorrection(nn.Module):
         single = E <= self.edge_chunk
         cache: dict[str, torch.Tensor] = {}
 
-        def edge_inputs(sl: slice | torch.Tensor) -> torch.Tensor:
-            """H(0)/h0_scale ⊕ S irreps of the edges sl (a chunk, or an index tensor); a chunk holding
-            every edge is kept."""
+        def kept_when_whole(key: str, sl: slice | torch.Tensor, compute) -> torch.Tensor:
+            """compute(sl), kept under ``key`` when sl is a chunk holding every edge (computed once)."""
             whole = single and isinstance(sl, slice)
-            if whole and "x" in cache:
-                return cache["x"]
-            h0, s = g.h0[sl], g.s[sl]
-            e = h0.shape[0]
-            ir = self.block_map(torch.cat([(h0 / cfg.h0_scale).reshape(e, n * n), s.reshape(e, n * n)]))
-            x = torch.cat([ir[:e], ir[e:]], dim=1)
+            if whole and key in cache:
+                return cache[key]
+            x = compute(sl)
             if whole:
-                cache["x"] = x
+                cache[key] = x
             return x
+
+        def edge_inputs(sl: slice | torch.Tensor) -> torch.Tensor:
+            """H(0)/h0_scale ⊕ S irreps of the edges sl (a chunk, or an index tensor)."""
+
+            def compute(sl):
+                h0, s = g.h0[sl], g.s[sl]
+                e = h0.shape[0]
+                ir = self.block_map(torch.cat([(h0 / cfg.h0_scale).reshape(e, n * n), s.reshape(e, n * n)]))
+                return torch.cat([ir[:e], ir[e:]], dim=1)
+
+            return kept_when_whole("x", sl, compute)
 
         density = cfg.density_features
         if density and g.dm is None:
             raise ValueError("a density-feature model needs the graph's zeroth-step density (build_graph(..., density=True))")
 
         def dm_inputs(sl: slice | torch.Tensor) -> torch.Tensor:
-            """Block irreps of the zeroth-step density matrix of the edges sl (kept when one chunk holds all)."""
-            whole = single and isinstance(sl, slice)
-            if whole and "xd" in cache:
-                return cache["xd"]
-            d = g.dm[sl]
-            xd = self.block_map(d.reshape(d.shape[0], n * n))
-            if whole:
-                cache["xd"] = xd
-            return xd
+            """Block irreps of the zeroth-step density matrix of the edges sl."""
+            return kept_when_whole("xd", sl, lambda sl: self.block_map(g.dm[sl].reshape(-1, n * n)))
 
         table = self._pair_table_for(E)
 
