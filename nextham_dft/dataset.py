@@ -49,6 +49,24 @@ def _bases_from_json(text: str) -> list[SpeciesBasis]:
     return out
 
 
+def _with_tables(bases: list[SpeciesBasis], radial) -> list[SpeciesBasis]:
+    """The bases with the radial tables stored under ``radial/<species>/<shell>`` (files written before
+    the tables were kept have none: the shells keep empty tables)."""
+    if radial is None:
+        return bases
+    out = []
+    for s, b in enumerate(bases):
+        shells = []
+        for h, sh in enumerate(b.shells):
+            key = f"{s}/{h}"
+            if key in radial:
+                r, f = radial[key][()]
+                sh = RadialFunction(sh.l, sh.zeta, sh.rcut, r, f)
+            shells.append(sh)
+        out.append(SpeciesBasis(b.element, tuple(shells), b.source, b.sha256, b.family))
+    return out
+
+
 def write_system(group, system: System) -> None:
     """Write one System into an (empty) h5py group."""
     group.attrs["format_version"] = FORMAT_VERSION
@@ -62,6 +80,11 @@ def write_system(group, system: System) -> None:
     group.attrs["bases"] = _bases_to_json(system.bases)
     group.attrs["code"] = str(system.meta.get("code", ""))
     group.attrs["source"] = str(system.meta.get("source", system.meta.get("run_dir", "")))
+    for s, b in enumerate(system.bases):  # radial tables (Å, Å^-3/2), when the adapter read them
+        for h, sh in enumerate(b.shells):
+            if len(sh.r):
+                group.create_dataset(f"radial/{s}/{h}", data=np.stack([sh.r, sh.f]), compression="gzip",
+                                     compression_opts=4)
     group["lattice"] = system.lattice
     group["positions"] = system.positions
     group["kinds"] = system.kinds
@@ -92,7 +115,7 @@ def write_system(group, system: System) -> None:
 def read_system(group, matrices: tuple[str, ...] | None = None) -> System:
     """Read one System from an h5py group written by :func:`write_system`."""
     try:
-        bases = _bases_from_json(group.attrs["bases"])
+        bases = _with_tables(_bases_from_json(group.attrs["bases"]), group.get("radial"))
         kinds = group["kinds"][()]
         system = System(
             lattice=group["lattice"][()],

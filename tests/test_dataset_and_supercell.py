@@ -11,7 +11,7 @@ from nextham_dft.adapters.abacus.dojo_h5 import iter_structures, read_structure,
 from nextham_dft.core.supercell import make_supercell
 from nextham_dft.dataset import iter_dataset, list_ids, write_system
 
-from .conftest import DATA, need
+from .conftest import DATA, EXAMPLE, need
 from .test_abacus_runs import window_error
 
 pytestmark = pytest.mark.abacus
@@ -45,6 +45,21 @@ def test_training_format_round_trip(tmp_path):
     for tag in ("S", "H0", "H"):
         assert back.matrices[tag].max_abs_diff(system.matrices[tag]) == 0.0
     assert [b.label() for b in back.bases] == ["2s2p2d1f"]
+
+
+def test_training_format_keeps_the_radial_tables(tmp_path):
+    """Grid integrals of the basis (core.potential) need the orbitals' radial tables after a round trip."""
+    from nextham_dft.core.potential import overlap_by_quadrature
+
+    system = read_run(need(EXAMPLE))
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        write_system(f.create_group("x"), system)
+    back = next(iter_dataset(tmp_path / "d.h5"))
+    for a, b in zip(system.bases, back.bases):
+        for sa, sb in zip(a.shells, b.shells):
+            assert len(sa.r) > 0 and np.array_equal(sa.r, sb.r) and np.array_equal(sa.f, sb.f)
+    s = back.matrices["S"]
+    assert np.abs(overlap_by_quadrature(back, s, spacing=0.25) - s.data).max() < 1e-2
 
 
 def test_an_empty_id_list_reads_no_structure(tiny_dataset):
