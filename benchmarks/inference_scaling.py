@@ -34,7 +34,7 @@ def one(run: str, n: int, device: str, model_path: str | None = None) -> dict:
     from nextham_dft.core.supercell import make_supercell
     from nextham_dft.dataset import write_system
     from nextham_dft.model.ensemble import members_of
-    from nextham_dft.model.graph import build_graph, corrections_to_blocks
+    from nextham_dft.model.graph import build_graph, corrections_to_blocks, graph_options
     from nextham_dft.model.predict import CorrectionMean
     from nextham_dft.model.store import load_model, resolve_model_path
     from nextham_dft.registry import adapter_for, read_run
@@ -51,11 +51,9 @@ def one(run: str, n: int, device: str, model_path: str | None = None) -> dict:
     model.to(device)
     cuda = device.startswith("cuda")
     with torch.no_grad():  # warm-up on the primitive cell: first-call costs are not the cell's
-        model(build_graph(prim, model.layout, with_target=False, long_range=model.cfg.long_range,
-                          density=model.cfg.density_features)[0].to(device))
+        model(build_graph(prim, model.layout, with_target=False, **graph_options(model.cfg))[0].to(device))
     t = time.perf_counter()
-    g, idx = build_graph(sc, model.layout, with_target=False, long_range=model.cfg.long_range,
-                         density=model.cfg.density_features)  # Ewald operator (and density) included
+    g, idx = build_graph(sc, model.layout, with_target=False, **graph_options(model.cfg))  # every input the model needs
     t_graph = time.perf_counter() - t
     if cuda:
         torch.cuda.reset_peak_memory_stats()

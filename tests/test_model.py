@@ -17,6 +17,7 @@ from nextham_dft.adapters.abacus import read_run
 from nextham_dft.cli import main
 from nextham_dft.evaluation import block_lengths
 from nextham_dft.core.kspace import KAssembler
+from nextham_dft.core.blocks import spinor_to_ab
 from nextham_dft.model.config import ModelConfig, TrainConfig, dump_yaml, load_train_config
 from nextham_dft.model.graph import build_graph
 from nextham_dft.model.irreps import BasisLayout, BlockIrreps
@@ -843,3 +844,38 @@ def test_density_features_keep_every_symmetry_and_fine_tune_from_a_model_without
     g, _ = build_graph(system, grown.layout, dtype=torch.float64)  # built without the density
     with pytest.raises(ValueError, match="density"):
         grown(g)
+
+
+@pytest.mark.parametrize("run", ["s0221", "t0045"])
+def test_local_potential_head_adds_the_matrix_of_its_potential_and_keeps_every_symmetry(run):
+    """local_potential: per-atom coefficients c_km of Gaussians in ΔV(r) add Σ c_km ⟨φ_i|g_m(k)|φ_j⟩.
+    With the head's output fixed to a constant c_m, the change of the prediction is exactly that sum over
+    the grid integrals of core.potential (every edge, both halves; spin-free part only for SOC). The
+    model stays equivariant (rotations, inversion; SOC run too) and hermitian; a model without the head
+    loads into it and predicts the same; a graph without the integrals is refused."""
+    from nextham_dft.core.potential import potential_integrals
+    from nextham_dft.model.graph import graph_options
+
+    system = read_run(need(DATA / "runs" / run))
+    cfg = dataclasses.replace(SMALL, trace_feedback=True, local_potential=(0.4, 1.5), potential_spacing=0.3)
+    model = _random_model(cfg)
+    _assert_symmetric_and_hermitian(model, system)
+
+    grown, base = _grown_from_local(cfg, system)
+    c = torch.tensor([0.7, -0.2], dtype=torch.float64)
+    with torch.no_grad():
+        grown.local_pot.net[-1].bias.copy_(c)
+    moved = predict_correction(grown, system, dtype=torch.float64)
+    h0 = system.matrices["H0"]
+    v = potential_integrals(system, cfg.local_potential, h0, spacing=cfg.potential_spacing)
+    want = np.einsum("ekm,m->e", v, c.numpy())  # Σ_k Σ_m c_m V^(k,m), stored entries of H(0)
+    diff = moved.aligned_to(h0).data - base.aligned_to(h0).data
+    if h0.spin == "spinor":
+        a, b = spinor_to_ab(diff)
+        assert np.abs(b).max() < 1e-12
+        diff = a
+    assert np.abs(want).max() > 1e-2 and np.abs(diff - want).max() < 1e-10
+    g, _ = build_graph(system, grown.layout, dtype=torch.float64)  # built without the integrals
+    with pytest.raises(ValueError, match="local-potential"):
+        grown(g)
+    assert graph_options(cfg)["potential"] == (0.4, 1.5)

@@ -67,6 +67,16 @@ class ModelConfig:
     #: Costs one diagonalisation per k-point of the run's full mesh at prediction. Zero-initialised, so
     #: a model without it fine-tunes into it
     density_features: bool = False
+    #: local-potential head (widths σ_m in Å; None: off): the SCF changes only the local Hartree +
+    #: exchange-correlation potential, so ΔH is the matrix of one field ΔV(r). Each atom k gets
+    #: coefficients c_km (eV, an MLP of its invariant features) of Gaussians exp(−r²/2σ_m²) centred on it
+    #: and its images, and ΔH gains Σ_km c_km ⟨φ_i|g_m(k)|φ_j⟩ (``core.potential``: three-centre
+    #: integrals by atom-anchored grid quadrature, computed when the graph is built). Zero-initialised,
+    #: so a model without it fine-tunes into it. The graph holds the integrals of every (edge, atom)
+    #: pair: meant for cells of a few tens of atoms
+    local_potential: tuple[float, ...] | None = None
+    #: Å, grid step of those integrals
+    potential_spacing: float = 0.2
 
 
 @dataclass(frozen=True)
@@ -157,6 +167,13 @@ def model_config_from_dict(d: dict) -> ModelConfig:
     if "env_channels" in d and not (isinstance(d["env_channels"], int) and not isinstance(d["env_channels"], bool)
                                     and d["env_channels"] >= 1):
         raise ValueError(f"env_channels must be an integer >= 1, not {d['env_channels']!r}")
+    lp = d.get("local_potential")
+    if lp is not None and (not isinstance(lp, (list, tuple)) or not lp
+                           or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in lp)):
+        raise ValueError(f"local_potential must be null or a list of widths > 0 Å, not {lp!r}")
+    if "potential_spacing" in d and not (isinstance(d["potential_spacing"], (int, float))
+                                         and 0 < d["potential_spacing"] <= 0.5):
+        raise ValueError(f"potential_spacing must lie in (0, 0.5] Å, not {d['potential_spacing']!r}")
     return ModelConfig(**{k: _tuplify(v) for k, v in d.items()})
 
 

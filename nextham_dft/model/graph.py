@@ -13,6 +13,7 @@ import torch
 
 from ..core.blocks import BlockSparse, ab_to_spinor, is_onsite, spinor_to_ab
 from ..core.ewald import neutral_potential_operator
+from ..core.potential import potential_integrals
 from ..core.system import System
 from .irreps import BasisLayout
 
@@ -50,6 +51,11 @@ class Graph:
     n_atoms: int = 0
     ewald: torch.Tensor | None = None
     dm: torch.Tensor | None = None
+    #: local-potential integrals (models with ``local_potential``): for every (edge, atom) pair p,
+    #: vp[p, m] = ⟨φ_i| g_m centred on atom vp_atom[p] and its images |φ_j⟩ of edge vp_edge[p], padded (n, n)
+    vp: torch.Tensor | None = None
+    vp_edge: torch.Tensor | None = None
+    vp_atom: torch.Tensor | None = None
 
     def to(self, device) -> Graph:
         kw = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
@@ -65,6 +71,9 @@ class Graph:
         new = torch.cumsum(keep.long(), 0) - 1
         kw = {k: (v[keep] if k in self.EDGE_FIELDS and v is not None else v) for k, v in self.__dict__.items()}
         kw["mirror"] = new[self.mirror[keep]]
+        if self.vp is not None:
+            kp = keep[self.vp_edge]
+            kw.update(vp=self.vp[kp], vp_edge=new[self.vp_edge[kp]], vp_atom=self.vp_atom[kp])
         return Graph(**kw)
 
 
@@ -150,11 +159,37 @@ def zeroth_step_density(system: System) -> BlockSparse:
     return dm.with_data(data, "none")
 
 
+def graph_options(cfg) -> dict:
+    """The ``build_graph`` keywords a model of configuration ``cfg`` (ModelConfig) needs."""
+    return {"long_range": cfg.long_range, "density": cfg.density_features, "potential": cfg.local_potential,
+            "spacing": cfg.potential_spacing}
+
+
+def _potential_pairs(system: System, idx: EdgeIndex, layout: BasisLayout, pos: list[np.ndarray], sigmas,
+                     spacing: float, npdt) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(vp (P, m, n, n), edge (P,), atom (P,)): the local-potential integrals of every directed edge and
+    every atom of the cell whose Gaussians reach the edge's orbitals (pairs of zero integrals dropped)."""
+    h0 = system.matrices["H0"]
+    v = potential_integrals(system, sigmas, h0, spacing=spacing)  # (nnz, atoms, m), H(0)'s stored half
+    n_at, nm = v.shape[1], v.shape[2]
+    def padded(k: int, m: int) -> np.ndarray:
+        return _padded(system, h0.with_data(np.ascontiguousarray(v[:, k, m]), "none"), idx, layout, pos, npdt)
+
+    per = np.stack([np.stack([padded(k, m) for m in range(nm)], axis=1) for k in range(n_at)], axis=1)  # (E, atoms, m, n, n)
+    E = per.shape[0]
+    flat = per.reshape(E * n_at, nm, layout.size, layout.size)
+    keep = np.nonzero(np.abs(flat).reshape(E * n_at, -1).max(axis=1) > 0)[0]
+    return flat[keep], keep // n_at, keep % n_at
+
+
 def build_graph(system: System, layout: BasisLayout, with_target: bool = True, dtype=torch.float32,
-                long_range: bool = False, density: bool = False) -> tuple[Graph, EdgeIndex]:
+                long_range: bool = False, density: bool = False, potential=None,
+                spacing: float = 0.2) -> tuple[Graph, EdgeIndex]:
     """Graph tensors of a System that holds H0 and S (and H when with_target); with ``long_range``
     also the Ewald operator of its sites (models with ``long_range`` need it), with ``density`` the
-    zeroth-step density matrix (models with ``density_features``)."""
+    zeroth-step density matrix (models with ``density_features``), with ``potential`` (widths, Å) the
+    local-potential integrals on a grid of step ``spacing`` (models with ``local_potential``).
+    ``graph_options(model.cfg)`` gives the keywords a model needs."""
     from pymatgen.core.periodic_table import Element
 
     h0 = system.matrices["H0"]
@@ -199,6 +234,9 @@ def build_graph(system: System, layout: BasisLayout, with_target: bool = True, d
         dm=(torch.as_tensor(_padded(system, zeroth_step_density(system), idx, layout, pos, npdt), dtype=dtype)
             if density else None),
     )
+    if potential is not None:
+        vp, ve, va = _potential_pairs(system, idx, layout, pos, potential, spacing, npdt)
+        g.vp, g.vp_edge, g.vp_atom = torch.as_tensor(vp, dtype=dtype), torch.as_tensor(ve), torch.as_tensor(va)
     if with_target and "H" in system.matrices:
         if spinor:
             a, b = _padded(system, system.matrices["H"], idx, layout, pos, np.float64)
@@ -224,6 +262,12 @@ def batch_graphs(graphs: list[Graph]) -> Graph:
         e_off += len(g.edge_src)
     cat = {k: (torch.cat(v) if all(x is not None for x in v) else None) for k, v in parts.items()}
     ewald = torch.block_diag(*[g.ewald for g in graphs]) if all(g.ewald is not None for g in graphs) else None
+    if all(g.vp is not None for g in graphs):
+        e_offs = np.cumsum([0] + [len(g.edge_src) for g in graphs])[:-1]
+        a_offs = np.cumsum([0] + [len(g.z) for g in graphs])[:-1]
+        cat["vp"] = torch.cat([g.vp for g in graphs])
+        cat["vp_edge"] = torch.cat([g.vp_edge + int(o) for g, o in zip(graphs, e_offs)])
+        cat["vp_atom"] = torch.cat([g.vp_atom + int(o) for g, o in zip(graphs, a_offs)])
     return Graph(spinor=graphs[0].spinor, n_atoms=a_off, ewald=ewald, **cat)
 
 

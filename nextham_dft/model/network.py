@@ -219,6 +219,12 @@ class HamiltonianCorrection(nn.Module):
                 for w in list(self.dm_edge.parameters()) + list(self.dm_node.parameters()) + list(
                         self.dm_scalars.net[-1].parameters()):
                     w.zero_()
+        if cfg.local_potential is not None:
+            # coefficients c_km (eV) of atom k's Gaussians g_m in ΔV(r); ΔH += Σ c_km ⟨φ_i|g_m(k)|φ_j⟩
+            self.local_pot = MLP([n0 + cfg.embed_dim, cfg.mlp_hidden, len(cfg.local_potential)])
+            with torch.no_grad():
+                self.local_pot.net[-1].weight.zero_()
+                self.local_pot.net[-1].bias.zero_()
         if cfg.spin_head:
             bsp = self.blocks.irreps_spin
             self.irreps_spin = bsp
@@ -242,7 +248,8 @@ class HamiltonianCorrection(nn.Module):
     #: parameters a model file may lack: zero-initialised extensions (fine-tuning an older model into them)
     optional_prefixes: tuple[str, ...] = ("trace_gate.", "trace_potential.", "charge.", "ewald_response", "edge_tp.",
                                           "edge_tp_w.", "edge_tp_fused.", "edge_out.", "env_radial.", "env_tp.",
-                                          "env_tp_fused.", "env_out.", "dm_edge.", "dm_scalars.", "dm_node.")
+                                          "env_tp_fused.", "env_out.", "dm_edge.", "dm_scalars.", "dm_node.",
+                                          "local_pot.")
 
     def _scalars(self, h: torch.Tensor) -> torch.Tensor:
         return h[:, : self.irreps_hidden.count("0e")]
@@ -512,6 +519,13 @@ class HamiltonianCorrection(nn.Module):
                 spin_parts.append(self.spin_map.transpose(yb).reshape(-1, n, n, 3))
         raw = torch.cat(raw_parts)
         raw_parts.clear()
+        if cfg.local_potential is not None:
+            if g.vp is None:
+                raise ValueError("a local-potential model needs the graph's potential integrals "
+                                 "(build_graph(..., **graph_options(model.cfg)))")
+            c = self.local_pot(atom_inv)  # [atoms, m] eV
+            for sl in self._chunks(len(g.vp_edge)):
+                raw = raw.index_add(0, g.vp_edge[sl], torch.einsum("pm,pmab->pab", c[g.vp_atom[sl]], g.vp[sl]))
         blocks = self._hermitian_part(raw, g.mirror, g.mask, 1.0)
         spin = None
         if spin_on:

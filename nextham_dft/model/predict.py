@@ -11,7 +11,7 @@ from torch import nn
 from ..core.blocks import BlockSparse
 from ..core.system import System
 from .ensemble import members_of
-from .graph import build_graph, corrections_to_blocks
+from .graph import build_graph, corrections_to_blocks, graph_options
 
 
 def iter_member_corrections(model: nn.Module, system: System, device: str = "cpu",
@@ -19,8 +19,7 @@ def iter_member_corrections(model: nn.Module, system: System, device: str = "cpu
     """ΔH (eV) on the stored blocks of the system's H(0), one per network of the model (one for a
     single network, M for an ensemble), yielded one at a time. The graph is built once."""
     model.eval()
-    g, idx = build_graph(system, model.layout, with_target=False, dtype=dtype, long_range=model.cfg.long_range,
-                         density=model.cfg.density_features)
+    g, idx = build_graph(system, model.layout, with_target=False, dtype=dtype, **graph_options(model.cfg))
     known = getattr(model, "known_elements", None)
     if known:  # an element the model never saw uses the "unknown" embedding, not an untrained row
         unseen = torch.tensor([el not in known for el in system.elements])

@@ -25,7 +25,7 @@ from ..dataset import iter_dataset, list_ids
 from ..errors import NexthamError
 from .config import TrainConfig, dump_yaml, to_dict
 from .ema import WeightAverage
-from .graph import Graph, batch_graphs, build_graph, edge_spans
+from .graph import Graph, batch_graphs, build_graph, edge_spans, graph_options
 from .losses import KData, build_kdata, kspace_losses, metric_edge_weights, real_space_loss, rigid_shift
 from .network import HamiltonianCorrection
 from .store import load_model, load_weights_into, save_model, select_member
@@ -67,7 +67,7 @@ def load_items(path: str, ids: list[str], cfg: TrainConfig, layout, seed: int) -
     for system in iter_dataset(path, ids=ids):
         if system.spin_mode == "collinear":
             continue
-        g, idx = build_graph(system, layout, long_range=cfg.model.long_range, density=cfg.model.density_features)
+        g, idx = build_graph(system, layout, **graph_options(cfg.model))
         k = system.kpoints.frac if system.kpoints is not None else np.zeros((1, 3))
         sel = rng.choice(len(k), size=min(cfg.k_per_structure, len(k)), replace=False)
         kd = build_kdata(system, idx, layout, k[sel], window_margin=cfg.window_margin,

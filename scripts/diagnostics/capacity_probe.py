@@ -28,7 +28,7 @@ import yaml
 from nextham_dft.dataset import iter_dataset
 from nextham_dft.model.config import load_train_config
 from nextham_dft.evaluation import LENGTH_BINS
-from nextham_dft.model.graph import Graph, batch_graphs, build_graph, edge_spans
+from nextham_dft.model.graph import Graph, batch_graphs, build_graph, edge_spans, graph_options
 from nextham_dft.model.irreps import BasisLayout
 from nextham_dft.model.losses import real_space_loss, rigid_shift, stored_half_weight
 from nextham_dft.model.network import HamiltonianCorrection
@@ -102,7 +102,7 @@ def main() -> None:
         source, _ = load_model(resolve_model_path(a.init))
         load_weights_into(model, select_member(source, 0, a.init))
     systems = list(iter_dataset(a.data, ids=a.ids))
-    graphs = [build_graph(s, layout, long_range=mcfg.long_range, density=mcfg.density_features)[0] for s in systems]
+    graphs = [build_graph(s, layout, **graph_options(mcfg))[0] for s in systems]
     g = batch_graphs(graphs).to(device)
     model.to(device)
     spans = edge_spans(graphs)
