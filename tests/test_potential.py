@@ -89,3 +89,17 @@ def test_integrals_ignore_translations_lattice_wraps_and_atom_order(si2):
         for m in range(len(SIGMAS)):
             want = _as_blocks(s, v, order[k], m).permute_atoms(order).aligned_to(sp)
             assert _as_blocks(sp, vp, k, m).max_abs_diff(want) < 1e-10
+
+
+def test_training_cache_of_the_integrals_returns_what_it_stored(tiny_dataset):
+    from nextham_dft.dataset import iter_dataset
+    from nextham_dft.model.cache import cached_potential_integrals, potential_cache_path
+
+    system = next(iter_dataset(tiny_dataset))
+    path = potential_cache_path(tiny_dataset, SIGMAS, 0.3)
+    assert path.parent == tiny_dataset.parent and path != potential_cache_path(tiny_dataset, SIGMAS[:1], 0.3)
+    first = cached_potential_integrals(path, system, SIGMAS, 0.3)
+    assert path.exists()
+    want = potential_integrals(system, SIGMAS, system.matrices["H0"], spacing=0.3)
+    assert np.abs(first - want).max() < 1e-6 * np.abs(want).max()
+    assert np.array_equal(cached_potential_integrals(path, system, SIGMAS, 0.3), first)  # read back

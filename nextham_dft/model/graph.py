@@ -166,11 +166,12 @@ def graph_options(cfg) -> dict:
 
 
 def _potential_pairs(system: System, idx: EdgeIndex, layout: BasisLayout, pos: list[np.ndarray], sigmas,
-                     spacing: float, npdt) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     spacing: float, npdt, values: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(vp (P, m, n, n), edge (P,), atom (P,)): the local-potential integrals of every directed edge and
-    every atom of the cell whose Gaussians reach the edge's orbitals (pairs of zero integrals dropped)."""
+    every atom of the cell whose Gaussians reach the edge's orbitals (pairs of zero integrals dropped).
+    ``values``: the integrals on H(0)'s stored entries when already at hand (a cache)."""
     h0 = system.matrices["H0"]
-    v = potential_integrals(system, sigmas, h0, spacing=spacing)  # (nnz, atoms, m), H(0)'s stored half
+    v = potential_integrals(system, sigmas, h0, spacing=spacing) if values is None else values  # (nnz, atoms, m)
     n_at, nm = v.shape[1], v.shape[2]
     def padded(k: int, m: int) -> np.ndarray:
         return _padded(system, h0.with_data(np.ascontiguousarray(v[:, k, m]), "none"), idx, layout, pos, npdt)
@@ -184,11 +185,12 @@ def _potential_pairs(system: System, idx: EdgeIndex, layout: BasisLayout, pos: l
 
 def build_graph(system: System, layout: BasisLayout, with_target: bool = True, dtype=torch.float32,
                 long_range: bool = False, density: bool = False, potential=None,
-                spacing: float = 0.2) -> tuple[Graph, EdgeIndex]:
+                spacing: float = 0.2, potential_values: np.ndarray | None = None) -> tuple[Graph, EdgeIndex]:
     """Graph tensors of a System that holds H0 and S (and H when with_target); with ``long_range``
     also the Ewald operator of its sites (models with ``long_range`` need it), with ``density`` the
     zeroth-step density matrix (models with ``density_features``), with ``potential`` (widths, Å) the
-    local-potential integrals on a grid of step ``spacing`` (models with ``local_potential``).
+    local-potential integrals on a grid of step ``spacing`` (models with ``local_potential``;
+    ``potential_values``: those integrals already computed, e.g. from ``model.cache``).
     ``graph_options(model.cfg)`` gives the keywords a model needs."""
     from pymatgen.core.periodic_table import Element
 
@@ -235,7 +237,7 @@ def build_graph(system: System, layout: BasisLayout, with_target: bool = True, d
             if density else None),
     )
     if potential is not None:
-        vp, ve, va = _potential_pairs(system, idx, layout, pos, potential, spacing, npdt)
+        vp, ve, va = _potential_pairs(system, idx, layout, pos, potential, spacing, npdt, potential_values)
         g.vp, g.vp_edge, g.vp_atom = torch.as_tensor(vp, dtype=dtype), torch.as_tensor(ve), torch.as_tensor(va)
     if with_target and "H" in system.matrices:
         if spinor:

@@ -25,6 +25,7 @@ from ..dataset import iter_dataset, list_ids
 from ..errors import NexthamError
 from .config import TrainConfig, dump_yaml, to_dict
 from .ema import WeightAverage
+from .cache import cached_potential_integrals, potential_cache_path
 from .graph import Graph, batch_graphs, build_graph, edge_spans, graph_options
 from .losses import KData, build_kdata, kspace_losses, metric_edge_weights, real_space_loss, rigid_shift
 from .network import HamiltonianCorrection
@@ -64,10 +65,16 @@ def cosine_lr(lr: float, frac: float) -> float:
 def load_items(path: str, ids: list[str], cfg: TrainConfig, layout, seed: int) -> list[Item]:
     rng = np.random.default_rng(seed)
     items = []
+    cache = (potential_cache_path(path, cfg.model.local_potential, cfg.model.potential_spacing)
+             if cfg.model.local_potential is not None else None)
     for system in iter_dataset(path, ids=ids):
         if system.spin_mode == "collinear":
             continue
-        g, idx = build_graph(system, layout, **graph_options(cfg.model))
+        opts = graph_options(cfg.model)
+        if cfg.model.local_potential is not None:  # slow to compute: kept beside the dataset
+            opts["potential_values"] = cached_potential_integrals(cache, system, cfg.model.local_potential,
+                                                                  cfg.model.potential_spacing)
+        g, idx = build_graph(system, layout, **opts)
         k = system.kpoints.frac if system.kpoints is not None else np.zeros((1, 3))
         sel = rng.choice(len(k), size=min(cfg.k_per_structure, len(k)), replace=False)
         kd = build_kdata(system, idx, layout, k[sel], window_margin=cfg.window_margin,
