@@ -847,12 +847,13 @@ def test_density_features_keep_every_symmetry_and_fine_tune_from_a_model_without
 
 
 @pytest.mark.parametrize("run", ["s0221", "t0045"])
-def test_local_potential_head_adds_the_matrix_of_its_potential_and_keeps_every_symmetry(run):
+def test_local_potential_head_adds_the_matrix_of_its_potential_and_keeps_every_symmetry(run, monkeypatch):
     """local_potential: per-atom coefficients c_km of Gaussians in ΔV(r) add Σ c_km ⟨φ_i|g_m(k)|φ_j⟩.
     With the head's output fixed to a constant c_m, the change of the prediction is exactly that sum over
     the grid integrals of core.potential (every edge, both halves; spin-free part only for SOC). The
     model stays equivariant (rotations, inversion; SOC run too) and hermitian; a model without the head
-    loads into it and predicts the same; a graph without the integrals is refused."""
+    loads into it and predicts the same; the big-cell path (ΔV's matrix integrated once per network)
+    predicts the same; a graph without the integrals is refused."""
     from nextham_dft.core.potential import potential_integrals
     from nextham_dft.model.graph import graph_options
 
@@ -875,6 +876,11 @@ def test_local_potential_head_adds_the_matrix_of_its_potential_and_keeps_every_s
         assert np.abs(b).max() < 1e-12
         diff = a
     assert np.abs(want).max() > 1e-2 and np.abs(diff - want).max() < 1e-10
+    # big cells integrate ΔV's matrix once per network instead: the same prediction
+    from nextham_dft.model import predict as predict_module
+
+    monkeypatch.setattr(predict_module, "POTENTIAL_PAIRS_MAX_ATOMS", 0)
+    assert predict_correction(grown, system, dtype=torch.float64).max_abs_diff(moved) < 1e-10
     g, _ = build_graph(system, grown.layout, dtype=torch.float64)  # built without the integrals
     with pytest.raises(ValueError, match="local-potential"):
         grown(g)

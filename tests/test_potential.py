@@ -103,3 +103,14 @@ def test_training_cache_of_the_integrals_returns_what_it_stored(tiny_dataset):
     want = potential_integrals(system, SIGMAS, system.matrices["H0"], spacing=0.3)
     assert np.abs(first - want).max() < 1e-6 * np.abs(want).max()
     assert np.array_equal(cached_potential_integrals(path, system, SIGMAS, 0.3), first)  # read back
+
+
+def test_the_matrix_of_one_field_equals_the_contracted_integrals(si2):
+    """potential_matrix integrates ΔV = Σ c_km g_m(k) at once: the same as Σ c_km V^(k,m)."""
+    from nextham_dft.core.potential import potential_matrix
+
+    s = si2.matrices["S"]
+    c = np.array([[0.5, -0.3], [0.2, 0.9]])
+    v = potential_integrals(si2, SIGMAS, s, spacing=0.3)
+    got = potential_matrix(si2, SIGMAS, c, s, spacing=0.3)
+    assert np.abs(got - np.einsum("ekm,km->e", v, c)).max() < 1e-12

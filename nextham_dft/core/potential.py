@@ -73,10 +73,44 @@ def overlap_by_quadrature(system, pattern: BlockSparse, spacing: float = 0.2) ->
     return _grid_integrals(system, pattern, spacing, 1, lambda p, c, rad: np.ones((len(p), 1)))[:, 0]
 
 
-def _grid_integrals(system, pattern: BlockSparse, spacing: float, n_func: int, values, block: int = 6) -> np.ndarray:
+def origin_atoms(system, limit: int | None = None) -> np.ndarray:
+    """The atoms whose anchored grids are averaged: all of them, or beyond ``limit`` atoms the first
+    ``limit`` in a fixed order (element, then fractional coordinates), which does not depend on how the
+    atoms are numbered; the symmetries then hold to the quadrature's accuracy rather than exactly."""
+    n = system.n_atoms
+    if limit is None or n <= limit:
+        return np.arange(n)
+    f = np.round(system.frac_positions % 1.0, 6) % 1.0
+    order = np.lexsort((f[:, 2], f[:, 1], f[:, 0], np.array(system.elements)))
+    return order[:limit]
+
+
+def potential_matrix(system, sigmas, coeffs: np.ndarray, pattern: BlockSparse, spacing: float = 0.2,
+                     max_origins: int | None = 8) -> np.ndarray:
+    """(nnz,) eV: Σ_k Σ_m c_km V^(k,m) for the stored entries of ``pattern``, the matrix of the one field
+    ΔV(r) = Σ_km c_km Σ_T g_m(|r − τ_k − T|) integrated at once (coeffs (n_atoms, n_sigma), eV). Equal to
+    contracting :func:`potential_integrals` with the coefficients, at the cost of a single function; for
+    cells of more than ``max_origins`` atoms it averages that many anchored grids (``origin_atoms``)."""
+    sigmas = np.asarray(sigmas, dtype=float)
+    coeffs = np.asarray(coeffs, dtype=float)
+    n_at = system.n_atoms
+    reach = np.full(n_at, 5.0 * sigmas.max())
+    g_owner, _T, g_pos = _images(np.asarray(system.lattice, dtype=float), system.positions, reach)
+
+    def values(p: np.ndarray, c: np.ndarray, rad: float) -> np.ndarray:
+        sel = np.nonzero(np.linalg.norm(g_pos - c, axis=1) < reach[g_owner] + rad)[0]
+        d2 = ((p[:, None, :] - g_pos[sel][None]) ** 2).sum(-1)  # (p, images)
+        gv = np.exp(-d2[:, :, None] / (2.0 * sigmas**2))  # (p, images, m)
+        return np.einsum("pim,im->p", gv, coeffs[g_owner[sel]])[:, None]
+
+    return _grid_integrals(system, pattern, spacing, 1, values, origins=origin_atoms(system, max_origins))[:, 0]
+
+
+def _grid_integrals(system, pattern: BlockSparse, spacing: float, n_func: int, values, block: int = 6,
+                    origins: np.ndarray | None = None) -> np.ndarray:
     """(nnz, n_func) ∫ φ_i(r − τ_i) v_f(r) φ_j(r − τ_j − R) dr for the stored entries of ``pattern``,
-    averaged over the grids anchored at every atom; ``values(points (p, 3), centre (3,), radius)``
-    gives the periodic functions v_f at the points (p, n_func)."""
+    averaged over the grids anchored at the ``origins`` atoms (default every atom);
+    ``values(points (p, 3), centre (3,), radius)`` gives the periodic functions v_f at the points (p, n_func)."""
     lat = np.asarray(system.lattice, dtype=float)
     bases = [system.bases[k] for k in system.kinds]
     for b in system.bases:
@@ -94,7 +128,8 @@ def _grid_integrals(system, pattern: BlockSparse, spacing: float, n_func: int, v
     norb = pattern.norb
     offsets = pattern.offsets
     acc = np.zeros((int(offsets[-1]), n_func))
-    for origin in system.positions:  # one quadrature per atom-anchored grid, averaged
+    origins = np.arange(system.n_atoms) if origins is None else np.asarray(origins)
+    for origin in system.positions[origins]:  # one quadrature per atom-anchored grid, averaged
         pts = origin + frac @ lat
         for bx in range(0, shape[0], block):
             for by in range(0, shape[1], block):
@@ -127,4 +162,4 @@ def _grid_integrals(system, pattern: BlockSparse, spacing: float, n_func: int, v
                     order = np.argsort(target, kind="stable")
                     uniq, first = np.unique(target[order], return_index=True)
                     acc[uniq] += np.add.reduceat(vals[order], first, axis=0)
-    return acc / system.n_atoms
+    return acc / len(origins)

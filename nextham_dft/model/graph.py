@@ -56,6 +56,9 @@ class Graph:
     vp: torch.Tensor | None = None
     vp_edge: torch.Tensor | None = None
     vp_atom: torch.Tensor | None = None
+    #: True: a local-potential network leaves ΔV's matrix out and keeps its coefficients (big cells,
+    #: where the (edge, atom) integrals would not fit; model.predict integrates ΔV itself)
+    potential_deferred: bool = False
 
     def to(self, device) -> Graph:
         kw = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}

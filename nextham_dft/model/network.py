@@ -520,12 +520,20 @@ class HamiltonianCorrection(nn.Module):
         raw = torch.cat(raw_parts)
         raw_parts.clear()
         if cfg.local_potential is not None:
-            if g.vp is None:
+            if g.vp is None and not g.potential_deferred:
                 raise ValueError("a local-potential model needs the graph's potential integrals "
                                  "(build_graph(..., **graph_options(model.cfg)))")
             c = self.local_pot(atom_inv)  # [atoms, m] eV
+            if g.potential_deferred:  # the caller integrates ΔV's matrix itself (core.potential_matrix)
+                object.__setattr__(self, "deferred_potential", c.detach())  # an output, not state
+                return self._finish(raw, spin_parts, g, spin_on)
             for sl in self._chunks(len(g.vp_edge)):
                 raw = raw.index_add(0, g.vp_edge[sl], torch.einsum("pm,pmab->pab", c[g.vp_atom[sl]], g.vp[sl]))
+        return self._finish(raw, spin_parts, g, spin_on)
+
+    def _finish(self, raw: torch.Tensor, spin_parts: list[torch.Tensor], g: Graph,
+                spin_on: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The spin-free blocks and the SOC part, each made hermitian with the mirror edges."""
         blocks = self._hermitian_part(raw, g.mirror, g.mask, 1.0)
         spin = None
         if spin_on:

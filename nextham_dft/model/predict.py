@@ -8,10 +8,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.blocks import BlockSparse
+from ..core.blocks import BlockSparse, ab_to_spinor
+from ..core.potential import potential_matrix
 from ..core.system import System
 from .ensemble import members_of
 from .graph import build_graph, corrections_to_blocks, graph_options
+
+
+#: atoms above which a local-potential model's ΔV matrix is integrated once per network (core.potential_matrix,
+#: averaged over 8 anchored grids: symmetric to the quadrature's accuracy) instead of contracting the graph's
+#: (edge, atom) integrals (exactly symmetric; memory grows as edges × atoms)
+POTENTIAL_PAIRS_MAX_ATOMS = 8
 
 
 def iter_member_corrections(model: nn.Module, system: System, device: str = "cpu",
@@ -19,7 +26,13 @@ def iter_member_corrections(model: nn.Module, system: System, device: str = "cpu
     """ΔH (eV) on the stored blocks of the system's H(0), one per network of the model (one for a
     single network, M for an ensemble), yielded one at a time. The graph is built once."""
     model.eval()
-    g, idx = build_graph(system, model.layout, with_target=False, dtype=dtype, **graph_options(model.cfg))
+    opts = graph_options(model.cfg)
+    sigmas = model.cfg.local_potential
+    deferred = sigmas is not None and system.n_atoms > POTENTIAL_PAIRS_MAX_ATOMS
+    if deferred:  # ΔV's matrix integrated once per network below, not from (edge, atom) integrals
+        opts["potential"] = None
+    g, idx = build_graph(system, model.layout, with_target=False, dtype=dtype, **opts)
+    g.potential_deferred = deferred
     known = getattr(model, "known_elements", None)
     if known:  # an element the model never saw uses the "unknown" embedding, not an untrained row
         unseen = torch.tensor([el not in known for el in system.elements])
@@ -35,7 +48,12 @@ def iter_member_corrections(model: nn.Module, system: System, device: str = "cpu
         d = delta[:ns].detach().cpu().numpy()
         sp = None if spin is None else spin[:ns].detach().cpu().numpy()
         del delta, spin
-        yield corrections_to_blocks(system, idx, model.layout, d, sp)
+        out = corrections_to_blocks(system, idx, model.layout, d, sp)
+        if deferred:
+            c = net.deferred_potential.cpu().numpy().astype(np.float64)
+            dv = potential_matrix(system, sigmas, c, out, spacing=model.cfg.potential_spacing)
+            out = out.with_data(out.data + (ab_to_spinor(dv, np.zeros(dv.shape + (3,))) if out.spin == "spinor" else dv))
+        yield out
 
 
 def predict_member_corrections(model: nn.Module, system: System, device: str = "cpu",
