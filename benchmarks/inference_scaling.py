@@ -34,8 +34,7 @@ def one(run: str, n: int, device: str, model_path: str | None = None) -> dict:
     from nextham_dft.core.supercell import make_supercell
     from nextham_dft.dataset import write_system
     from nextham_dft.model.ensemble import members_of
-    from nextham_dft.model.graph import build_graph, corrections_to_blocks, graph_options
-    from nextham_dft.model.predict import CorrectionMean
+    from nextham_dft.model.predict import CorrectionMean, member_correction, prediction_graph
     from nextham_dft.model.store import load_model, resolve_model_path
     from nextham_dft.registry import adapter_for, read_run
 
@@ -51,9 +50,9 @@ def one(run: str, n: int, device: str, model_path: str | None = None) -> dict:
     model.to(device)
     cuda = device.startswith("cuda")
     with torch.no_grad():  # warm-up on the primitive cell: first-call costs are not the cell's
-        model(build_graph(prim, model.layout, with_target=False, **graph_options(model.cfg))[0].to(device))
+        model(prediction_graph(model, prim)[0].to(device))
     t = time.perf_counter()
-    g, idx = build_graph(sc, model.layout, with_target=False, **graph_options(model.cfg))  # every input the model needs
+    g, idx, deferred = prediction_graph(model, sc)  # every input the model needs, as `predict` builds it
     t_graph = time.perf_counter() - t
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -68,8 +67,7 @@ def one(run: str, n: int, device: str, model_path: str | None = None) -> dict:
             torch.cuda.synchronize()
         t_model += time.perf_counter() - t
         t = time.perf_counter()
-        acc.add(corrections_to_blocks(sc, idx, model.layout, d[: idx.n_stored].cpu().numpy(),
-                                      None if s is None else s[: idx.n_stored].cpu().numpy()))
+        acc.add(member_correction(model, net, sc, idx, d, s, deferred))  # (+ ΔV's matrix when deferred)
         del d, s
         t_asm += time.perf_counter() - t
     t = time.perf_counter()

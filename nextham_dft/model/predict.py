@@ -21,15 +21,13 @@ from .graph import build_graph, corrections_to_blocks, graph_options
 POTENTIAL_PAIRS_MAX_ATOMS = 8
 
 
-def iter_member_corrections(model: nn.Module, system: System, device: str = "cpu",
-                            dtype: torch.dtype = torch.float32) -> Iterator[BlockSparse]:
-    """ΔH (eV) on the stored blocks of the system's H(0), one per network of the model (one for a
-    single network, M for an ensemble), yielded one at a time. The graph is built once."""
-    model.eval()
+def prediction_graph(model: nn.Module, system: System, dtype: torch.dtype = torch.float32):
+    """(graph, edge index, deferred): the graph a model predicts on, elements it never saw mapped to the
+    "unknown" embedding; ``deferred`` True when a local-potential model's ΔV matrix is integrated after
+    each network (cells above ``POTENTIAL_PAIRS_MAX_ATOMS`` atoms, see :func:`member_correction`)."""
     opts = graph_options(model.cfg)
-    sigmas = model.cfg.local_potential
-    deferred = sigmas is not None and system.n_atoms > POTENTIAL_PAIRS_MAX_ATOMS
-    if deferred:  # ΔV's matrix integrated once per network below, not from (edge, atom) integrals
+    deferred = model.cfg.local_potential is not None and system.n_atoms > POTENTIAL_PAIRS_MAX_ATOMS
+    if deferred:
         opts["potential"] = None
     g, idx = build_graph(system, model.layout, with_target=False, dtype=dtype, **opts)
     g.potential_deferred = deferred
@@ -37,22 +35,40 @@ def iter_member_corrections(model: nn.Module, system: System, device: str = "cpu
     if known:  # an element the model never saw uses the "unknown" embedding, not an untrained row
         unseen = torch.tensor([el not in known for el in system.elements])
         g.z = torch.where(unseen, torch.zeros_like(g.z), g.z)
-    g = g.to(device)
+    return g, idx, deferred
+
+
+def member_correction(model: nn.Module, net: nn.Module, system: System, idx, delta: torch.Tensor,
+                      spin: torch.Tensor | None, deferred: bool) -> BlockSparse:
+    """One network's ΔH (eV) on H(0)'s stored blocks from its outputs on the prediction graph; with
+    ``deferred``, plus the matrix of its ΔV (``core.potential.potential_matrix`` of the coefficients
+    the network kept)."""
     ns = idx.n_stored  # the stored half, in the network's dtype: the entries are gathered, then widened
+    d = delta[:ns].detach().cpu().numpy()
+    sp = None if spin is None else spin[:ns].detach().cpu().numpy()
+    out = corrections_to_blocks(system, idx, model.layout, d, sp)
+    if deferred:
+        c = net.deferred_potential.cpu().numpy().astype(np.float64)
+        dv = potential_matrix(system, model.cfg.local_potential, c, out, spacing=model.cfg.potential_spacing)
+        out = out.with_data(out.data + (ab_to_spinor(dv, np.zeros(dv.shape + (3,))) if out.spin == "spinor" else dv))
+    return out
+
+
+def iter_member_corrections(model: nn.Module, system: System, device: str = "cpu",
+                            dtype: torch.dtype = torch.float32) -> Iterator[BlockSparse]:
+    """ΔH (eV) on the stored blocks of the system's H(0), one per network of the model (one for a
+    single network, M for an ensemble), yielded one at a time. The graph is built once."""
+    model.eval()
+    g, idx, deferred = prediction_graph(model, system, dtype)
+    g = g.to(device)
     nets = members_of(model)
     for k, net in enumerate(nets):
         with torch.no_grad():
             delta, spin = net.to(device=device, dtype=dtype)(g)
         if k == len(nets) - 1:
             del g  # the last network has run: the graph is not needed to assemble the blocks
-        d = delta[:ns].detach().cpu().numpy()
-        sp = None if spin is None else spin[:ns].detach().cpu().numpy()
+        out = member_correction(model, net, system, idx, delta, spin, deferred)
         del delta, spin
-        out = corrections_to_blocks(system, idx, model.layout, d, sp)
-        if deferred:
-            c = net.deferred_potential.cpu().numpy().astype(np.float64)
-            dv = potential_matrix(system, sigmas, c, out, spacing=model.cfg.potential_spacing)
-            out = out.with_data(out.data + (ab_to_spinor(dv, np.zeros(dv.shape + (3,))) if out.spin == "spinor" else dv))
         yield out
 
 
