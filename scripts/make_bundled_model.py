@@ -37,6 +37,9 @@ def main() -> None:
                     help="Wall-clock minutes of every stage together (default: the last stage's log).")
     ap.add_argument("--hardware", default="CPU only, 2 cores",
                     help="How the training machine was used, e.g. 'CPU only, 2 cores shared by two runs'.")
+    ap.add_argument("--out", default=str(PRETRAINED / "model.pt"),
+                    help="Model file to write (default: the default bundled model; pretrained/fast/model.pt, "
+                         "pretrained/local/model.pt for the others).")
     a = ap.parse_args()
     tdirs = [Path(t) for t in a.train_dirs]
     tdir = tdirs[0]
@@ -82,10 +85,11 @@ def main() -> None:
         "metrics": json.loads(Path(a.metrics).read_text())["summary"] if a.metrics else None,
         "validation_metrics": json.loads(Path(a.val_metrics).read_text())["summary"] if a.val_metrics else None,
     }
-    PRETRAINED.mkdir(parents=True, exist_ok=True)
-    save_model(PRETRAINED / "model.pt", model, out)
+    dest = Path(a.out)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    save_model(dest, model, out)
     print(json.dumps({k: out[k] for k in ("name", "elements", "basis_labels", "spin_modes")}, indent=1))
-    print("sha256", hashlib.sha256((PRETRAINED / "model.pt").read_bytes()).hexdigest())
+    print("sha256", hashlib.sha256(dest.read_bytes()).hexdigest())
 
 
 if __name__ == "__main__":

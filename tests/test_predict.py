@@ -39,10 +39,10 @@ def farthest_state(system, window, h) -> float:
     return float(nearest_distance(e, e_ref)[(e >= lo) & (e <= hi)].max())
 
 
-@pytest.mark.parametrize("name", ["bundled", "fast"])
+@pytest.mark.parametrize("name", ["bundled", "fast", "local"])
 def test_bundled_model_card_and_checksum(tmp_path, name):
     model, card = load_model(bundled_model_path(name))
-    assert sum(bundled_model_path(n).stat().st_size for n in ("bundled", "fast")) < 30e6  # both ship
+    assert sum(bundled_model_path(n).stat().st_size for n in ("bundled", "fast", "local")) < 30e6  # all ship
     for key in ("elements", "orbital_files", "basis_labels", "spin_modes", "training", "split", "sha256"):
         assert key in card
     assert "Si" in card["elements"] and card["training"]["total_wall_clock_s"] <= 2 * 3600  # trains in ≤ 2 h
@@ -95,6 +95,13 @@ def test_predict_example_writes_outputs_and_beats_nothing_silently(tmp_path):
     assert res.exit_code == 0, res.stderr
     rep = json.loads((fast / "report.json").read_text())
     assert "ensemble" not in rep and rep["model"] != report["model"]
+    assert rep["eval"]["predicted"]["band_mae_shifted_mev"] < rep["eval"]["h0"]["band_mae_shifted_mev"]
+    # 'local': the local-potential network (its integrals need the orbital files' radial tables)
+    local = tmp_path / "local"
+    res = run("predict", str(EXAMPLE), "--out", str(local), "--device", "cpu", "--no-native", "--model", "local")
+    assert res.exit_code == 0, res.stderr
+    rep = json.loads((local / "report.json").read_text())
+    assert rep["eval"]["predicted"]["h_mae_shifted_mev"] < 0.5 * rep["eval"]["h0"]["h_mae_shifted_mev"]
     assert rep["eval"]["predicted"]["band_mae_shifted_mev"] < rep["eval"]["h0"]["band_mae_shifted_mev"]
 
 

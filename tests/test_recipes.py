@@ -62,3 +62,14 @@ def test_default_bundled_card_matches_its_ensemble_recipe():
     assert len({m["train_config"]["split_seed"] for m in members}) == 1
     named = _named_files_exist(card["training"]["command"])
     assert {f"scripts/ensemble_recipe/member{k}_stage{s}.yaml" for k in (0, 1) for s in ("A", "A2", "B")} <= set(named)
+
+
+def test_local_bundled_card_matches_its_recipe():
+    """The bundled local-potential network ('local'): its last-stage config is
+    scripts/local_potential_recipe/stageB.yaml but for the paths, its model has the head, and every
+    recipe stage is named in its command."""
+    card = json.loads(bundled_model_path("local").with_suffix(".json").read_text())
+    _same_but_paths(card["training"]["config"], ROOT / "scripts/local_potential_recipe/stageB.yaml")
+    assert model_config_from_dict(card["model_config"]).local_potential == (0.3, 0.6, 1.2, 2.4)
+    named = _named_files_exist(card["training"]["command"])
+    assert {f"scripts/local_potential_recipe/stage{s}.yaml" for s in ("A", "A2", "B")} <= set(named)

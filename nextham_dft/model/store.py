@@ -116,9 +116,11 @@ def load_weights_into(model: HamiltonianCorrection, source: torch.nn.Module | di
                              + ", ".join((missing + unexpected)[:4]) + (" ..." if len(missing + unexpected) > 4 else ""))
 
 
-#: the bundled models by name: the default (the most accurate), and "fast", a single network (half
-#: the prediction time of the default ensemble of two)
-BUNDLED = {"bundled": PRETRAINED / "model.pt", "fast": PRETRAINED / "fast" / "model.pt"}
+#: the bundled models by name: the default, "fast", a single network (half the prediction time of the
+#: default ensemble of two), and "local", a single network with the local-potential head (scripts/
+#: local_potential_recipe: half the H error of the default, better bands on most crystals, worse on SrTiO3)
+BUNDLED = {"bundled": PRETRAINED / "model.pt", "fast": PRETRAINED / "fast" / "model.pt",
+           "local": PRETRAINED / "local" / "model.pt"}
 
 
 def bundled_model_path(name: str = "bundled") -> Path:
@@ -127,7 +129,7 @@ def bundled_model_path(name: str = "bundled") -> Path:
 
 def resolve_model_path(name: str | Path | None) -> Path:
     """A model file from a ``--model`` value: None or "bundled" (the default bundled model), "fast"
-    (the bundled single network), else a path."""
+    (the bundled single network), "local" (the bundled local-potential network), else a path."""
     if name is None:
         return BUNDLED["bundled"]
     return BUNDLED.get(str(name), Path(name))
