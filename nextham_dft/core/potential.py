@@ -86,7 +86,7 @@ def origin_atoms(system, limit: int | None = None) -> np.ndarray:
 
 
 def potential_matrix(system, sigmas, coeffs: np.ndarray, pattern: BlockSparse, spacing: float = 0.2,
-                     max_origins: int | None = 8) -> np.ndarray:
+                     max_origins: int | None = 2) -> np.ndarray:
     """(nnz,) eV: Σ_k Σ_m c_km V^(k,m) for the stored entries of ``pattern``, the matrix of the one field
     ΔV(r) = Σ_km c_km Σ_T g_m(|r − τ_k − T|) integrated at once (coeffs (n_atoms, n_sigma), eV). Equal to
     contracting :func:`potential_integrals` with the coefficients, at the cost of a single function; for

@@ -16,7 +16,7 @@ from .graph import build_graph, corrections_to_blocks, graph_options
 
 
 #: atoms above which a local-potential model's ΔV matrix is integrated once per network (core.potential_matrix,
-#: averaged over 8 anchored grids: symmetric to the quadrature's accuracy) instead of contracting the graph's
+#: averaged over 2 anchored grids: symmetric to the quadrature's accuracy) instead of contracting the graph's
 #: (edge, atom) integrals (exactly symmetric; memory grows as edges × atoms)
 POTENTIAL_PAIRS_MAX_ATOMS = 8
 
