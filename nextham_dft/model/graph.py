@@ -169,17 +169,20 @@ def graph_options(cfg) -> dict:
 
 
 def _potential_pairs(system: System, idx: EdgeIndex, layout: BasisLayout, pos: list[np.ndarray], sigmas,
-                     spacing: float, npdt, values: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     spacing: float, npdt,
+                     values: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(vp (P, m, n, n), edge (P,), atom (P,)): the local-potential integrals of every directed edge and
     every atom of the cell whose Gaussians reach the edge's orbitals (pairs of zero integrals dropped).
     ``values``: the integrals on H(0)'s stored entries when already at hand (a cache)."""
     h0 = system.matrices["H0"]
     v = potential_integrals(system, sigmas, h0, spacing=spacing) if values is None else values  # (nnz, atoms, m)
     n_at, nm = v.shape[1], v.shape[2]
+
     def padded(k: int, m: int) -> np.ndarray:
         return _padded(system, h0.with_data(np.ascontiguousarray(v[:, k, m]), "none"), idx, layout, pos, npdt)
 
-    per = np.stack([np.stack([padded(k, m) for m in range(nm)], axis=1) for k in range(n_at)], axis=1)  # (E, atoms, m, n, n)
+    # (E, atoms, m, n, n)
+    per = np.stack([np.stack([padded(k, m) for m in range(nm)], axis=1) for k in range(n_at)], axis=1)
     E = per.shape[0]
     flat = per.reshape(E * n_at, nm, layout.size, layout.size)
     keep = np.nonzero(np.abs(flat).reshape(E * n_at, -1).max(axis=1) > 0)[0]
