@@ -22,13 +22,17 @@ from ..core.potential import potential_integrals
 from ..core.system import System
 
 
+#: bumped whenever core.potential's integrals change (2: Gaussian tails summed to 7σ instead of 5σ)
+INTEGRALS_VERSION = 2
+
+
 def potential_cache_path(data: str | Path, sigmas, spacing: float) -> Path:
     """``DATA.lp-<digest>.h5`` beside the dataset file, the digest naming the widths, the grid step and
     the dataset file's size and modification time (a rebuilt dataset never meets a stale cache)."""
     data = Path(data)
     st = data.stat()
     key = json.dumps({"sigmas": [float(s) for s in sigmas], "spacing": float(spacing), "size": st.st_size,
-                      "mtime_ns": st.st_mtime_ns}, sort_keys=True)
+                      "mtime_ns": st.st_mtime_ns, "integrals": INTEGRALS_VERSION}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     return data.with_name(f"{data.name}.lp-{digest}.h5")
 
