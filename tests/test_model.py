@@ -198,6 +198,18 @@ def test_train_with_a_bad_bond_env_option_is_one_line_and_writes_nothing(tmp_pat
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("option, message", [("local_potential: [0.3, -1.0]", "local_potential must be null or a list"),
+                                             ("local_potential: 0.5", "local_potential must be null or a list"),
+                                             ("potential_spacing: 2.0", "potential_spacing must lie in")])
+def test_train_with_a_bad_local_potential_option_is_one_line_and_writes_nothing(tmp_path, option, message):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"out_dir: {tmp_path / 'run'}\nmodel:\n  {option}\n")
+    res = CliRunner().invoke(main, ["train", str(cfg)])
+    assert res.exit_code != 0 and message in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_split_seed_fixes_the_split_apart_from_the_training_seed():
     ids = [f"s{i:03d}" for i in range(40)]
     elements = {i: {"Si"} if int(i[1:]) % 5 else {"Au", "Si"} for i in ids}

@@ -103,6 +103,18 @@ def grid_points(lattice: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     return F @ np.asarray(lattice)
 
 
+def periodic_images(lattice: np.ndarray, centres: np.ndarray, reach: float,
+                    margin: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(owner (M,), T (M, 3) integer, position (M, 3) Å) of the periodic images of the centres that a
+    sphere of radius ``reach`` (Å) around them can bring to the cell, plus ``margin`` cells each way."""
+    recip = np.linalg.inv(lattice).T  # rows: reciprocal vectors (no 2π); plane spacing = 1/|b|
+    nmax = np.ceil(reach * np.linalg.norm(recip, axis=1)).astype(int) + margin
+    T = np.stack(np.meshgrid(*[np.arange(-n, n + 1) for n in nmax], indexing="ij"), -1).reshape(-1, 3)
+    owner = np.repeat(np.arange(len(centres)), len(T))
+    TT = np.tile(T, (len(centres), 1))
+    return owner, TT, centres[owner] + TT @ lattice
+
+
 def _orbital_values(basis, d: np.ndarray) -> np.ndarray:
     """(npts, norb) values of a species' orbitals (canonical order) at displacement vectors d (Å)."""
     r = np.linalg.norm(d, axis=1)
@@ -188,13 +200,7 @@ def density_on_grid(system, dm: BlockSparse, shape: tuple[int, int, int], block:
     rho = np.zeros((ncomp, nx, ny, nz))
     bases = [system.bases[k] for k in system.kinds]
     rc = np.array([b.rcut for b in bases])
-    # all images of every atom whose sphere can reach the cell
-    recip = np.linalg.inv(lat).T  # rows: reciprocal vectors (no 2π); plane spacing = 1/|b|
-    nmax = np.ceil(rc.max() * np.linalg.norm(recip, axis=1)).astype(int) + 1
-    T = np.stack(np.meshgrid(*[np.arange(-n, n + 1) for n in nmax], indexing="ij"), -1).reshape(-1, 3)
-    img_atom = np.repeat(np.arange(system.n_atoms), len(T))
-    img_T = np.tile(T, (system.n_atoms, 1))
-    img_pos = system.positions[img_atom] + img_T @ lat
+    img_atom, img_T, img_pos = periodic_images(lat, system.positions, rc.max())  # every image reaching the cell
     # DM blocks padded to the largest atom (zero rows/columns beyond an atom's orbitals), plus one zero
     # block for absent pairs; charge and magnetisation components taken once for all blocks
     blk = _padded_components(dm, spinor)  # (E + 1, ncomp, nb, nb)

@@ -28,19 +28,25 @@ import numpy as np
 
 from ..errors import MissingDataError
 from .blocks import BlockSparse
-from .density import _orbital_values, _PairLookup
+from .density import _orbital_values, _PairLookup, periodic_images
 
 
-def _images(lattice: np.ndarray, centres: np.ndarray, reach: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(owner, T, position) of every periodic image of the centres whose sphere of radius ``reach``
-    (per centre, Å) can meet the cell's grid (points with fractional coordinates in [0, 1) after the
-    origin shift; a margin of one cell on each side covers any origin)."""
-    recip = np.linalg.inv(lattice).T
-    nmax = np.ceil(reach.max() * np.linalg.norm(recip, axis=1)).astype(int) + 2
-    T = np.stack(np.meshgrid(*[np.arange(-n, n + 1) for n in nmax], indexing="ij"), -1).reshape(-1, 3)
-    owner = np.repeat(np.arange(len(centres)), len(T))
-    TT = np.tile(T, (len(centres), 1))
-    return owner, TT, centres[owner] + TT @ lattice
+class _GaussianField:
+    """The Gaussians g_m of every atom of the cell, all periodic images summed, at grid points; images
+    farther than 7σ_max from a block of points are left out (their tails are below 3e-11)."""
+
+    def __init__(self, system, sigmas) -> None:
+        self.sigmas = np.asarray(sigmas, dtype=float)
+        self.n_atoms = system.n_atoms
+        self.reach = 7.0 * float(self.sigmas.max())
+        self.owner, _T, self.pos = periodic_images(np.asarray(system.lattice, dtype=float), system.positions,
+                                                   self.reach, margin=2)
+
+    def images(self, p: np.ndarray, centre: np.ndarray, rad: float) -> tuple[np.ndarray, np.ndarray]:
+        """(owner (M,), g (p, M, m)): the images near the points p (within ``rad`` of ``centre``)."""
+        sel = np.nonzero(np.linalg.norm(self.pos - centre, axis=1) < self.reach + rad)[0]
+        d2 = ((p[:, None, :] - self.pos[sel][None]) ** 2).sum(-1)
+        return self.owner[sel], np.exp(-d2[:, :, None] / (2.0 * self.sigmas**2))
 
 
 def potential_integrals(system, sigmas, pattern: BlockSparse, spacing: float = 0.2) -> np.ndarray:
@@ -49,22 +55,16 @@ def potential_integrals(system, sigmas, pattern: BlockSparse, spacing: float = 0
 
     ``system``: a System whose bases hold their radial tables; ``spacing``: grid step (Å, at most).
     """
-    sigmas = np.asarray(sigmas, dtype=float)
-    lat = np.asarray(system.lattice, dtype=float)
-    n_at = system.n_atoms
-    reach = np.full(n_at, 7.0 * sigmas.max())  # Gaussian tails beyond 7σ: < 3e-11
-    g_owner, _T, g_pos = _images(lat, system.positions, reach)
+    field = _GaussianField(system, sigmas)
+    n_at, nm = system.n_atoms, len(field.sigmas)
 
     def values(p: np.ndarray, c: np.ndarray, rad: float) -> np.ndarray:
-        sel = np.nonzero(np.linalg.norm(g_pos - c, axis=1) < reach[g_owner] + rad)[0]
-        d2 = ((p[:, None, :] - g_pos[sel][None]) ** 2).sum(-1)  # (p, images)
-        gv = np.exp(-d2[:, :, None] / (2.0 * sigmas**2))  # (p, images, m)
-        v = np.zeros((n_at, len(p), len(sigmas)))
-        np.add.at(v, g_owner[sel], gv.transpose(1, 0, 2))  # each atom's images summed
+        owner, gv = field.images(p, c, rad)
+        v = np.zeros((n_at, len(p), nm))
+        np.add.at(v, owner, gv.transpose(1, 0, 2))  # each atom's images summed
         return v.transpose(1, 0, 2).reshape(len(p), -1)
 
-    out = _grid_integrals(system, pattern, spacing, n_at * len(sigmas), values)
-    return out.reshape(-1, n_at, len(sigmas))
+    return _grid_integrals(system, pattern, spacing, n_at * nm, values).reshape(-1, n_at, nm)
 
 
 def overlap_by_quadrature(system, pattern: BlockSparse, spacing: float = 0.2) -> np.ndarray:
@@ -91,17 +91,12 @@ def potential_matrix(system, sigmas, coeffs: np.ndarray, pattern: BlockSparse, s
     ΔV(r) = Σ_km c_km Σ_T g_m(|r − τ_k − T|) integrated at once (coeffs (n_atoms, n_sigma), eV). Equal to
     contracting :func:`potential_integrals` with the coefficients, at the cost of a single function; for
     cells of more than ``max_origins`` atoms it averages that many anchored grids (``origin_atoms``)."""
-    sigmas = np.asarray(sigmas, dtype=float)
+    field = _GaussianField(system, sigmas)
     coeffs = np.asarray(coeffs, dtype=float)
-    n_at = system.n_atoms
-    reach = np.full(n_at, 7.0 * sigmas.max())  # Gaussian tails beyond 7σ: < 3e-11
-    g_owner, _T, g_pos = _images(np.asarray(system.lattice, dtype=float), system.positions, reach)
 
     def values(p: np.ndarray, c: np.ndarray, rad: float) -> np.ndarray:
-        sel = np.nonzero(np.linalg.norm(g_pos - c, axis=1) < reach[g_owner] + rad)[0]
-        d2 = ((p[:, None, :] - g_pos[sel][None]) ** 2).sum(-1)  # (p, images)
-        gv = np.exp(-d2[:, :, None] / (2.0 * sigmas**2))  # (p, images, m)
-        return np.einsum("pim,im->p", gv, coeffs[g_owner[sel]])[:, None]
+        owner, gv = field.images(p, c, rad)
+        return np.einsum("pim,im->p", gv, coeffs[owner])[:, None]
 
     return _grid_integrals(system, pattern, spacing, 1, values, origins=origin_atoms(system, max_origins))[:, 0]
 
@@ -121,7 +116,7 @@ def _grid_integrals(system, pattern: BlockSparse, spacing: float, n_func: int, v
     frac = np.stack(np.meshgrid(*[np.arange(n) / n for n in shape], indexing="ij"), -1)
     dv = abs(np.linalg.det(lat)) / np.prod(shape)
     rc = np.array([b.rcut for b in bases])
-    owner, T, pos = _images(lat, system.positions, rc)
+    owner, T, pos = periodic_images(lat, system.positions, float(rc.max()), margin=2)  # any origin: 1 cell more
     ei, ej, R, _off, _mir = pattern.full_edges()
     lookup = _PairLookup(ei, ej, R)
     n_stored = pattern.n_edges  # full_edges lists the stored blocks first

@@ -9,7 +9,6 @@ HDF5 file beside the dataset, one array per structure id, written under a file l
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 from collections.abc import Iterator
@@ -39,6 +38,13 @@ def potential_cache_path(data: str | Path, sigmas, spacing: float) -> Path:
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` across processes (POSIX; where fcntl is absent, no lock: runs that
+    share a cache file there should start one after the other)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
     with open(path.with_name(path.name + ".lock"), "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:

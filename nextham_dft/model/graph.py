@@ -113,6 +113,20 @@ def _padded(system: System, m: BlockSparse, idx: EdgeIndex, layout: BasisLayout,
     """
     ns = idx.n_stored
     m = m.aligned_to_edges(idx.ei[:ns], idx.ej[:ns], idx.R[:ns])
+    pad = _padder(system, m, idx, layout, pos, dtype)
+    if m.spin == "spinor":
+        a, b = spinor_to_ab(m.data)
+        return pad(a, 1.0), pad(b, -1.0)
+    if m.spin != "none":
+        raise ValueError("collinear matrices are not supported by the model")
+    return pad(m.data.real if np.iscomplexobj(m.data) else m.data, 1.0)
+
+
+def _padder(system: System, m: BlockSparse, idx: EdgeIndex, layout: BasisLayout, pos: list[np.ndarray], dtype):
+    """pad(values (nnz, ...), sign) -> (E, n, n, ...): entries laid out as m's stored half (m on the stored
+    edges of idx) scattered into the padded blocks of every directed edge, mirror edges transposed
+    (times ``sign``)."""
+    ns = idx.n_stored
     n = layout.size
     edge, lr, lc = _entry_index(m.offsets, system.norb[idx.ei[:ns]], system.norb[idx.ej[:ns]])
     pi = np.concatenate([pos[k] for k in system.kinds])
@@ -133,12 +147,7 @@ def _padded(system: System, m: BlockSparse, idx: EdgeIndex, layout: BasisLayout,
             out[ns:] = mirrored
         return out
 
-    if m.spin == "spinor":
-        a, b = spinor_to_ab(m.data)
-        return pad(a, 1.0), pad(b, -1.0)
-    if m.spin != "none":
-        raise ValueError("collinear matrices are not supported by the model")
-    return pad(m.data.real if np.iscomplexobj(m.data) else m.data, 1.0)
+    return pad
 
 
 def _entry_index(off: np.ndarray, ni: np.ndarray, nj: np.ndarray):
@@ -177,14 +186,10 @@ def _potential_pairs(system: System, idx: EdgeIndex, layout: BasisLayout, pos: l
     h0 = system.matrices["H0"]
     v = potential_integrals(system, sigmas, h0, spacing=spacing) if values is None else values  # (nnz, atoms, m)
     n_at, nm = v.shape[1], v.shape[2]
-
-    def padded(k: int, m: int) -> np.ndarray:
-        return _padded(system, h0.with_data(np.ascontiguousarray(v[:, k, m]), "none"), idx, layout, pos, npdt)
-
-    # (E, atoms, m, n, n)
-    per = np.stack([np.stack([padded(k, m) for m in range(nm)], axis=1) for k in range(n_at)], axis=1)
-    E = per.shape[0]
-    flat = per.reshape(E * n_at, nm, layout.size, layout.size)
+    pad = _padder(system, h0, idx, layout, pos, npdt)
+    per = pad(v.reshape(len(v), n_at * nm), 1.0)  # (E, n, n, atoms·m): every column in one scatter
+    E, n = per.shape[0], layout.size
+    flat = np.ascontiguousarray(per.reshape(E, n, n, n_at, nm).transpose(0, 3, 4, 1, 2)).reshape(E * n_at, nm, n, n)
     keep = np.nonzero(np.abs(flat).reshape(E * n_at, -1).max(axis=1) > 0)[0]
     return flat[keep], keep // n_at, keep % n_at
 
