@@ -176,38 +176,33 @@ def test_train_without_its_data_is_one_line_and_writes_nothing(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("option, message", [("window_reference: h1", "window_reference must be 'h0' or 'absolute'"),
-                                             ("real_weighting: atoms", "real_weighting must be 'entries' or 'metric'")])
-def test_train_with_a_bad_loss_option_is_one_line_and_writes_nothing(tmp_path, option, message):
+def _assert_train_config_refused(tmp_path, text: str, message: str) -> None:
+    """`train` on a config holding ``text`` fails with ``message`` in one line and writes nothing."""
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"out_dir: {tmp_path / 'run'}\n{option}\n")
+    cfg.write_text(f"out_dir: {tmp_path / 'run'}\n{text}")
     res = CliRunner().invoke(main, ["train", str(cfg)])
     assert res.exit_code != 0 and message in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("option, message", [("window_reference: h1", "window_reference must be 'h0' or 'absolute'"),
+                                             ("real_weighting: atoms", "real_weighting must be 'entries' or 'metric'")])
+def test_train_with_a_bad_loss_option_is_one_line_and_writes_nothing(tmp_path, option, message):
+    _assert_train_config_refused(tmp_path, f"{option}\n", message)
 
 
 @pytest.mark.parametrize("option, message", [("r_env: -1.0", "r_env must be > 0"),
                                              ("env_channels: 0", "env_channels must be an integer >= 1")])
 def test_train_with_a_bad_bond_env_option_is_one_line_and_writes_nothing(tmp_path, option, message):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"out_dir: {tmp_path / 'run'}\nmodel:\n  bond_env: true\n  {option}\n")
-    res = CliRunner().invoke(main, ["train", str(cfg)])
-    assert res.exit_code != 0 and message in res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
-    assert not (tmp_path / "run").exists()
+    _assert_train_config_refused(tmp_path, f"model:\n  bond_env: true\n  {option}\n", message)
 
 
 @pytest.mark.parametrize("option, message", [("local_potential: [0.3, -1.0]", "local_potential must be null or a list"),
                                              ("local_potential: 0.5", "local_potential must be null or a list"),
                                              ("potential_spacing: 2.0", "potential_spacing must lie in")])
 def test_train_with_a_bad_local_potential_option_is_one_line_and_writes_nothing(tmp_path, option, message):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"out_dir: {tmp_path / 'run'}\nmodel:\n  {option}\n")
-    res = CliRunner().invoke(main, ["train", str(cfg)])
-    assert res.exit_code != 0 and message in res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
-    assert not (tmp_path / "run").exists()
+    _assert_train_config_refused(tmp_path, f"model:\n  {option}\n", message)
 
 
 def test_split_seed_fixes_the_split_apart_from_the_training_seed():
