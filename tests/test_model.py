@@ -200,8 +200,9 @@ def test_train_with_a_bad_bond_env_option_is_one_line_and_writes_nothing(tmp_pat
 
 @pytest.mark.parametrize("option, message", [("local_potential: [0.3, -1.0]", "local_potential must be null or a list"),
                                              ("local_potential: 0.5", "local_potential must be null or a list"),
-                                             ("potential_spacing: 2.0", "potential_spacing must lie in")])
-def test_train_with_a_bad_local_potential_option_is_one_line_and_writes_nothing(tmp_path, option, message):
+                                             ("potential_spacing: 2.0", "potential_spacing must lie in"),
+                                             ("element_descriptors: 'yes'", "element_descriptors must be true or false")])
+def test_train_with_a_bad_model_option_is_one_line_and_writes_nothing(tmp_path, option, message):
     _assert_train_config_refused(tmp_path, f"model:\n  {option}\n", message)
 
 
@@ -390,6 +391,47 @@ def test_unseen_elements_use_the_unknown_embedding():
     assert got.max_abs_diff(want) < 1e-12
     model.known_elements = frozenset({"Si"})
     assert predict_correction(model, system, dtype=torch.float64).max_abs_diff(want) > 1e-6
+
+
+def test_descriptor_table_places_chemically_close_elements_close():
+    """Each column is z-scored with no NaN left; Ti is nearer Zr (same group) than O or Sr; row 0 is
+    the unknown element's flag alone."""
+    from nextham_dft.model.elements import DESCRIPTORS, descriptor_table
+
+    t = descriptor_table()
+    assert t.shape == (119, len(DESCRIPTORS)) and torch.isfinite(t).all()
+    dist = lambda a, b: float(torch.linalg.norm(t[a] - t[b]))  # noqa: E731
+    assert dist(22, 40) < dist(22, 8) and dist(22, 40) < dist(22, 38)  # Ti–Zr < Ti–O, Ti–Sr
+    assert dist(50, 32) < dist(50, 56)  # Sn–Ge < Sn–Ba
+    assert t[0].sum() == 1.0 and t[0, DESCRIPTORS.index("unknown")] == 1.0
+    assert abs(float(t[1:, 2].mean())) < 0.1  # electronegativity centred
+
+
+@pytest.mark.parametrize("run", ["s0221", "t0045"])
+def test_descriptor_embedding_keeps_every_symmetry_saves_its_table_and_embeds_unseen_elements(run, tmp_path):
+    """A descriptor-embedding model is equivariant and hermitian; its descriptor table travels in the
+    saved file; an element outside the model card is embedded from its own descriptors, not 'unknown'."""
+    from nextham_dft.model.store import save_model
+
+    system = read_run(need(DATA / "runs" / run))
+    model = _random_model(dataclasses.replace(SMALL, element_descriptors=True))
+    _assert_symmetric_and_hermitian(model, system)
+    assert "embed.table" in model.state_dict()
+    save_model(tmp_path / "m.pt", model, {"elements": []})
+    loaded, _ = load_model(tmp_path / "m.pt")
+    want = predict_correction(model, system, dtype=torch.float64)
+    model.known_elements = frozenset({"Og"})  # every element of the run unseen: still its own descriptors
+    assert predict_correction(model, system, dtype=torch.float64).max_abs_diff(want) < 1e-12
+    got = predict_correction(loaded.double(), system, dtype=torch.float64)
+    assert got.max_abs_diff(want) < 1e-5 * max(1.0, float(np.abs(want.data).max()))  # float32 weights on disk
+    g, idx = build_graph(system, model.layout, with_target=False, dtype=torch.float64)
+    g.z = torch.zeros_like(g.z)  # what the 'unknown' row would have given: not what was predicted
+    with torch.no_grad():
+        d, s = model(g)
+    from nextham_dft.model.graph import corrections_to_blocks
+
+    sp = None if s is None else s[: idx.n_stored].numpy()
+    assert corrections_to_blocks(system, idx, model.layout, d[: idx.n_stored].numpy(), sp).max_abs_diff(want) > 1e-6
 
 
 def test_element_dropout_is_a_training_option(tmp_path):

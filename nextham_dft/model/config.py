@@ -77,6 +77,11 @@ class ModelConfig:
     local_potential: tuple[float, ...] | None = None
     #: Å, grid step of those integrals
     potential_spacing: float = 0.2
+    #: element embeddings from periodic-table descriptors (row, group, electronegativity, radius,
+    #: ionisation energy, electron affinity, block; ``model.elements``) through an MLP instead of a free
+    #: row per element: chemically close elements start close, and an element absent from training is
+    #: embedded from its own properties (not the shared "unknown" row)
+    element_descriptors: bool = False
 
 
 @dataclass(frozen=True)
@@ -167,6 +172,8 @@ def model_config_from_dict(d: dict) -> ModelConfig:
     if "env_channels" in d and not (isinstance(d["env_channels"], int) and not isinstance(d["env_channels"], bool)
                                     and d["env_channels"] >= 1):
         raise ValueError(f"env_channels must be an integer >= 1, not {d['env_channels']!r}")
+    if "element_descriptors" in d and not isinstance(d["element_descriptors"], bool):
+        raise ValueError(f"element_descriptors must be true or false, not {d['element_descriptors']!r}")
     lp = d.get("local_potential")
     if lp is not None and (not isinstance(lp, (list, tuple)) or not lp
                            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in lp)):

@@ -26,10 +26,10 @@ from torch import nn
 
 from .config import ModelConfig
 from .fused import BilinearTable, FusedTensorProduct
+from .elements import element_embedding
 from .graph import Graph
 from .irreps import BasisLayout, BlockIrreps, BlockSparseMap, shell_pair_groups
 
-N_ELEMENTS = 119  # index 0: unknown element
 
 
 class MLP(nn.Module):
@@ -128,7 +128,7 @@ class HamiltonianCorrection(nn.Module):
         self.register_buffer("in_index", _irrep_instance_index(self.irreps_in), persistent=False)
         self.register_buffer("out_index", _irrep_instance_index(bir), persistent=False)
         n_norm = self.irreps_in.num_irreps
-        self.embed = nn.Embedding(N_ELEMENTS, cfg.embed_dim)
+        self.embed = element_embedding(cfg.embed_dim, cfg.element_descriptors)
         n_scal = cfg.num_rbf + 2 * cfg.embed_dim + n_norm + 1
         self.edge_mlp = MLP([n_scal, cfg.mlp_hidden, cfg.mlp_hidden])
         h = self.irreps_hidden

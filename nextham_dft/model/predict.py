@@ -23,7 +23,7 @@ POTENTIAL_PAIRS_MAX_ATOMS = 8
 
 def prediction_graph(model: nn.Module, system: System, dtype: torch.dtype = torch.float32):
     """(graph, edge index, deferred): the graph a model predicts on, elements it never saw mapped to the
-    "unknown" embedding; ``deferred`` True when a local-potential model's ΔV matrix is integrated after
+    "unknown" embedding (unless its embedding is built from element descriptors); ``deferred`` True when a local-potential model's ΔV matrix is integrated after
     each network (cells above ``POTENTIAL_PAIRS_MAX_ATOMS`` atoms, see :func:`member_correction`)."""
     opts = graph_options(model.cfg)
     deferred = model.cfg.local_potential is not None and system.n_atoms > POTENTIAL_PAIRS_MAX_ATOMS
@@ -32,7 +32,9 @@ def prediction_graph(model: nn.Module, system: System, dtype: torch.dtype = torc
     g, idx = build_graph(system, model.layout, with_target=False, dtype=dtype, **opts)
     g.potential_deferred = deferred
     known = getattr(model, "known_elements", None)
-    if known:  # an element the model never saw uses the "unknown" embedding, not an untrained row
+    if known and not model.cfg.element_descriptors:
+        # an element the model never saw uses the "unknown" embedding, not an untrained row (a descriptor
+        # embedding instead embeds it from its own periodic-table properties)
         unseen = torch.tensor([el not in known for el in system.elements])
         g.z = torch.where(unseen, torch.zeros_like(g.z), g.z)
     return g, idx, deferred
