@@ -1,6 +1,7 @@
 """The same code on CUDA: predictions equal the CPU's, symmetry holds there, training and torchrun (NCCL) run.
 
-Every test here is skipped on a machine without a CUDA device (CI has none); they were run on an H100.
+Every test here is skipped on a machine without a CUDA device (CI has none); they were run on an H100
+(last: session 22, 11 passed, with the local-potential and descriptor-embedding tests).
 """
 
 from __future__ import annotations
@@ -43,6 +44,23 @@ def test_bundled_model_on_cuda_equals_cpu(run):
         assert gpu.max_abs_diff(cpu) < rtol * scale, (dtype, gpu.max_abs_diff(cpu), scale)
 
 
+@pytest.mark.parametrize("run", ["example", "soc"])
+@pytest.mark.parametrize("deferred", [False, True])
+def test_local_potential_model_on_cuda_equals_cpu(run, deferred, monkeypatch):
+    """The bundled local-potential network on the GPU: the (edge, atom) integral contraction and, as in
+    cells above POTENTIAL_PAIRS_MAX_ATOMS, ΔV's matrix integrated after the network, both equal the CPU's."""
+    from nextham_dft.model import predict as predict_module
+
+    if deferred:
+        monkeypatch.setattr(predict_module, "POTENTIAL_PAIRS_MAX_ATOMS", 0)
+    system = read_run(need(EXAMPLE) if run == "example" else need(DATA / "runs" / "t0045"))
+    model, _ = load_model(bundled_model_path("local"))
+    cpu = predict_correction(model, system, device="cpu", dtype=torch.float64)
+    gpu = predict_correction(model, system, device="cuda", dtype=torch.float64)
+    scale = max(np.abs(cpu.data).max(), 1e-3)
+    assert gpu.max_abs_diff(cpu) < 1e-10 * scale, (gpu.max_abs_diff(cpu), scale)
+
+
 def test_equivariance_on_cuda_soc():
     """Rotations, inversion and the spin-½ part of the SOC blocks, predicted on the GPU in float64."""
     system = read_run(need(DATA / "runs" / "t0045"))
@@ -79,6 +97,26 @@ def test_training_on_cuda_saves_a_model_that_loads_on_cpu(tmp_path, tiny_dataset
     assert all(p.device.type == "cpu" and torch.isfinite(p).all() for p in model.parameters())
     ck = torch.load(tmp_path / "run" / "checkpoint.pt", map_location="cpu", weights_only=False)
     assert ck["state"]["epoch"] == 2 and ck["state"]["steps"] > 0
+
+
+def test_local_potential_and_descriptor_model_trains_on_cuda(tmp_path, tiny_dataset):
+    """Training a model with the local-potential head and descriptor embeddings on the GPU: the
+    integrals' cache, the head's parameters and the descriptor table move to the device and back."""
+    import dataclasses
+
+    model_cfg = dataclasses.replace(SMALL, local_potential=(0.5, 1.5), element_descriptors=True)
+    cfg = TrainConfig(data=str(tiny_dataset), out_dir=str(tmp_path / "run"), val_fraction=0.0, test_fraction=0.0,
+                      epochs=2, batch_size=1, k_per_structure=2, budget_minutes=5, model=model_cfg)
+    (tmp_path / "cfg.yaml").write_text(dump_yaml(cfg))
+    res = CliRunner().invoke(main, ["train", str(tmp_path / "cfg.yaml"), "--device", "cuda"])
+    assert res.exit_code == 0, res.output + res.stderr
+    model, _ = load_model(tmp_path / "run" / "best.pt")
+    assert model.cfg.local_potential == (0.5, 1.5) and model.cfg.element_descriptors
+    assert float(model.local_pot.net[-1].weight.detach().abs().max()) > 0  # the zero-initialised head has trained
+    system = read_run(need(EXAMPLE))
+    cpu = predict_correction(model, system, device="cpu", dtype=torch.float64)
+    gpu = predict_correction(model, system, device="cuda", dtype=torch.float64)
+    assert gpu.max_abs_diff(cpu) < 1e-10 * max(np.abs(cpu.data).max(), 1e-3)
 
 
 def test_torchrun_uses_nccl_with_one_gpu_per_rank(tmp_path, tiny_dataset):
