@@ -16,8 +16,11 @@ grid of the cell. A grid fixed in space would break the exact symmetries by its 
 anchored at every atom (origin τ_a, points τ_a + (n/N)·A): rotating or inverting the crystal rotates
 or inverts every grid with it, translating it or permuting its atoms permutes the grids, and moving
 an atom by a lattice vector leaves its grid unchanged. So the integrals transform exactly with the
-basis' Wigner-D matrices, whatever the grid spacing. Cost: one quadrature per atom, each over the
-whole cell, so it grows as N² with the number of atoms (meant for the cells of a training set).
+basis' Wigner-D matrices, whatever the grid spacing. The Gaussians' periodic sums on each grid come
+from their Fourier series (exact at the grid points; one inverse FFT per function), the orbitals of all
+images of a species in one evaluation. Cost: one quadrature per atom, each over the whole cell, so it
+grows as N² with the number of atoms (meant for the cells of a training set); ``potential_matrix``
+averages a fixed number of grids, so it grows as N.
 
 Units: lengths Å, radial tables Å^-3/2 (so V^(k,m) with g = 1 is dimensionless, and with g ≡ 1 it is S).
 """
@@ -31,22 +34,71 @@ from .blocks import BlockSparse
 from .density import _orbital_values, _PairLookup, periodic_images
 
 
+#: the Fourier series of a Gaussian of width σ is cut where σ²G²/2 exceeds this (e^-40: 4e-18 relative)
+_FOURIER_CUT = 40.0
+
+
+def _grid_shape(lattice: np.ndarray, spacing: float) -> tuple[int, int, int]:
+    """Points along each lattice vector of a uniform grid of step ``spacing`` (Å, at most)."""
+    return tuple(max(1, int(np.ceil(np.linalg.norm(a) / spacing))) for a in lattice)  # type: ignore[return-value]
+
+
 class _GaussianField:
-    """The Gaussians g_m of every atom of the cell, all periodic images summed, at grid points; images
-    farther than 7σ_max from a block of points are left out (their tails are below 3e-11)."""
+    """Σ_T g_m(|r − τ_k − T|) of every atom k and width σ_m on the uniform grids anchored at atoms, from
+    the periodic sum's Fourier series (Poisson summation):
+
+        Σ_T g(|r − τ − T|) = (1/Ω) Σ_G ĝ(G) e^{iG·(r − τ)},  ĝ(G) = (2πσ²)^{3/2} e^{−σ²G²/2},
+
+    over the reciprocal vectors of a sphere |G| < √(2·40)/σ_min (a rotation carries the sphere with the
+    crystal, so every symmetry holds). Components beyond the grid's own frequencies are folded onto the
+    ones they equal at the grid points, so the values at the points are exact to round-off, and one
+    inverse FFT per function gives them on the whole grid.
+    """
 
     def __init__(self, system, sigmas) -> None:
         self.sigmas = np.asarray(sigmas, dtype=float)
-        self.n_atoms = system.n_atoms
-        self.reach = 7.0 * float(self.sigmas.max())
-        self.owner, _T, self.pos = periodic_images(np.asarray(system.lattice, dtype=float), system.positions,
-                                                   self.reach, margin=2)
+        lat = np.asarray(system.lattice, dtype=float)
+        self.positions = np.asarray(system.positions, dtype=float)
+        self.n_atoms = len(self.positions)
+        omega = abs(np.linalg.det(lat))
+        recip = 2.0 * np.pi * np.linalg.inv(lat).T  # rows b_i, a_i·b_j = 2π δ_ij
+        gcut = np.sqrt(2.0 * _FOURIER_CUT) / float(self.sigmas.min())
+        hmax = [int(np.floor(gcut * np.linalg.norm(a) / (2.0 * np.pi))) for a in lat]
+        h = np.stack(np.meshgrid(*[np.arange(-m, m + 1) for m in hmax], indexing="ij"), -1).reshape(-1, 3)
+        g = h @ recip
+        g2 = (g * g).sum(1)
+        keep = g2 < gcut * gcut
+        self.h, self.g, g2 = h[keep], g[keep], g2[keep]
+        self.ghat = (2.0 * np.pi * self.sigmas**2) ** 1.5 * np.exp(-0.5 * g2[:, None] * self.sigmas**2) / omega
 
-    def images(self, p: np.ndarray, centre: np.ndarray, rad: float) -> tuple[np.ndarray, np.ndarray]:
-        """(owner (M,), g (p, M, m)): the images near the points p (within ``rad`` of ``centre``)."""
-        sel = np.nonzero(np.linalg.norm(self.pos - centre, axis=1) < self.reach + rad)[0]
-        d2 = ((p[:, None, :] - self.pos[sel][None]) ** 2).sum(-1)
-        return self.owner[sel], np.exp(-d2[:, :, None] / (2.0 * self.sigmas**2))
+    def _on_grid(self, coef: np.ndarray, shape: tuple[int, int, int], origin: np.ndarray) -> np.ndarray:
+        """(N1, N2, N3, F): at the points origin + (n/N)·A, the real fields Σ_G coef[G, f] e^{iG·r} (coef
+        (nG, F) over this field's G): each coefficient, times e^{iG·origin}, is added to the grid
+        frequency h mod N that G equals at the points, then one inverse FFT per field."""
+        phase = np.exp(1j * (self.g @ origin))
+        idx = np.ravel_multi_index(tuple((self.h % np.array(shape)).T), shape)
+        n = int(np.prod(shape))
+        out = np.empty(shape + (coef.shape[1],))
+        for f in range(coef.shape[1]):
+            c = coef[:, f] * phase
+            spec = (np.bincount(idx, c.real, minlength=n) + 1j * np.bincount(idx, c.imag, minlength=n)).reshape(shape)
+            out[..., f] = np.fft.ifftn(spec).real * n
+        return out
+
+    def per_atom(self, shape: tuple[int, int, int], origin: np.ndarray) -> np.ndarray:
+        """(N1, N2, N3, n_atoms·n_sigma): every atom's Gaussians (images summed), atom-major columns."""
+        sf = np.exp(-1j * (self.g @ self.positions.T))  # (nG, atoms)
+        coef = (sf[:, :, None] * self.ghat[:, None, :]).reshape(len(self.g), -1)
+        return self._on_grid(coef, shape, origin)
+
+    def combined(self, coeffs: np.ndarray, shape: tuple[int, int, int], origin: np.ndarray,
+                 chunk: int = 65536) -> np.ndarray:
+        """(N1, N2, N3, 1): Σ_km coeffs[k, m] × atom k's Gaussian m (images summed)."""
+        coef = np.empty(len(self.g), complex)
+        for a in range(0, len(self.g), chunk):  # Σ_k e^{−iG·τ_k} Σ_m c_km ĝ_m(G), a block of G at a time
+            sl = slice(a, a + chunk)
+            coef[sl] = (np.exp(-1j * (self.g[sl] @ self.positions.T)) * (self.ghat[sl] @ coeffs.T)).sum(1)
+        return self._on_grid(coef[:, None], shape, origin)
 
 
 def potential_integrals(system, sigmas, pattern: BlockSparse, spacing: float = 0.2) -> np.ndarray:
@@ -57,20 +109,13 @@ def potential_integrals(system, sigmas, pattern: BlockSparse, spacing: float = 0
     """
     field = _GaussianField(system, sigmas)
     n_at, nm = system.n_atoms, len(field.sigmas)
-
-    def values(p: np.ndarray, c: np.ndarray, rad: float) -> np.ndarray:
-        owner, gv = field.images(p, c, rad)
-        v = np.zeros((n_at, len(p), nm))
-        np.add.at(v, owner, gv.transpose(1, 0, 2))  # each atom's images summed
-        return v.transpose(1, 0, 2).reshape(len(p), -1)
-
-    return _grid_integrals(system, pattern, spacing, n_at * nm, values).reshape(-1, n_at, nm)
+    return _grid_integrals(system, pattern, spacing, field.per_atom).reshape(-1, n_at, nm)
 
 
 def overlap_by_quadrature(system, pattern: BlockSparse, spacing: float = 0.2) -> np.ndarray:
     """(nnz,) S(R)_ij of the stored entries of ``pattern`` by the same atom-anchored grid quadrature
     (g ≡ 1): set beside the code's own S, its difference is the quadrature error of the integrals."""
-    return _grid_integrals(system, pattern, spacing, 1, lambda p, c, rad: np.ones((len(p), 1)))[:, 0]
+    return _grid_integrals(system, pattern, spacing, lambda shape, origin: np.ones(shape + (1,)))[:, 0]
 
 
 def origin_atoms(system, limit: int | None = None) -> np.ndarray:
@@ -93,43 +138,57 @@ def potential_matrix(system, sigmas, coeffs: np.ndarray, pattern: BlockSparse, s
     cells of more than ``max_origins`` atoms it averages that many anchored grids (``origin_atoms``)."""
     field = _GaussianField(system, sigmas)
     coeffs = np.asarray(coeffs, dtype=float)
-
-    def values(p: np.ndarray, c: np.ndarray, rad: float) -> np.ndarray:
-        owner, gv = field.images(p, c, rad)
-        return np.einsum("pim,im->p", gv, coeffs[owner])[:, None]
-
-    return _grid_integrals(system, pattern, spacing, 1, values, origins=origin_atoms(system, max_origins))[:, 0]
+    return _grid_integrals(system, pattern, spacing, lambda shape, origin: field.combined(coeffs, shape, origin),
+                           origins=origin_atoms(system, max_origins))[:, 0]
 
 
-def _grid_integrals(system, pattern: BlockSparse, spacing: float, n_func: int, values, block: int = 6,
+def _image_orbitals(system, p: np.ndarray, pos: np.ndarray, owner: np.ndarray, col0: np.ndarray) -> np.ndarray:
+    """(points, col0[-1]) the orbitals of the atom images at ``pos`` (owners ``owner``) at the points p
+    (Å), image a's in columns col0[a]:col0[a + 1]; one evaluation per species for all its images."""
+    kinds = np.asarray(system.kinds)[owner]
+    phi = np.empty((len(p), int(col0[-1])))
+    for kd in np.unique(kinds):
+        sel = np.nonzero(kinds == kd)[0]
+        basis = system.bases[kd]
+        d = (p[None, :, :] - pos[sel][:, None, :]).reshape(-1, 3)
+        vals = _orbital_values(basis, d).reshape(len(sel), len(p), basis.norb)
+        cols = (col0[sel][:, None] + np.arange(basis.norb)).reshape(-1)
+        phi[:, cols] = vals.transpose(1, 0, 2).reshape(len(p), -1)
+    return phi
+
+
+def _grid_integrals(system, pattern: BlockSparse, spacing: float, field, block: int = 6,
                     origins: np.ndarray | None = None) -> np.ndarray:
-    """(nnz, n_func) ∫ φ_i(r − τ_i) v_f(r) φ_j(r − τ_j − R) dr for the stored entries of ``pattern``,
+    """(nnz, F) ∫ φ_i(r − τ_i) v_f(r) φ_j(r − τ_j − R) dr for the stored entries of ``pattern``,
     averaged over the grids anchored at the ``origins`` atoms (default every atom);
-    ``values(points (p, 3), centre (3,), radius)`` gives the periodic functions v_f at the points (p, n_func)."""
+    ``field(shape, origin)`` gives the periodic functions v_f on the grid origin + (n/N)·A, (N1, N2, N3, F)."""
     lat = np.asarray(system.lattice, dtype=float)
-    bases = [system.bases[k] for k in system.kinds]
     for b in system.bases:
         if any(len(sh.r) == 0 for sh in b.shells):
             raise MissingDataError(f"{b.source or b.element}: the orbital file's radial tables were not read "
                                    "(grid integrals of the basis need them)")
-    shape = tuple(max(1, int(np.ceil(np.linalg.norm(a) / spacing))) for a in lat)
+    shape = _grid_shape(lat, spacing)
     frac = np.stack(np.meshgrid(*[np.arange(n) / n for n in shape], indexing="ij"), -1)
     dv = abs(np.linalg.det(lat)) / np.prod(shape)
-    rc = np.array([b.rcut for b in bases])
+    rc = np.array([system.bases[k].rcut for k in system.kinds])
     owner, T, pos = periodic_images(lat, system.positions, float(rc.max()), margin=2)  # any origin: 1 cell more
     ei, ej, R, _off, _mir = pattern.full_edges()
     lookup = _PairLookup(ei, ej, R)
     n_stored = pattern.n_edges  # full_edges lists the stored blocks first
     norb = pattern.norb
     offsets = pattern.offsets
-    acc = np.zeros((int(offsets[-1]), n_func))
+    acc: np.ndarray | None = None
     origins = np.arange(system.n_atoms) if origins is None else np.asarray(origins)
     for origin in system.positions[origins]:  # one quadrature per atom-anchored grid, averaged
         pts = origin + frac @ lat
+        fv = field(shape, origin) * dv
+        if acc is None:
+            acc = np.zeros((int(offsets[-1]), fv.shape[-1]))
         for bx in range(0, shape[0], block):
             for by in range(0, shape[1], block):
                 for bz in range(0, shape[2], block):
                     p = pts[bx : bx + block, by : by + block, bz : bz + block].reshape(-1, 3)
+                    v = fv[bx : bx + block, by : by + block, bz : bz + block].reshape(len(p), -1)
                     c = p.mean(0)
                     rad = float(np.linalg.norm(p - c, axis=1).max())
                     near = np.nonzero(np.linalg.norm(pos - c, axis=1) < rc[owner] + rad)[0]
@@ -141,8 +200,7 @@ def _grid_integrals(system, pattern: BlockSparse, spacing: float, n_func: int, v
                         continue
                     n_img = norb[owner[near]]
                     col0 = np.concatenate([[0], np.cumsum(n_img)])
-                    phi = np.concatenate([_orbital_values(bases[owner[a]], p - pos[a]) for a in near], axis=1)
-                    v = values(p, c, rad) * dv
+                    phi = _image_orbitals(system, p, pos[near], owner[near], col0)
                     m = np.einsum("pa,pf,pb->fab", phi, v, phi, optimize=True)  # (f, columns, columns)
                     # every entry of every pair's block: its row and column in m, its index in the pattern
                     ek = e[xs, ys]
@@ -157,4 +215,5 @@ def _grid_integrals(system, pattern: BlockSparse, spacing: float, n_func: int, v
                     order = np.argsort(target, kind="stable")
                     uniq, first = np.unique(target[order], return_index=True)
                     acc[uniq] += np.add.reduceat(vals[order], first, axis=0)
+    assert acc is not None
     return acc / len(origins)
