@@ -25,11 +25,10 @@ from e3nn.nn import Gate
 from torch import nn
 
 from .config import ModelConfig
-from .fused import BilinearTable, FusedTensorProduct
 from .elements import element_embedding
+from .fused import BilinearTable, FusedTensorProduct
 from .graph import Graph
 from .irreps import BasisLayout, BlockIrreps, BlockSparseMap, shell_pair_groups
-
 
 
 class MLP(nn.Module):

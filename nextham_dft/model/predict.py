@@ -23,8 +23,9 @@ POTENTIAL_PAIRS_MAX_ATOMS = 8
 
 def prediction_graph(model: nn.Module, system: System, dtype: torch.dtype = torch.float32):
     """(graph, edge index, deferred): the graph a model predicts on, elements it never saw mapped to the
-    "unknown" embedding (unless its embedding is built from element descriptors); ``deferred`` True when a local-potential model's ΔV matrix is integrated after
-    each network (cells above ``POTENTIAL_PAIRS_MAX_ATOMS`` atoms, see :func:`member_correction`)."""
+    "unknown" embedding (unless it embeds elements from their descriptors); ``deferred`` True when a
+    local-potential model's ΔV matrix is integrated after each network (cells above
+    ``POTENTIAL_PAIRS_MAX_ATOMS`` atoms, see :func:`member_correction`)."""
     opts = graph_options(model.cfg)
     deferred = model.cfg.local_potential is not None and system.n_atoms > POTENTIAL_PAIRS_MAX_ATOMS
     if deferred:
