@@ -160,3 +160,27 @@ def test_ensemble_forward_is_the_mean_of_its_members_outputs():
     assert s is not None
     assert torch.allclose(d, 0.5 * (outs[0][0] + outs[1][0]), atol=1e-12)
     assert torch.allclose(s, 0.5 * (outs[0][1] + outs[1][1]), atol=1e-12)
+
+
+@pytest.mark.parametrize("run", ["s0221", "t0045"])
+def test_local_potential_ensemble_integrates_its_members_fields_together(run, monkeypatch):
+    """An ensemble of local-potential networks on a deferred graph (big cells) integrates all members'
+    ΔV in one quadrature: each member's ΔH equals the exact (edge, atom) contraction of the pair path,
+    and ``potential_matrix`` of several coefficient sets equals each set integrated alone."""
+    from nextham_dft.core.potential import potential_matrix
+    from nextham_dft.model import predict as predict_module
+
+    cfg = dataclasses.replace(SMALL, local_potential=(0.5, 1.5))
+    system = read_run(need(DATA / "runs" / run))
+    ens = ModelEnsemble([_random_model(cfg, seed=1), _random_model(cfg, seed=2)])
+    exact = predict_member_corrections(ens, system, dtype=torch.float64)
+    monkeypatch.setattr(predict_module, "POTENTIAL_PAIRS_MAX_ATOMS", 0)
+    deferred = predict_member_corrections(ens, system, dtype=torch.float64)
+    assert min(np.abs(exact[0].data - exact[1].data).max(), 1.0) > 1e-4  # the members differ
+    for a, b in zip(exact, deferred):
+        assert b.max_abs_diff(a) < 1e-10  # a 2-atom cell: both paths average every anchored grid
+    c = np.random.default_rng(4).normal(size=(3, system.n_atoms, 2))
+    pattern = system.matrices["S"]
+    together = potential_matrix(system, cfg.local_potential, c, pattern, spacing=0.3)
+    alone = np.stack([potential_matrix(system, cfg.local_potential, x, pattern, spacing=0.3) for x in c], 1)
+    assert together.shape == (len(pattern.data), 3) and np.abs(together - alone).max() < 1e-12

@@ -93,12 +93,13 @@ class _GaussianField:
 
     def combined(self, coeffs: np.ndarray, shape: tuple[int, int, int], origin: np.ndarray,
                  chunk: int = 65536) -> np.ndarray:
-        """(N1, N2, N3, 1): Σ_km coeffs[k, m] × atom k's Gaussian m (images summed)."""
-        coef = np.empty(len(self.g), complex)
-        for a in range(0, len(self.g), chunk):  # Σ_k e^{−iG·τ_k} Σ_m c_km ĝ_m(G), a block of G at a time
+        """(N1, N2, N3, F): field f = Σ_km coeffs[f, k, m] × atom k's Gaussian m (images summed)."""
+        coef = np.empty((len(self.g), len(coeffs)), complex)
+        for a in range(0, len(self.g), chunk):  # Σ_k e^{−iG·τ_k} Σ_m c_fkm ĝ_m(G), a block of G at a time
             sl = slice(a, a + chunk)
-            coef[sl] = (np.exp(-1j * (self.g[sl] @ self.positions.T)) * (self.ghat[sl] @ coeffs.T)).sum(1)
-        return self._on_grid(coef[:, None], shape, origin)
+            sf = np.exp(-1j * (self.g[sl] @ self.positions.T))  # (G, atoms)
+            coef[sl] = np.einsum("gk,gm,fkm->gf", sf, self.ghat[sl], coeffs)
+        return self._on_grid(coef, shape, origin)
 
 
 def potential_integrals(system, sigmas, pattern: BlockSparse, spacing: float = 0.2) -> np.ndarray:
@@ -135,11 +136,15 @@ def potential_matrix(system, sigmas, coeffs: np.ndarray, pattern: BlockSparse, s
     """(nnz,) eV: Σ_k Σ_m c_km V^(k,m) for the stored entries of ``pattern``, the matrix of the one field
     ΔV(r) = Σ_km c_km Σ_T g_m(|r − τ_k − T|) integrated at once (coeffs (n_atoms, n_sigma), eV). Equal to
     contracting :func:`potential_integrals` with the coefficients, at the cost of a single function; for
-    cells of more than ``max_origins`` atoms it averages that many anchored grids (``origin_atoms``)."""
+    cells of more than ``max_origins`` atoms it averages that many anchored grids (``origin_atoms``).
+    Several fields at once (the networks of an ensemble): coeffs (F, n_atoms, n_sigma) → (nnz, F), one
+    quadrature whose orbital values all F share."""
     field = _GaussianField(system, sigmas)
     coeffs = np.asarray(coeffs, dtype=float)
-    return _grid_integrals(system, pattern, spacing, lambda shape, origin: field.combined(coeffs, shape, origin),
-                           origins=origin_atoms(system, max_origins))[:, 0]
+    many = coeffs.reshape((-1,) + coeffs.shape[-2:])
+    out = _grid_integrals(system, pattern, spacing, lambda shape, origin: field.combined(many, shape, origin),
+                          origins=origin_atoms(system, max_origins))
+    return out if coeffs.ndim == 3 else out[:, 0]
 
 
 def _image_orbitals(system, p: np.ndarray, pos: np.ndarray, owner: np.ndarray, col0: np.ndarray) -> np.ndarray:

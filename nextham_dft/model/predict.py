@@ -25,7 +25,7 @@ def prediction_graph(model: nn.Module, system: System, dtype: torch.dtype = torc
     """(graph, edge index, deferred): the graph a model predicts on, elements it never saw mapped to the
     "unknown" embedding (unless it embeds elements from their descriptors); ``deferred`` True when a
     local-potential model's ΔV matrix is integrated after each network (cells above
-    ``POTENTIAL_PAIRS_MAX_ATOMS`` atoms, see :func:`member_correction`)."""
+    ``POTENTIAL_PAIRS_MAX_ATOMS`` atoms, see :func:`with_potential_matrices`)."""
     opts = graph_options(model.cfg)
     deferred = model.cfg.local_potential is not None and system.n_atoms > POTENTIAL_PAIRS_MAX_ATOMS
     if deferred:
@@ -41,38 +41,54 @@ def prediction_graph(model: nn.Module, system: System, dtype: torch.dtype = torc
     return g, idx, deferred
 
 
-def member_correction(model: nn.Module, net: nn.Module, system: System, idx, delta: torch.Tensor,
-                      spin: torch.Tensor | None, deferred: bool) -> BlockSparse:
-    """One network's ΔH (eV) on H(0)'s stored blocks from its outputs on the prediction graph; with
-    ``deferred``, plus the matrix of its ΔV (``core.potential.potential_matrix`` of the coefficients
-    the network kept)."""
+def member_correction(model: nn.Module, system: System, idx, delta: torch.Tensor,
+                      spin: torch.Tensor | None) -> BlockSparse:
+    """One network's ΔH (eV) on H(0)'s stored blocks from its outputs on the prediction graph (without
+    ΔV's matrix when the graph deferred it: :func:`with_potential_matrices`)."""
     ns = idx.n_stored  # the stored half, in the network's dtype: the entries are gathered, then widened
     d = delta[:ns].detach().cpu().numpy()
     sp = None if spin is None else spin[:ns].detach().cpu().numpy()
-    out = corrections_to_blocks(system, idx, model.layout, d, sp)
-    if deferred:
-        c = net.deferred_potential.cpu().numpy().astype(np.float64)
-        dv = potential_matrix(system, model.cfg.local_potential, c, out, spacing=model.cfg.potential_spacing)
-        out = out.with_data(out.data + (ab_to_spinor(dv, np.zeros(dv.shape + (3,))) if out.spin == "spinor" else dv))
+    return corrections_to_blocks(system, idx, model.layout, d, sp)
+
+
+def with_potential_matrices(model: nn.Module, system: System, parts: list[BlockSparse],
+                            coeffs: list[np.ndarray]) -> list[BlockSparse]:
+    """Each network's ΔH plus the matrix of its ΔV (coefficients (atoms, widths) eV, kept by a network
+    on a deferred graph), all integrated in one quadrature (``core.potential.potential_matrix``)."""
+    c = np.stack([np.asarray(x, dtype=np.float64) for x in coeffs])
+    dv = potential_matrix(system, model.cfg.local_potential, c, parts[0], spacing=model.cfg.potential_spacing)
+    out = []
+    for k, part in enumerate(parts):
+        col = dv[:, k]
+        out.append(part.with_data(part.data + (ab_to_spinor(col, np.zeros(col.shape + (3,)))
+                                               if part.spin == "spinor" else col)))
     return out
 
 
 def iter_member_corrections(model: nn.Module, system: System, device: str = "cpu",
                             dtype: torch.dtype = torch.float32) -> Iterator[BlockSparse]:
     """ΔH (eV) on the stored blocks of the system's H(0), one per network of the model (one for a
-    single network, M for an ensemble), yielded one at a time. The graph is built once."""
+    single network, M for an ensemble), yielded one at a time. The graph is built once; on a deferred
+    graph the networks' ΔV matrices are integrated together after the last network has run."""
     model.eval()
     g, idx, deferred = prediction_graph(model, system, dtype)
     g = g.to(device)
     nets = members_of(model)
+    parts, coeffs = [], []
     for k, net in enumerate(nets):
         with torch.no_grad():
             delta, spin = net.to(device=device, dtype=dtype)(g)
         if k == len(nets) - 1:
             del g  # the last network has run: the graph is not needed to assemble the blocks
-        out = member_correction(model, net, system, idx, delta, spin, deferred)
+        out = member_correction(model, system, idx, delta, spin)
         del delta, spin
-        yield out
+        if not deferred:
+            yield out
+            continue
+        parts.append(out)
+        coeffs.append(net.deferred_potential.cpu().numpy())
+    if deferred:
+        yield from with_potential_matrices(model, system, parts, coeffs)
 
 
 def predict_member_corrections(model: nn.Module, system: System, device: str = "cpu",
