@@ -21,12 +21,16 @@ from scipy.special import erfc
 from .units import COULOMB_EV_ANG
 
 
-def _translations(cell: np.ndarray, reach: float) -> np.ndarray:
-    """(n, 3) Cartesian vectors T = m·cell (m integer) with |T| ≤ reach."""
+def lattice_points(cell: np.ndarray, reach: float) -> tuple[np.ndarray, np.ndarray]:
+    """(m (n, 3) integer, T (n, 3) Cartesian) of the lattice vectors T = m·cell (rows of ``cell`` the
+    basis: the crystal's lattice, or its reciprocal vectors) with |T| ≤ reach. A sphere, so the set
+    rotates with the lattice."""
     nmax = np.ceil(reach * np.linalg.norm(np.linalg.inv(cell), axis=0)).astype(int)  # |m_i| ≤ reach·|column i of cell⁻¹|
     ranges = [np.arange(-m, m + 1) for m in nmax]
-    t = np.stack(np.meshgrid(*ranges, indexing="ij"), -1).reshape(-1, 3) @ cell
-    return t[np.einsum("ij,ij->i", t, t) <= reach**2]
+    m = np.stack(np.meshgrid(*ranges, indexing="ij"), -1).reshape(-1, 3)
+    t = m @ cell
+    keep = np.einsum("ij,ij->i", t, t) <= reach**2
+    return m[keep], t[keep]
 
 
 #: sites whose real-space pair lists are built at once (bounds the temporary arrays for big cells)
@@ -53,7 +57,7 @@ def ewald_matrix(lattice: np.ndarray, positions: np.ndarray, tol: float = 1e-11)
     pos = (frac - np.floor(frac)) @ lattice  # wrapped into the cell: the sum is periodic, and this bounds the images needed
     signs = np.array([[1, 1, 1], [1, 1, -1], [1, -1, 1], [-1, 1, 1]])
     diam = float(np.linalg.norm(signs @ lattice, axis=1).max())  # the longest cell diagonal ≥ every |r_b − r_a|
-    translations = _translations(lattice, r_cut + diam)  # every image of every pair within r_cut
+    translations = lattice_points(lattice, r_cut + diam)[1]  # every image of every pair within r_cut
     images = (translations[:, None, :] + pos[None, :, :]).reshape(-1, 3)
     owner = np.tile(np.arange(n), len(translations))
     tree = cKDTree(images)
@@ -66,11 +70,10 @@ def ewald_matrix(lattice: np.ndarray, positions: np.ndarray, tol: float = 1e-11)
                          minlength=n * n)
     a = a.reshape(n, n)
     recip = 2.0 * math.pi * np.linalg.inv(lattice).T  # rows b_i with a_i·b_j = 2π δ_ij
-    gs = _translations(recip, g_cut)
+    m, gs = lattice_points(recip, g_cut)  # G and its Miller indices
     g2 = np.einsum("ij,ij->i", gs, gs)
     keep = g2 > 1e-12
-    gs, g2 = gs[keep], g2[keep]
-    m = np.rint(gs @ lattice.T / (2.0 * math.pi)).astype(np.int64)  # Miller indices of G
+    m, gs, g2 = m[keep], gs[keep], g2[keep]
     half = (m[:, 0] > 0) | ((m[:, 0] == 0) & ((m[:, 1] > 0) | ((m[:, 1] == 0) & (m[:, 2] > 0))))  # G and −G add the same: keep one, count it twice
     gs, g2 = gs[half], g2[half]
     w = (8.0 * math.pi / vol) * np.exp(-g2 / (4.0 * eta**2)) / g2

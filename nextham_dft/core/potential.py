@@ -31,7 +31,8 @@ import numpy as np
 
 from ..errors import MissingDataError
 from .blocks import BlockSparse
-from .density import _orbital_values, _PairLookup, periodic_images
+from .density import _orbital_values, _PairLookup, grid_points, periodic_images
+from .ewald import lattice_points
 
 
 #: the Fourier series of a Gaussian of width σ is cut where σ²G²/2 exceeds this (e^-40: 4e-18 relative)
@@ -59,16 +60,10 @@ class _GaussianField:
         self.sigmas = np.asarray(sigmas, dtype=float)
         lat = np.asarray(system.lattice, dtype=float)
         self.positions = np.asarray(system.positions, dtype=float)
-        self.n_atoms = len(self.positions)
         omega = abs(np.linalg.det(lat))
         recip = 2.0 * np.pi * np.linalg.inv(lat).T  # rows b_i, a_i·b_j = 2π δ_ij
-        gcut = np.sqrt(2.0 * _FOURIER_CUT) / float(self.sigmas.min())
-        hmax = [int(np.floor(gcut * np.linalg.norm(a) / (2.0 * np.pi))) for a in lat]
-        h = np.stack(np.meshgrid(*[np.arange(-m, m + 1) for m in hmax], indexing="ij"), -1).reshape(-1, 3)
-        g = h @ recip
-        g2 = (g * g).sum(1)
-        keep = g2 < gcut * gcut
-        self.h, self.g, g2 = h[keep], g[keep], g2[keep]
+        self.h, self.g = lattice_points(recip, np.sqrt(2.0 * _FOURIER_CUT) / float(self.sigmas.min()))
+        g2 = (self.g * self.g).sum(1)
         self.ghat = (2.0 * np.pi * self.sigmas**2) ** 1.5 * np.exp(-0.5 * g2[:, None] * self.sigmas**2) / omega
 
     def _on_grid(self, coef: np.ndarray, shape: tuple[int, int, int], origin: np.ndarray) -> np.ndarray:
@@ -93,7 +88,9 @@ class _GaussianField:
 
     def combined(self, coeffs: np.ndarray, shape: tuple[int, int, int], origin: np.ndarray,
                  chunk: int = 65536) -> np.ndarray:
-        """(N1, N2, N3, F): field f = Σ_km coeffs[f, k, m] × atom k's Gaussian m (images summed)."""
+        """(N1, N2, N3, F): field f = Σ_km coeffs[f, k, m] × atom k's Gaussian m (images summed); coeffs
+        (n_atoms, n_sigma) is one field (F = 1)."""
+        coeffs = np.asarray(coeffs, dtype=float).reshape((-1,) + np.shape(coeffs)[-2:])
         coef = np.empty((len(self.g), len(coeffs)), complex)
         for a in range(0, len(self.g), chunk):  # Σ_k e^{−iG·τ_k} Σ_m c_fkm ĝ_m(G), a block of G at a time
             sl = slice(a, a + chunk)
@@ -141,8 +138,7 @@ def potential_matrix(system, sigmas, coeffs: np.ndarray, pattern: BlockSparse, s
     quadrature whose orbital values all F share."""
     field = _GaussianField(system, sigmas)
     coeffs = np.asarray(coeffs, dtype=float)
-    many = coeffs.reshape((-1,) + coeffs.shape[-2:])
-    out = _grid_integrals(system, pattern, spacing, lambda shape, origin: field.combined(many, shape, origin),
+    out = _grid_integrals(system, pattern, spacing, lambda shape, origin: field.combined(coeffs, shape, origin),
                           origins=origin_atoms(system, max_origins))
     return out if coeffs.ndim == 3 else out[:, 0]
 
@@ -173,7 +169,7 @@ def _grid_integrals(system, pattern: BlockSparse, spacing: float, field, block: 
             raise MissingDataError(f"{b.source or b.element}: the orbital file's radial tables were not read "
                                    "(grid integrals of the basis need them)")
     shape = _grid_shape(lat, spacing)
-    frac = np.stack(np.meshgrid(*[np.arange(n) / n for n in shape], indexing="ij"), -1)
+    cell_points = grid_points(lat, shape)  # (n/N)·A
     dv = abs(np.linalg.det(lat)) / np.prod(shape)
     rc = np.array([system.bases[k].rcut for k in system.kinds])
     owner, T, pos = periodic_images(lat, system.positions, float(rc.max()), margin=2)  # any origin: 1 cell more
@@ -185,7 +181,7 @@ def _grid_integrals(system, pattern: BlockSparse, spacing: float, field, block: 
     acc: np.ndarray | None = None
     origins = np.arange(system.n_atoms) if origins is None else np.asarray(origins)
     for origin in system.positions[origins]:  # one quadrature per atom-anchored grid, averaged
-        pts = origin + frac @ lat
+        pts = origin + cell_points
         fv = field(shape, origin) * dv
         if acc is None:
             acc = np.zeros((int(offsets[-1]), fv.shape[-1]))
