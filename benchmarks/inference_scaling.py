@@ -34,7 +34,8 @@ def one(run: str, n: int, device: str, model_path: str | None = None) -> dict:
     from nextham_dft.core.supercell import make_supercell
     from nextham_dft.dataset import write_system
     from nextham_dft.model.ensemble import members_of
-    from nextham_dft.model.predict import CorrectionMean, member_correction, prediction_graph
+    from nextham_dft.model.predict import (CorrectionMean, member_correction, prediction_graph,
+                                          with_potential_matrices)
     from nextham_dft.model.store import load_model, resolve_model_path
     from nextham_dft.registry import adapter_for, read_run
 
@@ -59,6 +60,7 @@ def one(run: str, n: int, device: str, model_path: str | None = None) -> dict:
     g = g.to(device)
     t_model = t_asm = 0.0
     acc = CorrectionMean()  # as `predict` does: one network at a time, a running mean (ensembles) and spread
+    parts, coeffs = [], []  # deferred graphs: the networks' ΔV matrices are integrated together at the end
     for net in members_of(model):
         t = time.perf_counter()
         with torch.no_grad():
@@ -67,10 +69,17 @@ def one(run: str, n: int, device: str, model_path: str | None = None) -> dict:
             torch.cuda.synchronize()
         t_model += time.perf_counter() - t
         t = time.perf_counter()
-        acc.add(member_correction(model, net, sc, idx, d, s, deferred))  # (+ ΔV's matrix when deferred)
-        del d, s
+        part = member_correction(model, sc, idx, d, s)
+        if deferred:
+            parts.append(part)
+            coeffs.append(net.deferred_potential.cpu().numpy())
+        else:
+            acc.add(part)
+        del d, s, part
         t_asm += time.perf_counter() - t
     t = time.perf_counter()
+    for part in (with_potential_matrices(model, sc, parts, coeffs) if deferred else []):
+        acc.add(part)
     n_edges = len(g.edge_src)
     del g  # as in `predict`: the graph and padded outputs are gone before the files are written
     dm, _spread = acc.mean(), acc.spread()
