@@ -11,6 +11,10 @@ Layout (format version 1), one group per structure, named by a unique id::
       matrices/<H0|H|S>/  edge_i, edge_j (E,), R (E, 3), offsets (E+1,),
                           data (nnz,) float64 | (nnz, 2) | (nnz, 2, 2) complex128; attr spin
       reference/<H0|H>/   kpoints (nk, 3), eigenvalues (nk, nb) eV
+      radial/<species>/<shell>   (2, n): r Å, R(r) Å^-3/2 (when the orbital files were read)
+      atomic_density/<species>   (3, n): r Å, valence and core density e/Å³; attr info (JSON:
+                          element, functional, z_valence, source, sha256), when the
+                          pseudopotential files were read
 
 Everything is canonical: eV, Å, e3nn real harmonics, half of the blocks stored
 (hermiticity restores the rest; see :mod:`nextham_dft.core.blocks`).
@@ -24,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .core.atomic import AtomicDensity
 from .core.basis import RadialFunction, SpeciesBasis
 from .core.blocks import BlockSparse
 from .core.kspace import Smearing
@@ -67,6 +72,21 @@ def _with_tables(bases: list[SpeciesBasis], radial) -> list[SpeciesBasis]:
     return out
 
 
+def _atomic_densities(group, n_species: int) -> list[AtomicDensity]:
+    """The per-species atomic densities stored under ``atomic_density/<species>`` (none in files
+    written before they were kept, or when any species lacks one)."""
+    if group is None or any(str(s) not in group for s in range(n_species)):
+        return []
+    out = []
+    for s in range(n_species):
+        ds = group[str(s)]
+        r, val, core = ds[()]
+        info = json.loads(ds.attrs["info"])
+        out.append(AtomicDensity(info["element"], r, val, core, info["functional"], float(info["z_valence"]),
+                                 info["source"], info["sha256"]))
+    return out
+
+
 def write_system(group, system: System) -> None:
     """Write one System into an (empty) h5py group."""
     group.attrs["format_version"] = FORMAT_VERSION
@@ -85,6 +105,11 @@ def write_system(group, system: System) -> None:
             if len(sh.r):
                 group.create_dataset(f"radial/{s}/{h}", data=np.stack([sh.r, sh.f]), compression="gzip",
                                      compression_opts=4)
+    for s, d in enumerate(system.atomic_densities):  # pseudopotential densities (Å, e/Å³), when read
+        ds = group.create_dataset(f"atomic_density/{s}", data=np.stack([d.r, d.valence, d.core]), compression="gzip",
+                                  compression_opts=4)
+        ds.attrs["info"] = json.dumps({"element": d.element, "functional": d.functional, "z_valence": d.z_valence,
+                                       "source": d.source, "sha256": d.sha256})
     group["lattice"] = system.lattice
     group["positions"] = system.positions
     group["kinds"] = system.kinds
@@ -133,6 +158,7 @@ def read_system(group, matrices: tuple[str, ...] | None = None) -> System:
             k = group["kpoints"]
             mesh = tuple(int(x) for x in k.attrs["mesh"]) if "mesh" in k.attrs else None
             system.kpoints = KPoints(k["frac"][()], k["weights"][()], mesh)
+        system.atomic_densities = _atomic_densities(group.get("atomic_density"), len(bases))
         norb = np.array([bases[k].norb for k in kinds])
         for name, g in group["matrices"].items():
             if matrices is not None and name not in matrices:

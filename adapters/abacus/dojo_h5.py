@@ -22,7 +22,7 @@ from nextham_dft.core.units import RY_TO_EV
 from nextham_dft.errors import ParseError
 
 from .inputs import abacus_positions, read_input, read_kpt, read_stru
-from .run import _nelec, _smearing, canonical_transforms, read_basis
+from .run import _nelec, _smearing, canonical_transforms, read_atomic_densities, read_basis
 
 
 def _csr_group(g, path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
@@ -86,6 +86,7 @@ def read_structure(path: str | Path, sid: str, pp_orb: str | Path | None = None)
         )
         if kpt.kind == "mesh":
             system.kpoints = KPoints.from_mesh(kpt.mesh, kpt.shift)
+        system.atomic_densities, why = read_atomic_densities(pp_orb, stru, params)
         for tag in ("S", "H0", "H"):
             if tag not in g:
                 continue
@@ -110,6 +111,7 @@ def read_structure(path: str | Path, sid: str, pp_orb: str | Path | None = None)
             except (TypeError, ValueError):
                 pass
         system.meta = {"code": "abacus", "source": f"{path}:{sid}", "id": sid, "generation": "abacus-dojo dataset.h5",
+                       **({"atomic_densities_missing": why} if why else {}),
                        "meta": {k: v for k, v in attrs.items() if k not in ("STRU", "KPT", "INPUT_h0", "INPUT_scf")}}
     return system
 

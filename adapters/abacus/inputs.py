@@ -409,3 +409,53 @@ def read_upf_valence(path: str | Path) -> float:
     if not m:
         raise ParseError(path, "no z_valence in pseudopotential")
     return float(m.group(1).replace("d", "e").replace("D", "e"))
+
+
+def _upf_array(text: str, tag: str) -> np.ndarray | None:
+    """The numbers inside <tag ...> ... </tag> (the tag name exactly, not a longer one), or None."""
+    m = re.search(rf"<{tag}(?:\s[^>]*)?>(.*?)</{tag}>", text, re.S)
+    if m is None:
+        return None
+    try:
+        return np.array(m.group(1).replace("D", "E").replace("d", "e").split(), dtype=float)
+    except ValueError:
+        return np.zeros(0)  # flags a malformed table to the caller
+
+
+def _upf_functional(text: str) -> str:
+    """The functional named by a UPF header (v2 attribute or v1 header line), canonical upper case."""
+    m = re.search(r'functional\s*=\s*"([^"]*)"', text)
+    if m is None:
+        m = re.search(r"^\s*(.*?)\s+Exchange-Correlation functional", text, re.M)
+    words = m.group(1).upper().split() if m else []
+    if "PBE" in words or {"PBX", "PBC"} <= set(words):
+        return "PBE"
+    return " ".join(words)
+
+
+def read_upf_density(path: str | Path):
+    """The atomic valence density (PP_RHOATOM, 4πr²ρ on PP_R) and partial core density (PP_NLCC) of a UPF
+    pseudopotential (v1 or v2), as an :class:`~nextham_dft.core.atomic.AtomicDensity` in Å and e/Å³."""
+    from nextham_dft.core.atomic import AtomicDensity
+    from nextham_dft.core.basis import file_sha256
+
+    path = Path(path)
+    text = read_text(path)
+    r = _upf_array(text, "PP_R")
+    rhoat = _upf_array(text, "PP_RHOATOM")
+    if r is None or rhoat is None or len(r) < 2 or len(rhoat) != len(r):
+        raise ParseError(path, "no radial mesh (PP_R) and atomic density (PP_RHOATOM) of one length (truncated?)")
+    core = _upf_array(text, "PP_NLCC")
+    if core is None:
+        core = np.zeros_like(r)
+    if len(core) != len(r):
+        raise ParseError(path, "PP_NLCC and PP_R differ in length (truncated?)")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        val = np.where(r > 1e-12, rhoat / (4.0 * np.pi * r * r), 0.0)
+    if r[0] <= 1e-12:  # ρ at r = 0 from the next point (4πr²ρ vanishes there)
+        val[0] = val[1]
+    scale = BOHR_TO_ANG**3
+    el = re.search(r'element\s*=\s*"\s*([A-Za-z]+)\s*"', text) or re.search(r"^\s*([A-Z][a-z]?)\s+Element", text, re.M)
+    return AtomicDensity(element=el.group(1) if el else path.stem, r=r * BOHR_TO_ANG, valence=val / scale,
+                         core=core / scale, functional=_upf_functional(text), z_valence=read_upf_valence(path),
+                         source=path.name, sha256=file_sha256(path.read_bytes()))

@@ -24,7 +24,7 @@ from nextham_dft.errors import BasisError, ParseError, RunDirectoryError
 
 from .convention import ABACUS_CONVENTION
 from .csr import CsrFile, read_csr
-from .inputs import abacus_positions, OrbFile, read_input, read_kpt, read_orb, read_stru, read_upf_valence
+from .inputs import abacus_positions, OrbFile, read_input, read_kpt, read_orb, read_stru, read_upf_density, read_upf_valence
 from .npz import read_npz
 from .outputs import LogFacts, read_eig_occ, read_istate, read_kpoints, read_log
 from .textio import find, logical_name
@@ -245,6 +245,22 @@ def _nelec(run_dir: Path, stru, params: dict[str, str], kinds: np.ndarray, logs:
     return None
 
 
+def read_atomic_densities(run_dir: Path, stru, params: dict[str, str]) -> tuple[list, str]:
+    """The UPF files' atomic and core densities, one per species, and '' — or ([], why not) when a file
+    is missing or unreadable (only the self-consistent completion needs them)."""
+    out = []
+    for sp in stru.species:
+        tried = _resolve(run_dir, params.get("pseudo_dir"), sp.pseudo) if sp.pseudo else []
+        path = next((p for p in tried if p.is_file()), None)
+        if path is None:
+            return [], f"{sp.label}: pseudopotential file {sp.pseudo or '(none named in STRU)'} not found"
+        try:
+            out.append(read_upf_density(path))
+        except ParseError as exc:
+            return [], str(exc)
+    return out, ""
+
+
 def _smearing(params: dict[str, str]) -> Smearing:
     method = params.get("smearing_method", "gauss").lower()
     method = {"gauss": "gaussian", "gaussian": "gaussian", "fd": "fd", "fermi-dirac": "fd", "mp": "mp", "mp2": "mp2",
@@ -407,6 +423,7 @@ def read_run(
         smearing=_smearing(params),
         magmom=stru.magmom,
     )
+    system.atomic_densities, densities_missing = read_atomic_densities(run_dir, stru, params)
     # k-points of the run
     kpt_path = run_dir / params.get("kpoint_file", "KPT")
     if (run_dir / "KPT.user").is_file():  # written by `nextham-dft setup`: the user's own mesh
@@ -466,4 +483,6 @@ def read_run(
         "converged_step": sc.name if sc else None,
         "species_labels": labels,
     }
+    if densities_missing:
+        system.meta["atomic_densities_missing"] = densities_missing
     return system

@@ -181,8 +181,10 @@ def _padded_components(dm: BlockSparse, spinor: bool) -> np.ndarray:
     return out
 
 
-def density_on_grid(system, dm: BlockSparse, shape: tuple[int, int, int], block: int = 6) -> np.ndarray:
-    """ρ(r) (and for spinor DM the magnetisation) on the periodic grid of the cell, e/Å³.
+def density_on_grid(system, dm: BlockSparse, shape: tuple[int, int, int], block: int = 6,
+                    origin: np.ndarray | None = None) -> np.ndarray:
+    """ρ(r) (and for spinor DM the magnetisation) on the periodic grid origin + (n/N)·A of the cell
+    (origin default 0), e/Å³.
 
     Returns (nx, ny, nz) for a spinless DM, (2, nx, ny, nz) = (ρ↑, ρ↓) for a collinear one,
     (4, nx, ny, nz) = (ρ, m_x, m_y, m_z) for spinors.
@@ -190,17 +192,17 @@ def density_on_grid(system, dm: BlockSparse, shape: tuple[int, int, int], block:
     their orbital values Φ (points × orbitals) and the DM between those images; ρ = Φ·DM·Φᵀ.
     """
     if dm.spin == "collinear":  # (2, nx, ny, nz): spin up, spin down
-        return np.stack([density_on_grid(system, dm.with_data(dm.data[:, c].copy(), "none"), shape, block)
+        return np.stack([density_on_grid(system, dm.with_data(dm.data[:, c].copy(), "none"), shape, block, origin)
                          for c in (0, 1)])
     lat = np.asarray(system.lattice)
-    pts = grid_points(lat, shape)
+    pts = grid_points(lat, shape) + (0.0 if origin is None else np.asarray(origin, dtype=float))
     nx, ny, nz = shape
     spinor = dm.spin == "spinor"
     ncomp = 4 if spinor else 1
     rho = np.zeros((ncomp, nx, ny, nz))
     bases = [system.bases[k] for k in system.kinds]
     rc = np.array([b.rcut for b in bases])
-    img_atom, img_T, img_pos = periodic_images(lat, system.positions, rc.max())  # every image reaching the cell
+    img_atom, img_T, img_pos = periodic_images(lat, system.positions, rc.max(), margin=1 if origin is None else 2)  # every image reaching the cell
     # DM blocks padded to the largest atom (zero rows/columns beyond an atom's orbitals), plus one zero
     # block for absent pairs; charge and magnetisation components taken once for all blocks
     blk = _padded_components(dm, spinor)  # (E + 1, ncomp, nb, nb)

@@ -159,9 +159,10 @@ def _image_orbitals(system, p: np.ndarray, pos: np.ndarray, owner: np.ndarray, c
 
 
 def _grid_integrals(system, pattern: BlockSparse, spacing: float, field, block: int = 6,
-                    origins: np.ndarray | None = None) -> np.ndarray:
+                    origins: np.ndarray | None = None, grid_origin: np.ndarray | None = None) -> np.ndarray:
     """(nnz, F) ∫ φ_i(r − τ_i) v_f(r) φ_j(r − τ_j − R) dr for the stored entries of ``pattern``,
-    averaged over the grids anchored at the ``origins`` atoms (default every atom);
+    averaged over the grids anchored at the ``origins`` atoms (default every atom), or on the one grid
+    anchored at the point ``grid_origin`` (Å) when that is given;
     ``field(shape, origin)`` gives the periodic functions v_f on the grid origin + (n/N)·A, (N1, N2, N3, F)."""
     lat = np.asarray(system.lattice, dtype=float)
     for b in system.bases:
@@ -180,7 +181,8 @@ def _grid_integrals(system, pattern: BlockSparse, spacing: float, field, block: 
     offsets = pattern.offsets
     acc: np.ndarray | None = None
     origins = np.arange(system.n_atoms) if origins is None else np.asarray(origins)
-    for origin in system.positions[origins]:  # one quadrature per atom-anchored grid, averaged
+    anchors = system.positions[origins] if grid_origin is None else np.asarray(grid_origin, dtype=float).reshape(1, 3)
+    for origin in anchors:  # one quadrature per atom-anchored grid, averaged
         pts = origin + cell_points
         fv = field(shape, origin) * dv
         if acc is None:
@@ -217,4 +219,4 @@ def _grid_integrals(system, pattern: BlockSparse, spacing: float, field, block: 
                     uniq, first = np.unique(target[order], return_index=True)
                     acc[uniq] += np.add.reduceat(vals[order], first, axis=0)
     assert acc is not None
-    return acc / len(origins)
+    return acc / len(anchors)

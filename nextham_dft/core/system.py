@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import MissingDataError
+from .atomic import AtomicDensity
 from .basis import SpeciesBasis
 from .blocks import BlockSparse
 from .density import density_matrix
@@ -71,7 +72,9 @@ class System:
     spin–orbit coupling on; matrices: 'H0' (zeroth step), 'H' (converged), 'S',
     in eV (H) and dimensionless (S); nelec: valence electrons; kpoints: the run's
     k-points; reference_eigenvalues: {'H0'|'H': (kfrac (nk,3), eV (nk, nb))} as
-    the DFT code printed them; fermi_ev: the code's own Fermi level per step.
+    the DFT code printed them; fermi_ev: the code's own Fermi level per step;
+    atomic_densities: the pseudopotentials' atomic and core densities, one per
+    species as ``bases`` (empty when the adapter did not read them).
     """
 
     lattice: np.ndarray
@@ -88,6 +91,7 @@ class System:
     fermi_ev: dict[str, float] = field(default_factory=dict)
     magmom: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    atomic_densities: list[AtomicDensity] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.spin_mode not in SPIN_MODES:

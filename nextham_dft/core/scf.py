@@ -1,0 +1,184 @@
+"""Self-consistent completion of a zeroth step: the converged H from H(0), S and the atomic densities.
+
+H(0) is the Kohn–Sham Hamiltonian of the superposed atomic densities ρ_atoms. The SCF changes only the
+density-dependent local part of the potential, so for any density ρ
+
+    H[ρ](R)_ij = H(0)(R)_ij + ⟨φ_i(r − τ_i)| ΔV[ρ](r) |φ_j(r − τ_j − R)⟩,
+    ΔV[ρ] = V_H[ρ − ρ_atoms] + v_xc[ρ + ρ_core] − v_xc[ρ_atoms + ρ_core]        (:mod:`.hxc`),
+
+the kinetic and non-local (spin–orbit included) terms being those of H(0). Iterating ρ → H[ρ] → the
+density of H[ρ]'s occupied states on the run's full k-mesh, with Pulay mixing of Kerker-preconditioned
+residuals, reaches the density at which ρ_out = ρ_in, where H[ρ] is the converged Hamiltonian of the DFT
+code up to the quadrature of the grid (measured on the bundled data from the converged density: H MAE
+after the rigid shift 0.001–0.29 meV per entry, where H(0)'s is 0.4–7.4). Starting from a predicted H
+(the density of its occupied states) it needs fewer iterations than from the atoms.
+
+Grid: uniform, step ``spacing`` (Å, at most) along the lattice vectors, anchored at one atom chosen
+independently of the atoms' numbering (:func:`.potential.origin_atoms`), so translating the crystal or
+permuting its atoms changes nothing and rotations hold to the quadrature's accuracy. Densities e/Å³,
+potentials and H eV. Magnetic runs are not handled (the magnetisation is taken to be zero: ΔV acts on the
+spin-independent part alone, as in the non-magnetic runs this serves).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import MissingDataError
+from .atomic import require_atomic_densities, superposition_on_grid
+from .blocks import BlockSparse
+from .density import density_matrix, density_on_grid
+from .hxc import hxc_change, reciprocal_grid
+from .potential import _grid_integrals, _grid_shape, origin_atoms
+
+
+@dataclass
+class ScfSettings:
+    """spacing: grid step (Å, at most); tol: convergence threshold on ∫|ρ_out − ρ_in| / N_e; max_iter:
+    iterations at most; beta: mixing fraction; kerker_q0: Kerker wavevector (1/Å; 0 turns it off);
+    history: residuals Pulay mixing keeps."""
+
+    spacing: float = 0.15
+    tol: float = 1e-5
+    max_iter: int = 60
+    beta: float = 0.4
+    kerker_q0: float = 0.8
+    history: int = 8
+
+
+@dataclass
+class ScfResult:
+    """hamiltonian: the self-consistent H on S's blocks, in H(0)'s spin layout (eV); converged: the
+    residual fell below the threshold; residuals: ∫|ρ_out − ρ_in| / N_e per iteration; fermi_ev: E_F of
+    the last diagonalisation; seconds: wall time."""
+
+    hamiltonian: BlockSparse
+    converged: bool
+    residuals: list[float] = field(default_factory=list)
+    fermi_ev: float = float("nan")
+    seconds: float = 0.0
+
+    @property
+    def iterations(self) -> int:
+        return len(self.residuals)
+
+
+class SelfConsistency:
+    """The map ρ → H[ρ] → ρ_out of one system (see the module docstring), its grid set up once."""
+
+    def __init__(self, system, spacing: float = 0.15) -> None:
+        dens = require_atomic_densities(system)
+        functionals = {d.functional for d in dens}
+        if len(functionals) != 1:
+            raise MissingDataError(f"the pseudopotentials were made with different functionals ({sorted(functionals)})")
+        if system.spin_mode == "collinear":
+            raise MissingDataError("the self-consistent completion handles non-spin-polarised and non-magnetic "
+                                   "spin–orbit runs, not collinear spin (nspin 2)")
+        for tag in ("H0", "S"):
+            if tag not in system.matrices:
+                raise MissingDataError(f"the self-consistent completion needs the run's {tag} matrix")
+        self.system = system
+        self.functional = functionals.pop()
+        self.spacing = float(spacing)
+        self.lattice = np.asarray(system.lattice, dtype=float)
+        self.shape = _grid_shape(self.lattice, self.spacing)
+        a0 = origin_atoms(system, 1)[0]
+        self.origin = (system.frac_positions[a0] % 1.0) @ self.lattice
+        self.dv = abs(np.linalg.det(self.lattice)) / np.prod(self.shape)
+        self.s = system.matrices["S"]
+        self.h0 = system.matrices["H0"].aligned_to(self.s)
+        self.nelec = system.require_nelec()
+        mesh = system.full_kmesh()
+        self.kfrac, self.kweights = mesh.frac, mesh.weights
+        self.rho_core = superposition_on_grid(system, self.shape, self.origin, "core")
+        rho = superposition_on_grid(system, self.shape, self.origin, "valence")
+        self.rho_atoms = rho * self.nelec / (rho.sum() * self.dv)  # as the codes do: the cell's electron count
+
+    def hamiltonian(self, rho: np.ndarray) -> BlockSparse:
+        """H[ρ] (eV) on S's blocks for the density ``rho`` (e/Å³) on this grid."""
+        dvr = hxc_change(rho, self.rho_atoms, self.rho_core, self.lattice, self.functional)
+        x = self.matrix_of(dvr)
+        data = self.h0.data + (x[:, None, None] * np.eye(2) if self.h0.spin == "spinor" else x)
+        return self.h0.with_data(data, self.h0.spin)
+
+    def matrix_of(self, potential: np.ndarray) -> np.ndarray:
+        """(nnz of S,) ⟨φ_i|v|φ_j⟩ (eV) of a local potential given on this grid (eV)."""
+        def field(shape, origin):
+            return potential[..., None]
+        return _grid_integrals(self.system, self.s, self.spacing, field, grid_origin=self.origin)[:, 0]
+
+    def density(self, h: BlockSparse) -> tuple[np.ndarray, float]:
+        """(ρ_out (e/Å³) on this grid, E_F (eV)) of the occupied states of ``h`` on the full k-mesh."""
+        dm, ef = density_matrix(h, self.s, self.kfrac, self.kweights, self.nelec, self.system.smearing)
+        rho = density_on_grid(self.system, dm, self.shape, origin=self.origin)
+        return (rho[0] if rho.ndim == 4 else rho), ef
+
+    def residual_norm(self, residual: np.ndarray) -> float:
+        """∫|ρ_out − ρ_in| / N_e."""
+        return float(np.abs(residual).sum() * self.dv / self.nelec)
+
+
+def _kerker(residual: np.ndarray, lattice: np.ndarray, beta: float, q0: float) -> np.ndarray:
+    """β·G²/(G² + q0²) applied to the residual in reciprocal space (β alone when q0 = 0); G = 0 kept at β."""
+    if q0 <= 0:
+        return beta * residual
+    g2 = (reciprocal_grid(lattice, residual.shape) ** 2).sum(-1)
+    w = g2 / (g2 + q0 * q0)
+    w[0, 0, 0] = 1.0
+    return np.fft.ifftn(beta * w * np.fft.fftn(residual)).real
+
+
+def complete_scf(system, start: BlockSparse | None = None, settings: ScfSettings | None = None,
+                 progress=None) -> ScfResult:
+    """The self-consistent H of ``system`` (which holds H0, S, its k-mesh, electron count, smearing and
+    atomic densities), starting from the atoms' density or from the density of ``start`` (a predicted H).
+
+    ``progress(iteration, residual)`` is called after every iteration when given.
+    """
+    cfg = settings or ScfSettings()
+    t0 = time.perf_counter()
+    sc = SelfConsistency(system, cfg.spacing)
+    if start is None:
+        rho_in, h = sc.rho_atoms.copy(), sc.h0
+    else:
+        rho_in, _ = sc.density(start.aligned_to(sc.s))
+        h = sc.hamiltonian(rho_in)
+    rhos: list[np.ndarray] = []
+    res: list[np.ndarray] = []
+    norms: list[float] = []
+    ef = float("nan")
+    converged = False
+    for it in range(cfg.max_iter):
+        rho_out, ef = sc.density(h)
+        r = rho_out - rho_in
+        norms.append(sc.residual_norm(r))
+        if progress is not None:
+            progress(it + 1, norms[-1])
+        if norms[-1] < cfg.tol:
+            converged = True
+            break
+        rhos, res = (rhos + [rho_in])[-cfg.history:], (res + [r])[-cfg.history:]
+        rho_in = _pulay(rhos, res, sc.lattice, cfg)
+        h = sc.hamiltonian(rho_in)
+    return ScfResult(h, converged, norms, ef, time.perf_counter() - t0)
+
+
+def _pulay(rhos: list[np.ndarray], res: list[np.ndarray], lattice: np.ndarray, cfg: ScfSettings) -> np.ndarray:
+    """The next input density: the combination Σ α_i (ρ_i + P r_i) with Σ α_i = 1 that minimises
+    |Σ α_i r_i|² (Pulay / DIIS), P the Kerker-preconditioned mixing."""
+    n = len(res)
+    flat = np.stack([r.reshape(-1) for r in res])
+    a = flat @ flat.T
+    a += 1e-12 * np.trace(a) / n * np.eye(n)
+    try:
+        alpha = np.linalg.solve(a, np.ones(n))
+    except np.linalg.LinAlgError:
+        alpha = np.zeros(n)
+        alpha[-1] = 1.0
+    alpha /= alpha.sum()
+    rho = sum(c * p for c, p in zip(alpha, rhos))
+    r = sum(c * q for c, q in zip(alpha, res))
+    return rho + _kerker(r, lattice, cfg.beta, cfg.kerker_q0)
