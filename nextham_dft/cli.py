@@ -465,9 +465,17 @@ def eval_cmd(model_path, data, split, json_out, device):
 @click.option("--force", is_flag=True, help="Replace a previous nextham-dft output folder.")
 @click.option("--no-native", is_flag=True,
               help="Skip the DFT code's own matrix files (abacus/): for big cells their text runs to gigabytes.")
+@click.option("--scf", "scf", is_flag=True,
+              help="Finish the SCF here, from the prediction: H[ρ] = H(0) + <φ|ΔV_Hxc[ρ]|φ> to self-consistency "
+                   "(needs the run's pseudopotential files; DFT accuracy at the cost of a few iterations).")
+@click.option("--scf-tol", type=float, default=1e-5, show_default=True,
+              help="--scf: stop when ∫|ρ_out − ρ_in| per electron falls below this.")
+@click.option("--scf-spacing", type=float, default=0.15, show_default=True, help="--scf: grid step (Å, at most).")
+@click.option("--scf-max-iter", type=int, default=60, show_default=True, help="--scf: iterations at most.")
 @run_options
 @friendly_errors
-def predict(run_dir, out_dir, model_path, device, force, no_native, zeroth, converged, orbital_dir):
+def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol, scf_spacing, scf_max_iter, zeroth,
+            converged, orbital_dir):
     """Predict the converged H from a run's zeroth step: hamiltonian.h5, abacus/ matrices, report.json."""
     import time
 
@@ -498,9 +506,15 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, zeroth, conv
     h_pred = hamiltonian_from(system, delta)
     del delta
     timings["predict_s"] = time.perf_counter() - t
+    scf_report = None
+    if scf:
+        h_pred, scf_report = _complete_scf(system, h_pred, scf_tol, scf_spacing, scf_max_iter, warnings)
+        timings["scf_s"] = scf_report["seconds"]
     predicted = _with_prediction(system, h_pred)
     report = {"model": card.get("name", str(model_path)), "model_sha256": card.get("sha256"), "device": dev,
               "run_dir": str(run_dir), "warnings": warnings, "timings": timings}
+    if scf_report is not None:
+        report["scf"] = scf_report
     if spread:  # an ensemble: how far its networks disagree on this run
         report["ensemble"] = spread
     if "H" in system.matrices:
@@ -522,7 +536,9 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, zeroth, conv
         timings["write_s"] = time.perf_counter() - t
         (tmp / "report.json").write_text(json.dumps(report, indent=1))
     click.echo(f"wrote {out_dir}/hamiltonian.h5, {f'{out_dir}/{native}, ' if native else ''}{out_dir}/report.json "
-               f"(predict {timings['predict_s']:.2f} s on {dev})")
+               f"(predict {timings['predict_s']:.2f} s on {dev}"
+               + (f"; SCF completion {scf_report['iterations']} iterations, {scf_report['seconds']:.1f} s" if scf_report else "")
+               + ")")
     if "ensemble" in report:
         en = report["ensemble"]
         click.echo(f"ensemble of {en['members']} networks: they disagree by {en['spread_mean_mev']:.3f} meV per H entry "
@@ -533,6 +549,24 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, zeroth, conv
                    f"(H(0): {e['h0']['band_mae_mev']:.1f}), shift removed {e['predicted']['band_mae_shifted_mev']:.1f} meV "
                    f"(H(0): {e['h0']['band_mae_shifted_mev']:.1f})")
     click.echo(f"start the SCF from it: nextham-dft restart {run_dir} --out <new folder>  (density, H(R), DM(R))")
+
+
+def _complete_scf(system, h_pred, tol: float, spacing: float, max_iter: int, warnings: list[str]):
+    """(self-consistent H, report) from the prediction (``core.scf``); progress and warnings on stderr."""
+    from .core.scf import ScfSettings, complete_scf
+
+    def progress(it: int, res: float) -> None:
+        click.echo(f"scf iteration {it}: ∫|ρ_out − ρ_in|/N_e = {res:.2e}", err=True)
+
+    res = complete_scf(system, start=h_pred, settings=ScfSettings(spacing=spacing, tol=tol, max_iter=max_iter),
+                       progress=progress)
+    if not res.converged:
+        warnings.append(f"the SCF completion did not converge in {max_iter} iterations (residual {res.residuals[-1]:.1e} "
+                        f"> {tol:.0e}); the last H is written")
+        click.echo(f"warning: {warnings[-1]}", err=True)
+    return res.hamiltonian, {"converged": res.converged, "iterations": res.iterations, "residuals": res.residuals,
+                             "tol": tol, "spacing_ang": spacing, "start": "prediction", "seconds": res.seconds,
+                             "fermi_ev": res.fermi_ev}
 
 
 def _with_prediction(system, h_pred):

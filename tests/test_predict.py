@@ -240,3 +240,30 @@ def test_eval_of_a_split_absent_from_the_data_is_one_line(tmp_path, tiny_dataset
     assert res.exit_code != 0 and "none of the" in res.stderr and "'val' split" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
     assert not (tmp_path / "e.json").exists()
+
+
+def test_predict_scf_completes_the_prediction_to_the_dft_hamiltonian(tmp_path):
+    """--scf: the prediction's density starts our own SCF (H(0) + ΔV_Hxc[ρ]); the result is within the
+    grid's quadrature of ABACUS's converged H, well below the network alone, with no ghost state."""
+    out = tmp_path / "scf"
+    res = run("predict", str(need(EXAMPLE)), "--out", str(out), "--device", "cpu", "--no-native", "--model", "fast",
+              "--scf")
+    assert res.exit_code == 0, res.stderr
+    assert "scf iteration 1" in res.stderr
+    report = json.loads((out / "report.json").read_text())
+    sc, ev = report["scf"], report["eval"]
+    assert sc["converged"] and sc["iterations"] <= 10 and sc["residuals"][-1] < sc["tol"]
+    assert "scf_s" in report["timings"]
+    assert ev["predicted"]["band_mae_shifted_mev"] < 3.0 and ev["predicted"]["band_mae_mev"] < 5.0
+    assert ev["predicted"]["h_mae_shifted_mev"] < 0.1 * ev["h0"]["h_mae_shifted_mev"]
+    assert ev["predicted"]["ghost_states"] == 0
+
+
+def test_predict_scf_without_the_pseudopotential_is_a_clean_error(tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(need(EXAMPLE), run_dir)
+    (run_dir / "Si.upf").unlink()
+    out = tmp_path / "out"
+    res = run("predict", str(run_dir), "--out", str(out), "--model", "fast", "--scf", "--scf-max-iter", "3")
+    assert_clean_error(res)
+    assert "Si.upf" in res.stderr and not out.exists()
