@@ -24,6 +24,15 @@ def test_e3nn_harmonics_match_e3nn(l):
     assert np.allclose(e3nn_harmonics(l, x), ref, atol=1e-12)
 
 
+@pytest.mark.parametrize("l", [0, 1, 2, 3])
+def test_polynomial_tesseral_harmonics_equal_scipys(l):
+    """The Cartesian polynomials (l ≤ 3, the orbitals' hot path) and scipy's complex harmonics agree."""
+    from nextham_dft.core.sph import _tesseral_polynomial, _tesseral_scipy
+
+    pts = np.random.default_rng(l).normal(size=(500, 3)) * 3.0
+    assert np.allclose(_tesseral_polynomial(l, pts), _tesseral_scipy(l, pts), atol=1e-13)
+
+
 @pytest.mark.parametrize("l", range(5))
 def test_code_tables_are_orthogonal_and_abacus_p_is_z_minus_x_minus_y(l):
     m = code_to_canonical(ABACUS_CONVENTION, l)

@@ -50,20 +50,24 @@ def superposition_on_grid(system, shape: tuple[int, int, int], origin: np.ndarra
                           part: str = "valence") -> np.ndarray:
     """Σ_atoms Σ_T ρ_a(|r − τ_a − T|) (e/Å³) at the grid points origin + (n/N)·A of the cell, for
     ``part`` 'valence' or 'core' of ``system.atomic_densities`` (one per species, as ``system.bases``)."""
+    from scipy.spatial import cKDTree
+
     dens = require_atomic_densities(system)
     lat = np.asarray(system.lattice, dtype=float)
     pts = (np.asarray(origin, dtype=float) + grid_points(lat, shape)).reshape(-1, 3)
     reach = max(d.reach for d in dens)
     owner, _T, pos = periodic_images(lat, system.positions, reach, margin=2)
+    tree = cKDTree(pts)
     out = np.zeros(len(pts))
-    for a, p in zip(owner, pos):
-        d = dens[system.kinds[a]]
+    for kind, d in enumerate(dens):
         f = d.valence if part == "valence" else d.core
         if not np.any(f):
             continue
-        dist = np.linalg.norm(pts - p, axis=1)
-        near = dist < d.reach
-        out[near] += np.interp(dist[near], d.r, f, right=0.0)
+        imgs = np.nonzero(np.asarray(system.kinds)[owner] == kind)[0]
+        for a, near in zip(imgs, tree.query_ball_point(pos[imgs], d.reach)):
+            near = np.asarray(near, dtype=np.int64)
+            if len(near):
+                out[near] += np.interp(np.linalg.norm(pts[near] - pos[a], axis=1), d.r, f, right=0.0)
     return out.reshape(shape)
 
 

@@ -116,19 +116,24 @@ def periodic_images(lattice: np.ndarray, centres: np.ndarray, reach: float,
 
 
 def _orbital_values(basis, d: np.ndarray) -> np.ndarray:
-    """(npts, norb) values of a species' orbitals (canonical order) at displacement vectors d (Å)."""
+    """(npts, norb) values of a species' orbitals (canonical order) at displacement vectors d (Å); zero
+    beyond each shell's cutoff (only the points within the species' cutoff are evaluated)."""
     r = np.linalg.norm(d, axis=1)
     out = np.zeros((len(d), basis.norb))
+    inside = np.nonzero(r <= basis.rcut)[0]
+    if len(inside) == 0:
+        return out
+    r_in = r[inside]
     cache: dict[int, np.ndarray] = {}
     for sh, sl in zip(basis.shells, basis.shell_slices()):
         if len(sh.r) == 0:
             raise ValueError(f"{basis.source}: no radial table for the {sh.l}-shell (cannot build ρ(r))")
-        rad = np.interp(r, sh.r, sh.f, right=0.0)
-        rad[r > sh.rcut] = 0.0
+        rad = np.interp(r_in, sh.r, sh.f, right=0.0)
+        rad[r_in > sh.rcut] = 0.0
         if sh.l not in cache:
-            dd = np.where(r[:, None] > 1e-12, d, np.array([0.0, 0.0, 1.0]))
+            dd = np.where(r_in[:, None] > 1e-12, d[inside], np.array([0.0, 0.0, 1.0]))
             cache[sh.l] = e3nn_harmonics(sh.l, dd)
-        out[:, sl] = rad[:, None] * cache[sh.l]
+        out[inside, sl] = rad[:, None] * cache[sh.l]
     return out
 
 

@@ -29,9 +29,36 @@ def tesseral_harmonics(l: int, xyz: np.ndarray) -> np.ndarray:
 
     xyz: (n, 3) Cartesian (need not be normalised). Returns (n, 2l+1) with
     columns m = -l..l; T_l,m>0 ∝ cos(mφ), T_l,m<0 ∝ sin(|m|φ), all with positive
-    leading coefficient (T_1 = (y, z, x) · sqrt(3/4π)).
+    leading coefficient (T_1 = (y, z, x) · sqrt(3/4π)). l ≤ 3 from their Cartesian
+    polynomials (the orbitals' hot path), higher l from scipy's complex harmonics.
     """
     xyz = np.asarray(xyz, dtype=float)
+    if l <= 3:
+        return _tesseral_polynomial(l, xyz)
+    return _tesseral_scipy(l, xyz)
+
+
+def _tesseral_polynomial(l: int, xyz: np.ndarray) -> np.ndarray:
+    """T_lm (m = -l..l) for l ≤ 3 from the Cartesian polynomials of the unit vector."""
+    u = xyz / np.linalg.norm(xyz, axis=1, keepdims=True)
+    x, y, z = u[:, 0], u[:, 1], u[:, 2]
+    pi = np.pi
+    if l == 0:
+        return np.full((len(u), 1), 0.5 / np.sqrt(pi))
+    if l == 1:
+        return np.sqrt(3.0 / (4.0 * pi)) * np.stack([y, z, x], 1)
+    if l == 2:
+        c = 0.5 * np.sqrt(15.0 / pi)
+        return np.stack([c * x * y, c * y * z, 0.25 * np.sqrt(5.0 / pi) * (3.0 * z * z - 1.0), c * x * z,
+                         0.5 * c * (x * x - y * y)], 1)
+    c3, c2, c1 = 0.25 * np.sqrt(35.0 / (2.0 * pi)), np.sqrt(105.0 / pi), 0.25 * np.sqrt(21.0 / (2.0 * pi))
+    return np.stack([c3 * y * (3.0 * x * x - y * y), 0.5 * c2 * x * y * z, c1 * y * (5.0 * z * z - 1.0),
+                     0.25 * np.sqrt(7.0 / pi) * (5.0 * z**3 - 3.0 * z), c1 * x * (5.0 * z * z - 1.0),
+                     0.25 * c2 * z * (x * x - y * y), c3 * x * (x * x - 3.0 * y * y)], 1)
+
+
+def _tesseral_scipy(l: int, xyz: np.ndarray) -> np.ndarray:
+    """T_lm (m = -l..l) for any l from scipy's complex harmonics (Condon–Shortley phase removed)."""
     r = np.linalg.norm(xyz, axis=1)
     theta = np.arccos(np.clip(xyz[:, 2] / r, -1.0, 1.0))
     phi = np.arctan2(xyz[:, 1], xyz[:, 0])
