@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--split", default="val", choices=["val", "test", "train"])
     ap.add_argument("--spacing", type=float, default=ScfSettings.spacing)
     ap.add_argument("--ids", default=None, help="comma-separated ids (default: the split's)")
+    ap.add_argument("--held-out", action="store_true",
+                    help="only the split's structures with an element held out of training (default: only the others)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     model, card = load_model(resolve_model_path(args.model))
@@ -48,7 +50,7 @@ def main() -> None:
     cost = []
     for sid in ids:
         s = read_structure(args.data, sid)
-        if set(s.elements) & held:
+        if bool(set(s.elements) & held) != args.held_out:
             continue
         meta = s.meta["meta"]
         t = time.perf_counter()

@@ -51,7 +51,7 @@ class ScfSettings:
 
 @dataclass
 class ScfResult:
-    """hamiltonian: the self-consistent H on S's blocks, in H(0)'s spin layout (eV); converged: the
+    """hamiltonian: the self-consistent H on H(0)'s and S's blocks, in H(0)'s spin layout (eV); converged: the
     residual fell below the threshold; residuals: ∫|ρ_out − ρ_in| / N_e per iteration; fermi_ev: E_F of
     the last diagonalisation; seconds: wall time."""
 
@@ -89,7 +89,7 @@ class SelfConsistency:
         self.origin = (system.frac_positions[a0] % 1.0) @ self.lattice
         self.dv = abs(np.linalg.det(self.lattice)) / np.prod(self.shape)
         self.s = system.matrices["S"]
-        self.h0 = system.matrices["H0"].aligned_to(self.s)
+        self.h0 = _on_union(system.matrices["H0"], self.s)
         self.nelec = system.require_nelec()
         mesh = system.full_kmesh()
         self.kfrac, self.kweights = mesh.frac, mesh.weights
@@ -98,9 +98,10 @@ class SelfConsistency:
         self.rho_atoms = rho * self.nelec / (rho.sum() * self.dv)  # as the codes do: the cell's electron count
 
     def hamiltonian(self, rho: np.ndarray) -> BlockSparse:
-        """H[ρ] (eV) on S's blocks for the density ``rho`` (e/Å³) on this grid."""
+        """H[ρ] (eV) for the density ``rho`` (e/Å³) on this grid, on H(0)'s blocks and S's (H(0) reaches
+        further than S through the non-local projectors; ΔV's matrix lives where orbitals overlap)."""
         dvr = hxc_change(rho, self.rho_atoms, self.rho_core, self.lattice, self.functional)
-        x = self.matrix_of(dvr)
+        x = self.s.with_data(self.matrix_of(dvr)).aligned_to(self.h0).data
         data = self.h0.data + (x[:, None, None] * np.eye(2) if self.h0.spin == "spinor" else x)
         return self.h0.with_data(data, self.h0.spin)
 
@@ -119,6 +120,16 @@ class SelfConsistency:
     def residual_norm(self, residual: np.ndarray) -> float:
         """∫|ρ_out − ρ_in| / N_e."""
         return float(np.abs(residual).sum() * self.dv / self.nelec)
+
+
+def _on_union(h0: BlockSparse, s: BlockSparse) -> BlockSparse:
+    """H(0) on the union of its blocks and S's (zero where it had none), its own blocks when they
+    already hold all of S's."""
+    keys = np.concatenate([np.stack([m.edge_i, m.edge_j, *m.R.T], 1) for m in (h0, s)])
+    u = np.unique(keys, axis=0)
+    if len(u) == h0.n_edges:
+        return h0
+    return h0.aligned_to_edges(u[:, 0], u[:, 1], u[:, 2:])
 
 
 def _kerker(residual: np.ndarray, lattice: np.ndarray, beta: float, q0: float) -> np.ndarray:
@@ -144,7 +155,7 @@ def complete_scf(system, start: BlockSparse | None = None, settings: ScfSettings
     if start is None:
         rho_in, h = sc.rho_atoms.copy(), sc.h0
     else:
-        rho_in, _ = sc.density(start.aligned_to(sc.s))
+        rho_in, _ = sc.density(start)
         h = sc.hamiltonian(rho_in)
     rhos: list[np.ndarray] = []
     res: list[np.ndarray] = []
