@@ -47,7 +47,7 @@ class AtomicDensity:
 
 
 def superposition_on_grid(system, shape: tuple[int, int, int], origin: np.ndarray,
-                          part: str = "valence") -> np.ndarray:
+                          part: str = "valence", chunk: int = 8192) -> np.ndarray:
     """Σ_atoms Σ_T ρ_a(|r − τ_a − T|) (e/Å³) at the grid points origin + (n/N)·A of the cell, for
     ``part`` 'valence' or 'core' of ``system.atomic_densities`` (one per species, as ``system.bases``)."""
     from scipy.spatial import cKDTree
@@ -57,18 +57,32 @@ def superposition_on_grid(system, shape: tuple[int, int, int], origin: np.ndarra
     pts = (np.asarray(origin, dtype=float) + grid_points(lat, shape)).reshape(-1, 3)
     reach = max(d.reach for d in dens)
     owner, _T, pos = periodic_images(lat, system.positions, reach, margin=2)
-    tree = cKDTree(pts)
+    kinds = np.asarray(system.kinds)[owner]
     out = np.zeros(len(pts))
     for kind, d in enumerate(dens):
         f = d.valence if part == "valence" else d.core
-        if not np.any(f):
+        if not np.any(f) or not np.any(kinds == kind):
             continue
-        imgs = np.nonzero(np.asarray(system.kinds)[owner] == kind)[0]
-        for a, near in zip(imgs, tree.query_ball_point(pos[imgs], d.reach)):
-            near = np.asarray(near, dtype=np.int64)
-            if len(near):
-                out[near] += np.interp(np.linalg.norm(pts[near] - pos[a], axis=1), d.r, f, right=0.0)
+        images = cKDTree(pos[kinds == kind])
+        for a in range(0, len(pts), chunk):  # every (point, image) pair within reach, a chunk of points at a time
+            pairs = cKDTree(pts[a : a + chunk]).sparse_distance_matrix(images, d.reach, output_type="ndarray")
+            out[a : a + chunk] += np.bincount(pairs["i"], radial_interp(pairs["v"], d.r, f),
+                                              minlength=len(pts[a : a + chunk]))
     return out.reshape(shape)
+
+
+def radial_interp(x: np.ndarray, r: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """Linear interpolation of the table f(r) at x (0 beyond its end), as ``np.interp``; on a uniform
+    mesh starting at 0 (ONCVPSP's UPF files) by index arithmetic instead of a search."""
+    dr = r[1] - r[0] if len(r) > 1 else 0.0
+    if len(r) < 2 or r[0] != 0.0 or not np.allclose(np.diff(r), dr, rtol=1e-9, atol=0.0):
+        return np.interp(x, r, f, right=0.0)
+    t = x / dr
+    i = np.minimum(t.astype(np.int64), len(r) - 2)
+    w = t - i
+    out = f[i] * (1.0 - w) + f[i + 1] * w
+    out[x > r[-1]] = 0.0
+    return out
 
 
 def require_atomic_densities(system) -> list[AtomicDensity]:

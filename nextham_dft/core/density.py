@@ -186,28 +186,96 @@ def _padded_components(dm: BlockSparse, spinor: bool) -> np.ndarray:
     return out
 
 
+class GridOrbitals:
+    """The orbitals of every atom image that reaches a block of points of the periodic grid
+    origin + (n/N)·A (Å), block by block: what densities and potential integrals on the grid share.
+
+    ``blocks()`` yields (index, near, col0, phi): the grid slices of the block, the images reaching it
+    (indices into ``owner``/``T``/``pos``: atom, integer lattice vector, position), the column offsets of
+    each image's orbitals and their values phi (points, col0[-1]) in Å^-3/2. With ``keep_bytes`` the
+    values are computed once and kept when they fit in that many bytes (an SCF evaluates them every
+    iteration); ``nbytes`` says what is kept.
+    """
+
+    def __init__(self, system, shape: tuple[int, int, int], origin: np.ndarray | None = None, block: int = 6,
+                 keep_bytes: int = 0) -> None:
+        self.system = system
+        self.shape = tuple(int(n) for n in shape)
+        self.block = int(block)
+        lat = np.asarray(system.lattice, dtype=float)
+        self.origin = np.zeros(3) if origin is None else np.asarray(origin, dtype=float)
+        self.points = self.origin + grid_points(lat, self.shape)
+        self.rc = np.array([system.bases[k].rcut for k in system.kinds])
+        self.owner, self.T, self.pos = periodic_images(lat, system.positions, float(self.rc.max()), margin=2)
+        self._kept: list | None = None
+        if keep_bytes > 0:
+            kept, total = [], 0
+            for b in self._generate():
+                total += b[3].nbytes
+                if total > keep_bytes:
+                    break
+                kept.append(b)
+            else:
+                self._kept = kept
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b[3].nbytes for b in self._kept) if self._kept is not None else 0
+
+    def blocks(self):
+        return iter(self._kept) if self._kept is not None else self._generate()
+
+    def _generate(self):
+        norb = np.array([self.system.bases[k].norb for k in self.system.kinds])
+        nx, ny, nz = self.shape
+        bk = self.block
+        for bx in range(0, nx, bk):
+            for by in range(0, ny, bk):
+                for bz in range(0, nz, bk):
+                    index = (slice(bx, bx + bk), slice(by, by + bk), slice(bz, bz + bk))
+                    p = self.points[index].reshape(-1, 3)
+                    c = p.mean(0)
+                    rad = float(np.linalg.norm(p - c, axis=1).max())
+                    near = np.nonzero(np.linalg.norm(self.pos - c, axis=1) < self.rc[self.owner] + rad)[0]
+                    if len(near) == 0:
+                        continue
+                    col0 = np.concatenate([[0], np.cumsum(norb[self.owner[near]])])
+                    yield index, near, col0, image_orbitals(self.system, p, self.pos[near], self.owner[near], col0)
+
+
+def image_orbitals(system, p: np.ndarray, pos: np.ndarray, owner: np.ndarray, col0: np.ndarray) -> np.ndarray:
+    """(points, col0[-1]) the orbitals of the atom images at ``pos`` (owners ``owner``) at the points p
+    (Å), image a's in columns col0[a]:col0[a + 1]; one evaluation per species for all its images."""
+    kinds = np.asarray(system.kinds)[owner]
+    phi = np.empty((len(p), int(col0[-1])))
+    for kd in np.unique(kinds):
+        sel = np.nonzero(kinds == kd)[0]
+        basis = system.bases[kd]
+        d = (p[None, :, :] - pos[sel][:, None, :]).reshape(-1, 3)
+        vals = _orbital_values(basis, d).reshape(len(sel), len(p), basis.norb)
+        cols = (col0[sel][:, None] + np.arange(basis.norb)).reshape(-1)
+        phi[:, cols] = vals.transpose(1, 0, 2).reshape(len(p), -1)
+    return phi
+
+
 def density_on_grid(system, dm: BlockSparse, shape: tuple[int, int, int], block: int = 6,
-                    origin: np.ndarray | None = None) -> np.ndarray:
+                    origin: np.ndarray | None = None, orbitals: GridOrbitals | None = None) -> np.ndarray:
     """ρ(r) (and for spinor DM the magnetisation) on the periodic grid origin + (n/N)·A of the cell
     (origin default 0), e/Å³.
 
     Returns (nx, ny, nz) for a spinless DM, (2, nx, ny, nz) = (ρ↑, ρ↓) for a collinear one,
     (4, nx, ny, nz) = (ρ, m_x, m_y, m_z) for spinors.
-    Works block by block of grid points: for each block the atom images whose orbitals reach it,
-    their orbital values Φ (points × orbitals) and the DM between those images; ρ = Φ·DM·Φᵀ.
+    Works block by block of grid points (:class:`GridOrbitals`; pass one to reuse its orbital values):
+    for each block the atom images whose orbitals reach it, their orbital values Φ (points × orbitals)
+    and the DM between those images; ρ = Φ·DM·Φᵀ.
     """
     if dm.spin == "collinear":  # (2, nx, ny, nz): spin up, spin down
-        return np.stack([density_on_grid(system, dm.with_data(dm.data[:, c].copy(), "none"), shape, block, origin)
-                         for c in (0, 1)])
-    lat = np.asarray(system.lattice)
-    pts = grid_points(lat, shape) + (0.0 if origin is None else np.asarray(origin, dtype=float))
-    nx, ny, nz = shape
+        return np.stack([density_on_grid(system, dm.with_data(dm.data[:, c].copy(), "none"), shape, block, origin,
+                                         orbitals) for c in (0, 1)])
+    grid = orbitals if orbitals is not None else GridOrbitals(system, shape, origin, block)
     spinor = dm.spin == "spinor"
     ncomp = 4 if spinor else 1
-    rho = np.zeros((ncomp, nx, ny, nz))
-    bases = [system.bases[k] for k in system.kinds]
-    rc = np.array([b.rcut for b in bases])
-    img_atom, img_T, img_pos = periodic_images(lat, system.positions, rc.max(), margin=1 if origin is None else 2)  # every image reaching the cell
+    rho = np.zeros((ncomp,) + tuple(grid.shape))
     # DM blocks padded to the largest atom (zero rows/columns beyond an atom's orbitals), plus one zero
     # block for absent pairs; charge and magnetisation components taken once for all blocks
     blk = _padded_components(dm, spinor)  # (E + 1, ncomp, nb, nb)
@@ -215,23 +283,15 @@ def density_on_grid(system, dm: BlockSparse, shape: tuple[int, int, int], block:
     ei, ej, R, _, _ = dm.full_edges()  # the same block order as full_blocks(), without the data
     lookup = _PairLookup(ei, ej, R)
     norb = dm.norb
-    for bx in range(0, nx, block):
-        for by in range(0, ny, block):
-            for bz in range(0, nz, block):
-                p = pts[bx : bx + block, by : by + block, bz : bz + block].reshape(-1, 3)
-                centre = p.mean(0)
-                radius = np.linalg.norm(p - centre, axis=1).max()
-                near = np.nonzero(np.linalg.norm(img_pos - centre, axis=1) < rc[img_atom] + radius)[0]
-                if len(near) == 0:
-                    continue
-                Phi = np.zeros((len(p), len(near), nb))
-                for x, a in enumerate(near):
-                    Phi[:, x, : norb[img_atom[a]]] = _orbital_values(bases[img_atom[a]], p - img_pos[a])
-                Phi = Phi.reshape(len(p), -1)
-                # DM between every pair of near images: block (i, j, T_b − T_a), zero when absent
-                e = lookup(img_atom[near][:, None], img_atom[near][None, :], img_T[near][None, :] - img_T[near][:, None])
-                D = blk[e].transpose(2, 0, 3, 1, 4).reshape(ncomp, len(near) * nb, len(near) * nb)
-                vals = np.sum((Phi[None] @ D) * Phi[None], axis=2)  # ρ_c(p) = Φ_p · DM_c · Φ_p (BLAS)
-                sl = (slice(None), slice(bx, bx + block), slice(by, by + block), slice(bz, bz + block))
-                rho[sl] = vals.reshape(rho[sl].shape)
+    owner, T = grid.owner, grid.T
+    for index, near, _col0, phi in grid.blocks():
+        # DM between every pair of near images: block (i, j, T_b − T_a), zero when absent; padded
+        # layout, then the columns of the images' own orbitals (phi's layout)
+        e = lookup(owner[near][:, None], owner[near][None, :], T[near][None, :] - T[near][:, None])
+        D = blk[e].transpose(2, 0, 3, 1, 4).reshape(ncomp, len(near) * nb, len(near) * nb)
+        keep = (np.arange(len(near))[:, None] * nb + np.arange(nb)[None, :])[np.arange(nb)[None, :] < norb[owner[near]][:, None]]
+        D = D[:, keep][:, :, keep]
+        vals = np.sum((phi[None] @ D) * phi[None], axis=2)  # ρ_c(p) = Φ_p · DM_c · Φ_p (BLAS)
+        sl = (slice(None),) + index
+        rho[sl] = vals.reshape(rho[sl].shape)
     return rho if spinor else rho[0]

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import MissingDataError
 from .blocks import BlockSparse
-from .density import _orbital_values, _PairLookup, grid_points, periodic_images
+from .density import GridOrbitals, _PairLookup
 from .ewald import lattice_points
 
 
@@ -143,26 +143,13 @@ def potential_matrix(system, sigmas, coeffs: np.ndarray, pattern: BlockSparse, s
     return out if coeffs.ndim == 3 else out[:, 0]
 
 
-def _image_orbitals(system, p: np.ndarray, pos: np.ndarray, owner: np.ndarray, col0: np.ndarray) -> np.ndarray:
-    """(points, col0[-1]) the orbitals of the atom images at ``pos`` (owners ``owner``) at the points p
-    (Å), image a's in columns col0[a]:col0[a + 1]; one evaluation per species for all its images."""
-    kinds = np.asarray(system.kinds)[owner]
-    phi = np.empty((len(p), int(col0[-1])))
-    for kd in np.unique(kinds):
-        sel = np.nonzero(kinds == kd)[0]
-        basis = system.bases[kd]
-        d = (p[None, :, :] - pos[sel][:, None, :]).reshape(-1, 3)
-        vals = _orbital_values(basis, d).reshape(len(sel), len(p), basis.norb)
-        cols = (col0[sel][:, None] + np.arange(basis.norb)).reshape(-1)
-        phi[:, cols] = vals.transpose(1, 0, 2).reshape(len(p), -1)
-    return phi
-
-
 def _grid_integrals(system, pattern: BlockSparse, spacing: float, field, block: int = 6,
-                    origins: np.ndarray | None = None, grid_origin: np.ndarray | None = None) -> np.ndarray:
+                    origins: np.ndarray | None = None, grid_origin: np.ndarray | None = None,
+                    orbitals: GridOrbitals | None = None) -> np.ndarray:
     """(nnz, F) ∫ φ_i(r − τ_i) v_f(r) φ_j(r − τ_j − R) dr for the stored entries of ``pattern``,
     averaged over the grids anchored at the ``origins`` atoms (default every atom), or on the one grid
-    anchored at the point ``grid_origin`` (Å) when that is given;
+    anchored at the point ``grid_origin`` (Å) when that is given (``orbitals``: that grid's orbital
+    values, kept from an earlier call);
     ``field(shape, origin)`` gives the periodic functions v_f on the grid origin + (n/N)·A, (N1, N2, N3, F)."""
     lat = np.asarray(system.lattice, dtype=float)
     for b in system.bases:
@@ -170,10 +157,7 @@ def _grid_integrals(system, pattern: BlockSparse, spacing: float, field, block: 
             raise MissingDataError(f"{b.source or b.element}: the orbital file's radial tables were not read "
                                    "(grid integrals of the basis need them)")
     shape = _grid_shape(lat, spacing)
-    cell_points = grid_points(lat, shape)  # (n/N)·A
     dv = abs(np.linalg.det(lat)) / np.prod(shape)
-    rc = np.array([system.bases[k].rcut for k in system.kinds])
-    owner, T, pos = periodic_images(lat, system.positions, float(rc.max()), margin=2)  # any origin: 1 cell more
     ei, ej, R, _off, _mir = pattern.full_edges()
     lookup = _PairLookup(ei, ej, R)
     n_stored = pattern.n_edges  # full_edges lists the stored blocks first
@@ -183,40 +167,31 @@ def _grid_integrals(system, pattern: BlockSparse, spacing: float, field, block: 
     origins = np.arange(system.n_atoms) if origins is None else np.asarray(origins)
     anchors = system.positions[origins] if grid_origin is None else np.asarray(grid_origin, dtype=float).reshape(1, 3)
     for origin in anchors:  # one quadrature per atom-anchored grid, averaged
-        pts = origin + cell_points
+        grid = orbitals if orbitals is not None else GridOrbitals(system, shape, origin, block)
+        owner, T = grid.owner, grid.T
         fv = field(shape, origin) * dv
         if acc is None:
             acc = np.zeros((int(offsets[-1]), fv.shape[-1]))
-        for bx in range(0, shape[0], block):
-            for by in range(0, shape[1], block):
-                for bz in range(0, shape[2], block):
-                    p = pts[bx : bx + block, by : by + block, bz : bz + block].reshape(-1, 3)
-                    v = fv[bx : bx + block, by : by + block, bz : bz + block].reshape(len(p), -1)
-                    c = p.mean(0)
-                    rad = float(np.linalg.norm(p - c, axis=1).max())
-                    near = np.nonzero(np.linalg.norm(pos - c, axis=1) < rc[owner] + rad)[0]
-                    if len(near) == 0:
-                        continue
-                    e = lookup(owner[near][:, None], owner[near][None, :], T[near][None, :] - T[near][:, None])
-                    xs, ys = np.nonzero(e < n_stored)  # image pairs that are stored blocks of the pattern
-                    if len(xs) == 0:
-                        continue
-                    n_img = norb[owner[near]]
-                    col0 = np.concatenate([[0], np.cumsum(n_img)])
-                    phi = _image_orbitals(system, p, pos[near], owner[near], col0)
-                    m = np.einsum("pa,pf,pb->fab", phi, v, phi, optimize=True)  # (f, columns, columns)
-                    # every entry of every pair's block: its row and column in m, its index in the pattern
-                    ek = e[xs, ys]
-                    ni, nj = n_img[xs], n_img[ys]
-                    size = ni * nj
-                    pair = np.repeat(np.arange(len(xs)), size)
-                    local = np.arange(int(size.sum())) - np.repeat(np.cumsum(size) - size, size)
-                    rows = col0[xs][pair] + local // nj[pair]
-                    cols = col0[ys][pair] + local % nj[pair]
-                    target = offsets[ek][pair] + local
-                    vals = m[:, rows, cols].T  # (entries, f)
-                    order = np.argsort(target, kind="stable")
-                    uniq, first = np.unique(target[order], return_index=True)
-                    acc[uniq] += np.add.reduceat(vals[order], first, axis=0)
+        for index, near, col0, phi in grid.blocks():
+            v = fv[index].reshape(len(phi), -1)
+            e = lookup(owner[near][:, None], owner[near][None, :], T[near][None, :] - T[near][:, None])
+            xs, ys = np.nonzero(e < n_stored)  # image pairs that are stored blocks of the pattern
+            if len(xs) == 0:
+                continue
+            n_img = norb[owner[near]]
+            m = np.einsum("pa,pf,pb->fab", phi, v, phi, optimize=True)  # (f, columns, columns)
+            # every entry of every pair's block: its row and column in m, its index in the pattern
+            ek = e[xs, ys]
+            ni, nj = n_img[xs], n_img[ys]
+            size = ni * nj
+            pair = np.repeat(np.arange(len(xs)), size)
+            local = np.arange(int(size.sum())) - np.repeat(np.cumsum(size) - size, size)
+            rows = col0[xs][pair] + local // nj[pair]
+            cols = col0[ys][pair] + local % nj[pair]
+            target = offsets[ek][pair] + local
+            vals = m[:, rows, cols].T  # (entries, f)
+            order = np.argsort(target, kind="stable")
+            uniq, first = np.unique(target[order], return_index=True)
+            acc[uniq] += np.add.reduceat(vals[order], first, axis=0)
     assert acc is not None
     return acc / len(anchors)

@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import MissingDataError
 from .atomic import require_atomic_densities, superposition_on_grid
 from .blocks import BlockSparse
-from .density import density_matrix, density_on_grid
+from .density import GridOrbitals, density_matrix, density_on_grid
 from .hxc import hxc_change, reciprocal_grid
 from .potential import _grid_integrals, _grid_shape, origin_atoms
 
@@ -67,9 +67,10 @@ class ScfResult:
 
 
 class SelfConsistency:
-    """The map ρ → H[ρ] → ρ_out of one system (see the module docstring), its grid set up once."""
+    """The map ρ → H[ρ] → ρ_out of one system (see the module docstring), its grid set up once: the
+    orbitals' values on it are kept between iterations when they fit in ``keep_bytes``."""
 
-    def __init__(self, system, spacing: float = 0.15) -> None:
+    def __init__(self, system, spacing: float = 0.15, keep_bytes: int = 2 << 30) -> None:
         dens = require_atomic_densities(system)
         functionals = {d.functional for d in dens}
         if len(functionals) != 1:
@@ -93,6 +94,7 @@ class SelfConsistency:
         self.nelec = system.require_nelec()
         mesh = system.full_kmesh()
         self.kfrac, self.kweights = mesh.frac, mesh.weights
+        self.orbitals = GridOrbitals(system, self.shape, self.origin, keep_bytes=keep_bytes)
         self.rho_core = superposition_on_grid(system, self.shape, self.origin, "core")
         rho = superposition_on_grid(system, self.shape, self.origin, "valence")
         self.rho_atoms = rho * self.nelec / (rho.sum() * self.dv)  # as the codes do: the cell's electron count
@@ -109,12 +111,13 @@ class SelfConsistency:
         """(nnz of S,) ⟨φ_i|v|φ_j⟩ (eV) of a local potential given on this grid (eV)."""
         def field(shape, origin):
             return potential[..., None]
-        return _grid_integrals(self.system, self.s, self.spacing, field, grid_origin=self.origin)[:, 0]
+        return _grid_integrals(self.system, self.s, self.spacing, field, grid_origin=self.origin,
+                               orbitals=self.orbitals)[:, 0]
 
     def density(self, h: BlockSparse) -> tuple[np.ndarray, float]:
         """(ρ_out (e/Å³) on this grid, E_F (eV)) of the occupied states of ``h`` on the full k-mesh."""
         dm, ef = density_matrix(h, self.s, self.kfrac, self.kweights, self.nelec, self.system.smearing)
-        rho = density_on_grid(self.system, dm, self.shape, origin=self.origin)
+        rho = density_on_grid(self.system, dm, self.shape, origin=self.origin, orbitals=self.orbitals)
         return (rho[0] if rho.ndim == 4 else rho), ef
 
     def residual_norm(self, residual: np.ndarray) -> float:
