@@ -45,3 +45,7 @@ class MissingDataError(NexthamError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class UnsupportedError(NexthamError):
+    """A run needs physics a command does not implement (an exchange–correlation functional, a spin mode)."""

@@ -224,3 +224,20 @@ def test_the_training_file_keeps_the_atomic_densities(tiny_dataset, si2):
     (d,), (ref,) = system.atomic_densities, si2.atomic_densities
     assert (d.element, d.functional, d.z_valence, d.sha256) == (ref.element, ref.functional, ref.z_valence, ref.sha256)
     assert np.array_equal(d.r, ref.r) and np.array_equal(d.valence, ref.valence) and np.array_equal(d.core, ref.core)
+
+
+def test_the_scf_refuses_a_functional_or_spin_mode_it_does_not_implement(si2):
+    import copy
+    from dataclasses import replace
+
+    from nextham_dft.core.scf import complete_scf
+    from nextham_dft.errors import UnsupportedError
+
+    lda = copy.copy(si2)
+    lda.atomic_densities = [replace(d, functional="SLA PZ") for d in si2.atomic_densities]
+    with pytest.raises(UnsupportedError, match="SLA PZ"):
+        complete_scf(lda)
+    polarised = copy.copy(si2)
+    polarised.spin_mode = "collinear"
+    with pytest.raises(UnsupportedError, match="nspin 2"):
+        complete_scf(polarised)

@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import MissingDataError
+from ..errors import MissingDataError, UnsupportedError
 from .atomic import require_atomic_densities, superposition_on_grid
 from .blocks import BlockSparse
 from .density import GridOrbitals, density_matrix, density_on_grid
-from .hxc import hxc_change, reciprocal_grid
+from .hxc import FUNCTIONALS, hxc_change, reciprocal_grid
 from .potential import _grid_integrals, _grid_shape, origin_atoms
 
 
@@ -74,9 +74,12 @@ class SelfConsistency:
         dens = require_atomic_densities(system)
         functionals = {d.functional for d in dens}
         if len(functionals) != 1:
-            raise MissingDataError(f"the pseudopotentials were made with different functionals ({sorted(functionals)})")
+            raise UnsupportedError(f"the pseudopotentials were made with different functionals ({sorted(functionals)})")
+        if not functionals <= set(FUNCTIONALS):
+            raise UnsupportedError(f"the self-consistent completion implements {', '.join(FUNCTIONALS)}; the "
+                                   f"pseudopotentials were made with {functionals.pop() or 'an unnamed functional'}")
         if system.spin_mode == "collinear":
-            raise MissingDataError("the self-consistent completion handles non-spin-polarised and non-magnetic "
+            raise UnsupportedError("the self-consistent completion handles non-spin-polarised and non-magnetic "
                                    "spin–orbit runs, not collinear spin (nspin 2)")
         for tag in ("H0", "S"):
             if tag not in system.matrices:
