@@ -9,13 +9,14 @@ density-dependent local part of the potential, so for any density ρ
 the kinetic and non-local (spin–orbit included) terms being those of H(0). Iterating ρ → H[ρ] → the
 density of H[ρ]'s occupied states on the run's full k-mesh, with Pulay mixing of Kerker-preconditioned
 residuals, reaches the density at which ρ_out = ρ_in, where H[ρ] is the converged Hamiltonian of the DFT
-code up to the quadrature of the grid (measured on the bundled data from the converged density: H MAE
-after the rigid shift 0.001–0.29 meV per entry, where H(0)'s is 0.4–7.4). Starting from a predicted H
+code up to the quadrature of the grid (on the bundled data's 21 test crystals: H MAE after the rigid
+shift 0.065 meV per entry, where H(0)'s is 4.19; docs/scf-completion.md). Starting from a predicted H
 (the density of its occupied states) it needs fewer iterations than from the atoms.
 
 Grid: uniform, step ``spacing`` (Å, at most) along the lattice vectors, anchored at one atom chosen
-independently of the atoms' numbering (:func:`.potential.origin_atoms`), so translating the crystal or
-permuting its atoms changes nothing and rotations hold to the quadrature's accuracy. Densities e/Å³,
+independently of the atoms' numbering (:func:`.potential.origin_atoms`), so permuting the atoms changes
+nothing, and translations and rotations hold to the quadrature's accuracy (the anchor atom moves with
+the crystal, but which atom anchors may change). Densities e/Å³,
 potentials and H eV. Magnetic runs are not handled (the magnetisation is taken to be zero: ΔV acts on the
 spin-independent part alone, as in the non-magnetic runs this serves).
 """
