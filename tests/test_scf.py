@@ -241,3 +241,19 @@ def test_the_scf_refuses_a_functional_or_spin_mode_it_does_not_implement(si2):
     polarised.spin_mode = "collinear"
     with pytest.raises(UnsupportedError, match="nspin 2"):
         complete_scf(polarised)
+
+
+def test_half_the_mesh_by_time_reversal_gives_the_same_density(si2):
+    from nextham_dft.core.density import density_matrix, density_on_grid
+    from nextham_dft.core.scf import time_reversal_half
+
+    mesh = si2.full_kmesh()
+    k, w = time_reversal_half(mesh.frac, mesh.weights)
+    assert len(k) == (len(mesh.frac) + 1) // 2 and w.sum() == pytest.approx(1.0)  # 5×5×5: Γ and 62 pairs
+    h, s = si2.matrices["H"], si2.matrices["S"]
+    full, ef_full = density_matrix(h, s, mesh.frac, mesh.weights, si2.nelec, si2.smearing)
+    half, ef_half = density_matrix(h, s, k, w, si2.nelec, si2.smearing)
+    assert ef_half == pytest.approx(ef_full, abs=1e-10)
+    assert np.abs(full.data - half.data).max() < 1e-10
+    shape = (10, 10, 10)
+    assert np.allclose(density_on_grid(si2, full, shape), density_on_grid(si2, half, shape), atol=1e-10)

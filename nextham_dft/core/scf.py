@@ -97,7 +97,7 @@ class SelfConsistency:
         self.h0 = _on_union(system.matrices["H0"], self.s)
         self.nelec = system.require_nelec()
         mesh = system.full_kmesh()
-        self.kfrac, self.kweights = mesh.frac, mesh.weights
+        self.kfrac, self.kweights = time_reversal_half(mesh.frac, mesh.weights)
         self.orbitals = GridOrbitals(system, self.shape, self.origin, keep_bytes=keep_bytes)
         self.rho_core = superposition_on_grid(system, self.shape, self.origin, "core")
         rho = superposition_on_grid(system, self.shape, self.origin, "valence")
@@ -127,6 +127,33 @@ class SelfConsistency:
     def residual_norm(self, residual: np.ndarray) -> float:
         """∫|ρ_out − ρ_in| / N_e."""
         return float(np.abs(residual).sum() * self.dv / self.nelec)
+
+
+def time_reversal_half(kfrac: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One k-point of every pair (k, −k) of a full mesh, its weight doubled (k ≡ −k kept once).
+
+    Without a magnetisation, H(−k) is H(k)* (spin: σ_y H(k)* σ_y), so the pair's density matrices are
+    complex conjugates in real space and their charge parts sum to twice the real part of one: the
+    density (and the Fermi level) from half the diagonalisations. The density matrix built on the half
+    mesh is right in its real charge part only, which is all the SCF uses.
+    """
+    kfrac = np.asarray(kfrac, dtype=float)
+    key = np.round(np.mod(kfrac, 1.0) * 1e6).astype(np.int64) % 1_000_000
+    mkey = np.round(np.mod(-kfrac, 1.0) * 1e6).astype(np.int64) % 1_000_000
+    index = {tuple(k): i for i, k in enumerate(key)}
+    keep, w = [], []
+    for i in range(len(kfrac)):
+        j = index.get(tuple(mkey[i]))
+        if j is None:  # −k not on the mesh: keep k alone
+            keep.append(i)
+            w.append(weights[i])
+        elif j == i:
+            keep.append(i)
+            w.append(weights[i])
+        elif j > i:
+            keep.append(i)
+            w.append(weights[i] + weights[j])
+    return kfrac[keep], np.asarray(w)
 
 
 def _on_union(h0: BlockSparse, s: BlockSparse) -> BlockSparse:
