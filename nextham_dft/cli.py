@@ -18,7 +18,7 @@ import numpy as np
 from . import __version__
 from .errors import NexthamError
 
-SOURCES = {"h0": "H0", "scf": "H", "predicted": "HP"}
+SOURCES = {"h0": "H0", "scf": "H", "predicted": "HP", "completed": "HC"}
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -153,7 +153,8 @@ def info(run_dir, as_json, zeroth, converged, orbital_dir):
 @main.command()
 @click.argument("run_dir", type=click.Path())
 @click.option("--source", type=click.Choice(sorted(SOURCES)), default="scf", show_default=True,
-              help="Which Hamiltonian: the zeroth step (h0), the converged SCF (scf) or the model's (predicted).")
+              help="Which Hamiltonian: the zeroth step (h0), the converged SCF (scf), the model's (predicted) or "
+                   "the model's completed to self-consistency here (completed, as predict --scf).")
 @click.option("--kpoints", "kmode", type=click.Choice(["path", "run"]), default="path", show_default=True,
               help="A high-symmetry path (seekpath) or the run's own k-points.")
 @click.option("--out", "out_dir", type=click.Path(), required=True, help="New output folder.")
@@ -617,8 +618,13 @@ def setup(run_dir, out_dir, keep_kpoints, run_now, abacus_exe, mpi):
 
 
 def _source_matrix(system, source: str, model_path: str | None) -> str:
-    """The matrix tag of ``source`` in ``system``, predicting it first for 'predicted' (warnings on stderr)."""
+    """The matrix tag of ``source`` in ``system``, predicting it first for 'predicted' and completing the
+    prediction to self-consistency for 'completed' (as ``predict --scf``; progress and warnings on stderr)."""
     tag = SOURCES[source]
+    if source == "completed" and "HC" not in system.matrices:
+        hp = system.matrices[_source_matrix(system, "predicted", model_path)]
+        warnings: list[str] = []
+        system.matrices["HC"], _ = _complete_scf(system, hp, 1e-5, 0.15, 60, warnings)
     if source == "predicted" and "HP" not in system.matrices:
         from .model.compat import check_run
         from .model.predict import predict_hamiltonian

@@ -301,3 +301,19 @@ def test_matrices_without_their_run_say_what_is_missing(tmp_path):
     assert_clean_error(res)
     assert "not a run directory" in res.stderr and "ABACUS matrices" not in res.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_bands_of_the_completed_prediction_lie_on_the_dft_bands(tmp_path):
+    """--source completed: the prediction finished to self-consistency (predict --scf), on the run's
+    k-points, against ABACUS's converged H."""
+    out = tmp_path / "b"
+    res = run("bands", str(need(EXAMPLE)), "--source", "completed", "--kpoints", "run", "--out", str(out),
+              "--model", "fast")
+    assert res.exit_code == 0, res.stderr
+    assert "scf iteration" in res.stderr
+    ref = tmp_path / "r"
+    assert run("bands", str(EXAMPLE), "--source", "scf", "--kpoints", "run", "--out", str(ref)).exit_code == 0
+    e, e_ref = (np.load(p / "bands.npz")["energies_ev"] for p in (out, ref))
+    d = e - e_ref
+    low = e_ref < np.load(ref / "bands.npz")["fermi_ev"] + 2.0  # occupied and the lowest empty bands
+    assert np.abs(d[low] - d[low].mean()).mean() < 3e-3  # eV, the rigid shift removed
