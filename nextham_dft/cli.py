@@ -473,10 +473,13 @@ def eval_cmd(model_path, data, split, json_out, device):
               help="--scf: stop when ∫|ρ_out − ρ_in| per electron falls below this.")
 @click.option("--scf-spacing", type=float, default=0.15, show_default=True, help="--scf: grid step (Å, at most).")
 @click.option("--scf-max-iter", type=int, default=60, show_default=True, help="--scf: iterations at most.")
+@click.option("--scf-from", type=click.Choice(["prediction", "atoms"]), default="prediction", show_default=True,
+              help="--scf: start from the network's prediction, or from the atoms' density without any model (any "
+                   "basis and element: the completion needs no training; implies --scf).")
 @run_options
 @friendly_errors
-def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol, scf_spacing, scf_max_iter, zeroth,
-            converged, orbital_dir):
+def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol, scf_spacing, scf_max_iter, scf_from,
+            zeroth, converged, orbital_dir):
     """Predict the converged H from a run's zeroth step: hamiltonian.h5, abacus/ matrices, report.json."""
     import time
 
@@ -495,21 +498,31 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
     adapter = adapter_for(run_dir)
     system = adapter.read_run(Path(run_dir), zeroth=zeroth, converged=converged, orbital_dir=orbital_dir)
     timings["read_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    model, card = _load_model(model_path)
-    timings["load_model_s"] = time.perf_counter() - t
-    warnings = check_run(system, card, model.layout)
-    for w in warnings:
-        click.echo(f"warning: {w}", err=True)
+    scf = scf or scf_from == "atoms"  # --scf-from atoms implies --scf
+    without_model = scf_from == "atoms"
+    card: dict = {"name": None, "sha256": None}
+    warnings: list[str] = []
+    spread = None
+    if without_model:  # the completion from the atoms' density: no network, no basis check
+        h_pred = None
+    else:
+        t = time.perf_counter()
+        model, card = _load_model(model_path)
+        timings["load_model_s"] = time.perf_counter() - t
+        warnings = check_run(system, card, model.layout)
+        for w in warnings:
+            click.echo(f"warning: {w}", err=True)
     dev = _device(device)
-    t = time.perf_counter()
-    delta, spread = predict_correction_and_spread(model, system, dev, torch.float32)
-    h_pred = hamiltonian_from(system, delta)
-    del delta
-    timings["predict_s"] = time.perf_counter() - t
+    if not without_model:
+        t = time.perf_counter()
+        delta, spread = predict_correction_and_spread(model, system, dev, torch.float32)
+        h_pred = hamiltonian_from(system, delta)
+        del delta
+        timings["predict_s"] = time.perf_counter() - t
     scf_report = None
     if scf:
         h_pred, scf_report = _complete_scf(system, h_pred, scf_tol, scf_spacing, scf_max_iter, warnings)
+        scf_report["start"] = scf_from
         timings["scf_s"] = scf_report["seconds"]
     predicted = _with_prediction(system, h_pred)
     report = {"model": card.get("name", str(model_path)), "model_sha256": card.get("sha256"), "device": dev,
@@ -536,8 +549,9 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
             timings["write_native_s"] = time.perf_counter() - t1
         timings["write_s"] = time.perf_counter() - t
         (tmp / "report.json").write_text(json.dumps(report, indent=1))
+    stage_note = "no network" if without_model else f"predict {timings['predict_s']:.2f} s on {dev}"
     click.echo(f"wrote {out_dir}/hamiltonian.h5, {f'{out_dir}/{native}, ' if native else ''}{out_dir}/report.json "
-               f"(predict {timings['predict_s']:.2f} s on {dev}"
+               f"({stage_note}"
                + (f"; SCF completion {scf_report['iterations']} iterations, {scf_report['seconds']:.1f} s" if scf_report else "")
                + ")")
     if "ensemble" in report:

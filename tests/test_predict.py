@@ -267,3 +267,21 @@ def test_predict_scf_without_the_pseudopotential_is_a_clean_error(tmp_path):
     res = run("predict", str(run_dir), "--out", str(out), "--model", "fast", "--scf", "--scf-max-iter", "3")
     assert_clean_error(res)
     assert "Si.upf" in res.stderr and not out.exists()
+
+
+def test_predict_scf_from_the_atoms_needs_no_model_and_takes_any_basis(tmp_path):
+    """--scf-from atoms: no network, so orbital files the model never saw are fine; the result is
+    the converged H all the same."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(need(EXAMPLE), run_dir)
+    orb = run_dir / "Si_gga_6au_100Ry_2s2p1d.orb"
+    orb.write_text(orb.read_text() + "\n")  # other bytes: not the file the model was trained with
+    res = run("predict", str(run_dir), "--out", str(tmp_path / "net"), "--model", "fast", "--no-native")
+    assert_clean_error(res)  # the network refuses the basis
+    out = tmp_path / "atoms"
+    res = run("predict", str(run_dir), "--out", str(out), "--no-native", "--scf-from", "atoms")
+    assert res.exit_code == 0, res.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["model"] is None and "predict_s" not in report["timings"]
+    assert report["scf"]["converged"] and report["scf"]["start"] == "atoms"
+    assert report["eval"]["predicted"]["band_mae_shifted_mev"] < 3.0
