@@ -115,7 +115,26 @@ def describe(system) -> dict:
         },
         "steps": meta.get("steps", []),
         "gamma_folded": bool(meta.get("gamma_folded", False)),
+        "pseudopotentials": {d.element: {"file": d.source, "functional": d.functional, "z_valence": d.z_valence,
+                                         "core_correction": bool(np.any(d.core))}
+                             for d in system.atomic_densities},
+        "scf_completion": _completion_readiness(system),
     }
+
+
+def _completion_readiness(system) -> str:
+    """'ready' when ``predict --scf`` can run on this system, else why not (one line)."""
+    from .core.hxc import FUNCTIONALS
+
+    if not system.atomic_densities:
+        return system.meta.get("atomic_densities_missing", "no pseudopotential densities read")
+    funcs = {d.functional for d in system.atomic_densities}
+    if not funcs <= set(FUNCTIONALS):
+        return f"functional {', '.join(sorted(funcs))} not implemented (only {', '.join(FUNCTIONALS)})"
+    if system.spin_mode == "collinear":
+        return "collinear spin (nspin 2) not implemented"
+    missing = [t for t in ("H0", "S") if t not in system.matrices]
+    return f"no {' or '.join(missing)} matrix" if missing else "ready"
 
 
 @main.command()
@@ -141,6 +160,7 @@ def info(run_dir, as_json, zeroth, converged, orbital_dir):
     for name, m in d["matrices"].items():
         click.echo(f"matrix {name:<8} {m['blocks']} atom-pair blocks, {m['R_vectors']} R vectors")
     click.echo(f"found           {d['found']['summary']} (zeroth: {d['found']['zeroth_step']}, converged: {d['found']['converged_step']})")
+    click.echo(f"scf completion  {d['scf_completion']}  (predict --scf)")
     for s in d["steps"]:
         click.echo(f"  step {s['name']:<12} {s['kind']:<12} {s['files']}")
     if d["gamma_folded"]:

@@ -44,6 +44,8 @@ def test_info_json_on_example():
     assert d["formula"] == "Si2" and d["matrix_dimension"] == 26 and d["spin_mode"] == "none"
     assert d["found"]["summary"] == "both" and d["basis"]["Si"]["shells"] == "2s2p1d"
     assert d["nelec"] == 8.0 and d["matrices"]["H"]["R_vectors"] > 1
+    assert d["pseudopotentials"]["Si"] == {"file": "Si.upf", "functional": "PBE", "z_valence": 4.0, "core_correction": True}
+    assert d["scf_completion"] == "ready"
 
 
 @pytest.mark.parametrize("case", ["Si2_nspin1_207_NO_KP_OH2", "C_atom_nspin4_207_NO_KP_OHS_SPIN4",
