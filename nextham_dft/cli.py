@@ -16,6 +16,7 @@ import click
 import numpy as np
 
 from . import __version__
+from .core.scf import ScfSettings
 from .errors import NexthamError
 
 SOURCES = {"h0": "H0", "scf": "H", "predicted": "HP", "completed": "HC"}
@@ -124,17 +125,10 @@ def describe(system) -> dict:
 
 def _completion_readiness(system) -> str:
     """'ready' when ``predict --scf`` can run on this system, else why not (one line)."""
-    from .core.hxc import FUNCTIONALS
+    from .core.scf import completion_problem
 
-    if not system.atomic_densities:
-        return system.meta.get("atomic_densities_missing", "no pseudopotential densities read")
-    funcs = {d.functional for d in system.atomic_densities}
-    if not funcs <= set(FUNCTIONALS):
-        return f"functional {', '.join(sorted(funcs))} not implemented (only {', '.join(FUNCTIONALS)})"
-    if system.spin_mode == "collinear":
-        return "collinear spin (nspin 2) not implemented"
-    missing = [t for t in ("H0", "S") if t not in system.matrices]
-    return f"no {' or '.join(missing)} matrix" if missing else "ready"
+    problem = completion_problem(system)
+    return "ready" if problem is None else str(problem)
 
 
 @main.command()
@@ -489,10 +483,12 @@ def eval_cmd(model_path, data, split, json_out, device):
 @click.option("--scf", "scf", is_flag=True,
               help="Finish the SCF here, from the prediction: H[ρ] = H(0) + <φ|ΔV_Hxc[ρ]|φ> to self-consistency "
                    "(needs the run's pseudopotential files; DFT accuracy at the cost of a few iterations).")
-@click.option("--scf-tol", type=float, default=1e-5, show_default=True,
+@click.option("--scf-tol", type=float, default=ScfSettings.tol, show_default=True,
               help="--scf: stop when ∫|ρ_out − ρ_in| per electron falls below this.")
-@click.option("--scf-spacing", type=float, default=0.15, show_default=True, help="--scf: grid step (Å, at most).")
-@click.option("--scf-max-iter", type=int, default=60, show_default=True, help="--scf: iterations at most.")
+@click.option("--scf-spacing", type=float, default=ScfSettings.spacing, show_default=True,
+              help="--scf: grid step (Å, at most).")
+@click.option("--scf-max-iter", type=int, default=ScfSettings.max_iter, show_default=True,
+              help="--scf: iterations at most.")
 @click.option("--scf-from", type=click.Choice(["prediction", "atoms"]), default="prediction", show_default=True,
               help="--scf: start from the network's prediction, or from the atoms' density without any model (any "
                    "basis and element: the completion needs no training; implies --scf).")
@@ -541,8 +537,8 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
         timings["predict_s"] = time.perf_counter() - t
     scf_report = None
     if scf:
-        h_pred, scf_report = _complete_scf(system, h_pred, scf_tol, scf_spacing, scf_max_iter, warnings)
-        scf_report["start"] = scf_from
+        settings = ScfSettings(spacing=scf_spacing, tol=scf_tol, max_iter=scf_max_iter)
+        h_pred, scf_report = _complete_scf(system, h_pred, settings, scf_from, warnings)
         timings["scf_s"] = scf_report["seconds"]
     predicted = _with_prediction(system, h_pred)
     report = {"model": card.get("name", str(model_path)), "model_sha256": card.get("sha256"), "device": dev,
@@ -586,22 +582,22 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
     click.echo(f"start the SCF from it: nextham-dft restart {run_dir} --out <new folder>  (density, H(R), DM(R))")
 
 
-def _complete_scf(system, h_pred, tol: float, spacing: float, max_iter: int, warnings: list[str]):
-    """(self-consistent H, report) from the prediction (``core.scf``); progress and warnings on stderr."""
-    from .core.scf import ScfSettings, complete_scf
+def _complete_scf(system, h_pred, settings: ScfSettings, start: str, warnings: list[str]):
+    """(self-consistent H, report) from ``h_pred`` (None: the atoms' density) by ``core.scf``; ``start``
+    names the start in the report; progress and warnings on stderr."""
+    from .core.scf import complete_scf
 
     def progress(it: int, res: float) -> None:
         click.echo(f"scf iteration {it}: ∫|ρ_out − ρ_in|/N_e = {res:.2e}", err=True)
 
-    res = complete_scf(system, start=h_pred, settings=ScfSettings(spacing=spacing, tol=tol, max_iter=max_iter),
-                       progress=progress)
+    res = complete_scf(system, start=h_pred, settings=settings, progress=progress)
     if not res.converged:
-        warnings.append(f"the SCF completion did not converge in {max_iter} iterations (residual {res.residuals[-1]:.1e} "
-                        f"> {tol:.0e}); the last H is written")
+        warnings.append(f"the SCF completion did not converge in {settings.max_iter} iterations (residual "
+                        f"{res.residuals[-1]:.1e} > {settings.tol:.0e}); the last H is written")
         click.echo(f"warning: {warnings[-1]}", err=True)
     return res.hamiltonian, {"converged": res.converged, "iterations": res.iterations, "residuals": res.residuals,
-                             "tol": tol, "spacing_ang": spacing, "start": "prediction", "seconds": res.seconds,
-                             "fermi_ev": res.fermi_ev}
+                             "tol": settings.tol, "spacing_ang": settings.spacing, "start": start,
+                             "seconds": res.seconds, "fermi_ev": res.fermi_ev}
 
 
 def _with_prediction(system, h_pred):
@@ -658,7 +654,7 @@ def _source_matrix(system, source: str, model_path: str | None) -> str:
     if source == "completed" and "HC" not in system.matrices:
         hp = system.matrices[_source_matrix(system, "predicted", model_path)]
         warnings: list[str] = []
-        system.matrices["HC"], _ = _complete_scf(system, hp, 1e-5, 0.15, 60, warnings)
+        system.matrices["HC"], _ = _complete_scf(system, hp, ScfSettings(), "prediction", warnings)
     if source == "predicted" and "HP" not in system.matrices:
         from .model.compat import check_run
         from .model.predict import predict_hamiltonian

@@ -70,6 +70,7 @@ def read_structure(path: str | Path, sid: str, pp_orb: str | Path | None = None)
         labels = [sp.label for sp in stru.species]
         kinds = np.array([labels.index(l) for l in stru.labels], dtype=np.int64)
         bases, _ = read_basis(pp_orb, stru, params)
+        densities, why = read_atomic_densities(pp_orb, stru, params)
         norb = np.array([bases[k].norb for k in kinds], dtype=np.int64)
         nspin = int(attrs.get("nspin", params.get("nspin", 1)))
         transforms = canonical_transforms(bases)
@@ -80,13 +81,13 @@ def read_structure(path: str | Path, sid: str, pp_orb: str | Path | None = None)
             bases=bases,
             spin_mode="noncollinear" if nspin == 4 else "none",
             soc=params.get("lspinorb", "0").lower() in ("1", "true"),
-            nelec=_nelec(pp_orb, stru, params, kinds, []),
+            nelec=_nelec(pp_orb, stru, params, kinds, [], densities),
             smearing=_smearing(params) if params else Smearing(),
             magmom=stru.magmom,
         )
         if kpt.kind == "mesh":
             system.kpoints = KPoints.from_mesh(kpt.mesh, kpt.shift)
-        system.atomic_densities, why = read_atomic_densities(pp_orb, stru, params)
+        system.atomic_densities = densities
         for tag in ("S", "H0", "H"):
             if tag not in g:
                 continue

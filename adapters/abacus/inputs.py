@@ -402,7 +402,11 @@ def read_orb(path: str | Path, tables: bool = True) -> OrbFile:
 
 def read_upf_valence(path: str | Path) -> float:
     """Valence charge z_valence of a UPF pseudopotential (v1 or v2)."""
-    text = read_text(path)
+    return _upf_valence(read_text(path), path)
+
+
+def _upf_valence(text: str, path: str | Path) -> float:
+    """z_valence from a UPF file's text (v2 attribute or v1 header line)."""
     m = re.search(r'z_valence\s*=\s*"\s*([-+0-9.eEdD]+)\s*"', text)
     if not m:
         m = re.search(r"^\s*([-+0-9.eEdD]+)\s+Z valence", text, re.M)
@@ -457,5 +461,5 @@ def read_upf_density(path: str | Path):
     scale = BOHR_TO_ANG**3
     el = re.search(r'element\s*=\s*"\s*([A-Za-z]+)\s*"', text) or re.search(r"^\s*([A-Z][a-z]?)\s+Element", text, re.M)
     return AtomicDensity(element=el.group(1) if el else path.stem, r=r * BOHR_TO_ANG, valence=val / scale,
-                         core=core / scale, functional=_upf_functional(text), z_valence=read_upf_valence(path),
+                         core=core / scale, functional=_upf_functional(text), z_valence=_upf_valence(text, path),
                          source=path.name, sha256=file_sha256(path.read_bytes()))

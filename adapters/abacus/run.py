@@ -226,9 +226,14 @@ def read_basis(run_dir: Path, stru, params: dict[str, str], orbital_dir: str | P
     return bases, orbs
 
 
-def _nelec(run_dir: Path, stru, params: dict[str, str], kinds: np.ndarray, logs: list[LogFacts]) -> float | None:
+def _nelec(run_dir: Path, stru, params: dict[str, str], kinds: np.ndarray, logs: list[LogFacts],
+           densities: list | None = None) -> float | None:
+    """INPUT's nelec, else the pseudopotentials' valence charges (from ``densities`` when they were read,
+    one per species), else the log's count."""
     if "nelec" in params and float(params["nelec"]) > 0:
         return float(params["nelec"])
+    if densities:
+        return float(sum(densities[k].z_valence for k in kinds))
     try:
         zs = []
         for sp in stru.species:
@@ -412,6 +417,7 @@ def read_run(
         raise ParseError(run_dir / "INPUT", f"nspin {nspin} is not 1, 2 or 4")
     soc = _flag(params, "lspinorb")
     logs = [s.log for s in used if s.log is not None]
+    densities, densities_missing = read_atomic_densities(run_dir, stru, params)
     system = System(
         lattice=stru.lattice,
         positions=abacus_positions(stru),
@@ -419,11 +425,11 @@ def read_run(
         bases=bases,
         spin_mode=spin_mode,
         soc=soc,
-        nelec=_nelec(run_dir, stru, params, kinds, logs),
+        nelec=_nelec(run_dir, stru, params, kinds, logs, densities),
         smearing=_smearing(params),
         magmom=stru.magmom,
     )
-    system.atomic_densities, densities_missing = read_atomic_densities(run_dir, stru, params)
+    system.atomic_densities = densities
     # k-points of the run
     kpt_path = run_dir / params.get("kpoint_file", "KPT")
     if (run_dir / "KPT.user").is_file():  # written by `nextham-dft setup`: the user's own mesh

@@ -58,16 +58,14 @@ def superposition_on_grid(system, shape: tuple[int, int, int], origin: np.ndarra
     reach = max(d.reach for d in dens)
     owner, _T, pos = periodic_images(lat, system.positions, reach, margin=2)
     kinds = np.asarray(system.kinds)[owner]
+    tables = [(kind, d.reach, d.r, d.valence if part == "valence" else d.core) for kind, d in enumerate(dens)]
+    tables = [(cKDTree(pos[kinds == k]), reach, r, f) for k, reach, r, f in tables if np.any(f) and np.any(kinds == k)]
     out = np.zeros(len(pts))
-    for kind, d in enumerate(dens):
-        f = d.valence if part == "valence" else d.core
-        if not np.any(f) or not np.any(kinds == kind):
-            continue
-        images = cKDTree(pos[kinds == kind])
-        for a in range(0, len(pts), chunk):  # every (point, image) pair within reach, a chunk of points at a time
-            pairs = cKDTree(pts[a : a + chunk]).sparse_distance_matrix(images, d.reach, output_type="ndarray")
-            out[a : a + chunk] += np.bincount(pairs["i"], radial_interp(pairs["v"], d.r, f),
-                                              minlength=len(pts[a : a + chunk]))
+    for a in range(0, len(pts), chunk):  # every (point, image) pair within reach, a chunk of points at a time
+        points = cKDTree(pts[a : a + chunk])
+        for images, reach_k, r, f in tables:
+            pairs = points.sparse_distance_matrix(images, reach_k, output_type="ndarray")
+            out[a : a + chunk] += np.bincount(pairs["i"], radial_interp(pairs["v"], r, f), minlength=points.n)
     return out.reshape(shape)
 
 

@@ -122,15 +122,14 @@ def _density_and_gradient(rho: np.ndarray, lattice: np.ndarray) -> tuple[np.ndar
 
 
 def _masked_parts(n: np.ndarray, sigma: np.ndarray):
-    """(e, ∂e/∂n, ∂e/∂σ) with the codes' thresholds: the LDA part where n > 1e-10, PBE's gradient
-    correction (PBE − LDA) where also n > 1e-6 and σ > 1e-10 (atomic units); zero elsewhere."""
+    """(e, ∂e/∂n, ∂e/∂σ) with the codes' thresholds: PBE where n > 1e-6 and σ > 1e-10 (atomic units),
+    its local (LDA) part alone where only n > 1e-10, zero elsewhere."""
     local = n > _RHO_MIN
-    gc = (n > _GC_RHO_MIN) & (sigma > _GC_SIGMA_MIN)
+    gc = (n > _GC_RHO_MIN) & (sigma > _GC_SIGMA_MIN)  # a subset of ``local``
     el, dl = lda_xc(np.where(local, n, 1.0))
     ep, dpn, dps = pbe_xc(np.where(gc, n, 1.0), np.where(gc, sigma, 1.0))
-    eg, dgn = lda_xc(np.where(gc, n, 1.0))
-    e = np.where(local, el, 0.0) + np.where(gc, ep - eg, 0.0)
-    de_dn = np.where(local, dl, 0.0) + np.where(gc, dpn - dgn, 0.0)
+    e = np.where(gc, ep, np.where(local, el, 0.0))
+    de_dn = np.where(gc, dpn, np.where(local, dl, 0.0))
     return e, de_dn, np.where(gc, dps, 0.0)
 
 

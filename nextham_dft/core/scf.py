@@ -67,26 +67,39 @@ class ScfResult:
         return len(self.residuals)
 
 
+def completion_problem(system) -> Exception | None:
+    """Why the completion cannot run on ``system`` (the error to raise, its message one line), or None:
+    no pseudopotential densities, a functional other than those :mod:`.hxc` implements, collinear spin,
+    or no H(0) or S."""
+    try:
+        dens = require_atomic_densities(system)
+    except MissingDataError as exc:
+        return exc
+    functionals = {d.functional for d in dens}
+    if len(functionals) != 1:
+        return UnsupportedError(f"the pseudopotentials were made with different functionals ({sorted(functionals)})")
+    if not functionals <= set(FUNCTIONALS):
+        return UnsupportedError(f"the self-consistent completion implements {', '.join(FUNCTIONALS)}; the "
+                                f"pseudopotentials were made with {functionals.pop() or 'an unnamed functional'}")
+    if system.spin_mode == "collinear":
+        return UnsupportedError("the self-consistent completion handles non-spin-polarised and non-magnetic "
+                                "spin–orbit runs, not collinear spin (nspin 2)")
+    missing = [tag for tag in ("H0", "S") if tag not in system.matrices]
+    if missing:
+        return MissingDataError(f"the self-consistent completion needs the run's {' and '.join(missing)} matrix")
+    return None
+
+
 class SelfConsistency:
     """The map ρ → H[ρ] → ρ_out of one system (see the module docstring), its grid set up once: the
     orbitals' values on it are kept between iterations when they fit in ``keep_bytes``."""
 
     def __init__(self, system, spacing: float = 0.15, keep_bytes: int = 2 << 30) -> None:
-        dens = require_atomic_densities(system)
-        functionals = {d.functional for d in dens}
-        if len(functionals) != 1:
-            raise UnsupportedError(f"the pseudopotentials were made with different functionals ({sorted(functionals)})")
-        if not functionals <= set(FUNCTIONALS):
-            raise UnsupportedError(f"the self-consistent completion implements {', '.join(FUNCTIONALS)}; the "
-                                   f"pseudopotentials were made with {functionals.pop() or 'an unnamed functional'}")
-        if system.spin_mode == "collinear":
-            raise UnsupportedError("the self-consistent completion handles non-spin-polarised and non-magnetic "
-                                   "spin–orbit runs, not collinear spin (nspin 2)")
-        for tag in ("H0", "S"):
-            if tag not in system.matrices:
-                raise MissingDataError(f"the self-consistent completion needs the run's {tag} matrix")
+        problem = completion_problem(system)
+        if problem is not None:
+            raise problem
         self.system = system
-        self.functional = functionals.pop()
+        self.functional = system.atomic_densities[0].functional
         self.spacing = float(spacing)
         self.lattice = np.asarray(system.lattice, dtype=float)
         self.shape = _grid_shape(self.lattice, self.spacing)
@@ -95,6 +108,9 @@ class SelfConsistency:
         self.dv = abs(np.linalg.det(self.lattice)) / np.prod(self.shape)
         self.s = system.matrices["S"]
         self.h0 = _on_union(system.matrices["H0"], self.s)
+        # where each entry of S's blocks lies among H(0)'s (found once; ΔV's matrix is added there)
+        at = self.s.with_data(np.arange(1.0, len(self.s.data) + 1.0)).aligned_to(self.h0).data
+        self._s_in_h0 = (np.nonzero(at)[0], at[at > 0].astype(np.int64) - 1)
         self.nelec = system.require_nelec()
         mesh = system.full_kmesh()
         self.kfrac, self.kweights = time_reversal_half(mesh.frac, mesh.weights)
@@ -107,7 +123,9 @@ class SelfConsistency:
         """H[ρ] (eV) for the density ``rho`` (e/Å³) on this grid, on H(0)'s blocks and S's (H(0) reaches
         further than S through the non-local projectors; ΔV's matrix lives where orbitals overlap)."""
         dvr = hxc_change(rho, self.rho_atoms, self.rho_core, self.lattice, self.functional)
-        x = self.s.with_data(self.matrix_of(dvr)).aligned_to(self.h0).data
+        x = np.zeros(len(self.h0.data))
+        dest, src = self._s_in_h0
+        x[dest] = self.matrix_of(dvr)[src]
         data = self.h0.data + (x[:, None, None] * np.eye(2) if self.h0.spin == "spinor" else x)
         return self.h0.with_data(data, self.h0.spin)
 
