@@ -14,9 +14,10 @@ shift 0.065 meV per entry, where H(0)'s is 4.19; docs/scf-completion.md). Starti
 (the density of its occupied states) it needs fewer iterations than from the atoms.
 
 Grid: uniform, step ``spacing`` (Å, at most) along the lattice vectors, anchored at one atom chosen
-independently of the atoms' numbering (:func:`.potential.origin_atoms`), so permuting the atoms changes
-nothing, and translations and rotations hold to the quadrature's accuracy (the anchor atom moves with
-the crystal, but which atom anchors may change). Densities e/Å³,
+independently of the atoms' numbering (:func:`.potential.origin_atoms`, by element and fractional
+coordinates). Permuting the atoms changes nothing; a rotation or inversion of the crystal keeps its
+fractional coordinates, so the grid rotates with it and H transforms exactly (tested); a translation
+may change which atom anchors, so it holds to the quadrature's accuracy. Densities e/Å³,
 potentials and H eV. Magnetic runs are not handled (the magnetisation is taken to be zero: ΔV acts on the
 spin-independent part alone, as in the non-magnetic runs this serves).
 """
