@@ -267,6 +267,12 @@ def test_predict_scf_without_the_pseudopotential_is_a_clean_error(tmp_path):
     res = run("predict", str(run_dir), "--out", str(out), "--model", "fast", "--scf", "--scf-max-iter", "3")
     assert_clean_error(res)
     assert "Si.upf" in res.stderr and not out.exists()
+    # a truncated one: the same one line, naming the file and what is missing
+    text = (EXAMPLE / "Si.upf").read_text()
+    (run_dir / "Si.upf").write_text(text[: text.index("<PP_RHOATOM") + 300])
+    res = run("predict", str(run_dir), "--out", str(out), "--model", "fast", "--scf")
+    assert_clean_error(res)
+    assert "Si.upf" in res.stderr and "PP_RHOATOM" in res.stderr and not out.exists()
 
 
 def test_predict_scf_from_the_atoms_needs_no_model_and_takes_any_basis(tmp_path):
