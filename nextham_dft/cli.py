@@ -504,7 +504,9 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
 
     from .dataset import write_system
     from .evaluation import evaluate
-    from .model.compat import check_run
+    from .model.compat import model_run_warnings
+    from .model.density_net import is_density_model
+    from .model.density_predict import predict_density_hamiltonian
     from .model.predict import hamiltonian_from, predict_correction_and_spread
     from .registry import adapter_for
     from .writers.output import output_dir
@@ -525,15 +527,20 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
         t = time.perf_counter()
         model, card = _load_model(model_path)
         timings["load_model_s"] = time.perf_counter() - t
-        warnings = check_run(system, card, model.layout)
+        density = is_density_model(model)
+        warnings = model_run_warnings(system, card, model)
         for w in warnings:
             click.echo(f"warning: {w}", err=True)
     dev = _device(device)
     if not without_model:
         t = time.perf_counter()
-        delta, spread = predict_correction_and_spread(model, system, dev, torch.float32)
-        h_pred = hamiltonian_from(system, delta)
-        del delta
+        if density:  # H[ρ_atoms + Δρ_pred]: one evaluation of core.scf's H[ρ]
+            h_pred, stages = predict_density_hamiltonian(model, system, dev)
+            timings.update(stages)
+        else:
+            delta, spread = predict_correction_and_spread(model, system, dev, torch.float32)
+            h_pred = hamiltonian_from(system, delta)
+            del delta
         timings["predict_s"] = time.perf_counter() - t
     scf_report = None
     if scf:
@@ -656,11 +663,11 @@ def _source_matrix(system, source: str, model_path: str | None) -> str:
         warnings: list[str] = []
         system.matrices["HC"], _ = _complete_scf(system, hp, ScfSettings(), "prediction", warnings)
     if source == "predicted" and "HP" not in system.matrices:
-        from .model.compat import check_run
+        from .model.compat import model_run_warnings
         from .model.predict import predict_hamiltonian
 
         model, card = _load_model(model_path)
-        for w in check_run(system, card, model.layout):
+        for w in model_run_warnings(system, card, model):
             click.echo(f"warning: {w}", err=True)
         system.matrices["HP"] = predict_hamiltonian(model, system, _device("auto"))
     system.hamiltonian(tag)

@@ -41,3 +41,39 @@ def check_run(system: System, card: dict, layout: BasisLayout) -> list[str]:
         if seen and b.element not in seen:
             warnings.append(f"element {b.element} was not in the training data: prediction from its H(0) features only")
     return warnings
+
+
+def check_density_run(system: System, card: dict) -> list[str]:
+    """Warnings for a run a density model can predict (``model.density_predict``); raises for one it cannot.
+    Its H comes from ``core.scf``, so the run must suit the self-consistent completion (pseudopotential
+    densities, a functional it implements, no collinear spin) and be non-magnetic; the orbital basis
+    may be any (H is built in the run's own), and an element outside training is embedded from its
+    periodic-table descriptors."""
+    from ..core.scf import completion_problem
+
+    if system.magmom is not None and system.spin_mode == "noncollinear":
+        m = float(np.abs(system.magmom).max(initial=0.0))
+        if m > 1e-3:
+            raise UnsupportedRunError(f"magnetic run (starting moment {m:g} μB): the model covers non-magnetic crystals only")
+    problem = completion_problem(system)
+    if problem is not None:
+        raise problem
+    warnings: list[str] = []
+    seen = set(card.get("elements", []))
+    for el in sorted(set(system.elements) - seen if seen else ()):
+        warnings.append(f"element {el} was not in the training data: its embedding comes from its periodic-table "
+                        "descriptors")
+    known = card.get("pseudopotential_files", {})
+    for d in system.atomic_densities or ():
+        ref = known.get(d.element, {})
+        if ref.get("sha256") and d.sha256 and ref["sha256"] != d.sha256:
+            warnings.append(f"{d.source}: {d.element} pseudopotential differs from the one the model was trained with "
+                            f"({ref.get('file')})")
+    return warnings
+
+
+def model_run_warnings(system: System, card: dict, model) -> list[str]:
+    """``check_density_run`` for a density model, else ``check_run`` with the model's basis layout."""
+    from .density_net import is_density_model
+
+    return check_density_run(system, card) if is_density_model(model) else check_run(system, card, model.layout)

@@ -11,6 +11,7 @@ from torch import nn
 from ..core.blocks import BlockSparse, ab_to_spinor
 from ..core.potential import potential_matrix
 from ..core.system import System
+from .density_net import is_density_model
 from .ensemble import members_of
 from .graph import build_graph, corrections_to_blocks, graph_options
 
@@ -171,5 +172,10 @@ def hamiltonian_from(system: System, delta: BlockSparse) -> BlockSparse:
 
 def predict_hamiltonian(model: nn.Module, system: System, device: str = "cpu",
                         dtype: torch.dtype = torch.float32) -> BlockSparse:
-    """H = H(0) + ΔH (eV), same pattern and spin layout as H(0)."""
+    """H = H(0) + ΔH (eV), same pattern and spin layout as H(0). A density model gives H[ρ_atoms + Δρ]
+    on H(0)'s and S's blocks instead (``density_predict``; float64 whatever ``dtype``)."""
+    if is_density_model(model):
+        from .density_predict import predict_density_hamiltonian
+
+        return predict_density_hamiltonian(model, system, device)[0]
     return hamiltonian_from(system, predict_correction(model, system, device, dtype))

@@ -11,11 +11,13 @@ import torch
 
 from ..errors import NexthamError
 from .config import model_config_from_dict, to_dict
+from .density_net import DensityConfig, DensityEnsemble, DensityNet, density_members, is_density_model
 from .ensemble import EnsembleError, ModelEnsemble, members_of
 from .network import HamiltonianCorrection
 
-#: a single network; an ensemble (several networks of one config, corrections averaged)
-FORMAT, ENSEMBLE_FORMAT = "nextham-dft-model/1", "nextham-dft-ensemble/1"
+#: a single network; an ensemble (several networks of one config, corrections averaged); a density
+#: network or several of one config, their coefficients averaged (model.density_net)
+FORMAT, ENSEMBLE_FORMAT, DENSITY_FORMAT = "nextham-dft-model/1", "nextham-dft-ensemble/1", "nextham-dft-density/1"
 
 PRETRAINED = Path(__file__).with_name("pretrained")
 
@@ -33,7 +35,10 @@ def save_model(path: str | Path, model: HamiltonianCorrection | ModelEnsemble, c
     stored as one config and its members' weights."""
     path = Path(path)
     buf = io.BytesIO()
-    if isinstance(model, ModelEnsemble):
+    if is_density_model(model):
+        blob = {"format": DENSITY_FORMAT, "config": model.cfg.to_dict(),
+                "members": [_float32_state(m) for m in density_members(model)]}
+    elif isinstance(model, ModelEnsemble):
         blob = {"format": ENSEMBLE_FORMAT, "config": to_dict(model.cfg),
                 "members": [_float32_state(m) for m in members_of(model)]}
     else:
@@ -43,8 +48,11 @@ def save_model(path: str | Path, model: HamiltonianCorrection | ModelEnsemble, c
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_bytes(data)
     tmp.replace(path)
-    full = {**card, "model_config": to_dict(model.cfg), "sha256": hashlib.sha256(data).hexdigest(),
-            "n_parameters": sum(p.numel() for p in model.parameters()), "n_members": len(members_of(model))}
+    density = is_density_model(model)
+    full = {**card, "model_config": model.cfg.to_dict() if density else to_dict(model.cfg),
+            "sha256": hashlib.sha256(data).hexdigest(), "kind": "density" if density else "correction",
+            "n_parameters": sum(p.numel() for p in model.parameters()),
+            "n_members": len(density_members(model) if density else members_of(model))}
     card_path = path.with_suffix(".json")
     card_path.with_suffix(".json.tmp").write_text(json.dumps(full, indent=1, default=str))
     card_path.with_suffix(".json.tmp").replace(card_path)
@@ -67,8 +75,10 @@ def load_model(path: str | Path) -> tuple[HamiltonianCorrection | ModelEnsemble,
         blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
         raise ModelFileError(f"{path}: not a nextham-dft model ({type(exc).__name__})") from None
-    if not isinstance(blob, dict) or blob.get("format") not in (FORMAT, ENSEMBLE_FORMAT):
+    if not isinstance(blob, dict) or blob.get("format") not in (FORMAT, ENSEMBLE_FORMAT, DENSITY_FORMAT):
         raise ModelFileError(f"{path}: not a nextham-dft model file")
+    if blob["format"] == DENSITY_FORMAT:
+        return _density_model(path, blob, card), card
     cfg = model_config_from_dict(blob["config"])
     states = blob["members"] if blob["format"] == ENSEMBLE_FORMAT else [blob["state_dict"]]
     if not states:
@@ -82,6 +92,24 @@ def load_model(path: str | Path) -> tuple[HamiltonianCorrection | ModelEnsemble,
     model.eval()
     model.known_elements = frozenset(card.get("elements", []))
     return model, card
+
+
+def _density_model(path: Path, blob: dict, card: dict) -> DensityNet | DensityEnsemble:
+    try:
+        cfg = DensityConfig.from_dict(blob["config"])
+    except (ValueError, TypeError) as exc:
+        raise ModelFileError(f"{path}: {exc}") from None
+    if not blob.get("members"):
+        raise ModelFileError(f"{path}: a density model without networks")
+    nets = []
+    for state in blob["members"]:
+        net = DensityNet(cfg)
+        net.load_state_dict(state)
+        nets.append(net.eval())
+    model = nets[0] if len(nets) == 1 else DensityEnsemble(nets)
+    model.eval()
+    model.known_elements = frozenset(card.get("elements", []))
+    return model
 
 
 def select_member(model: torch.nn.Module, member: int | None, path: str | Path = "the model") -> torch.nn.Module:

@@ -1,0 +1,205 @@
+"""The density network: the converged density change Δρ* = ρ − ρ_atoms from the first step's, Δρ1.
+
+Why a density. ΔH = H − H(0) is the matrix of one local potential, the change of the Hartree + xc
+potential that the SCF's density change makes (:mod:`nextham_dft.core.scf`). A network that predicts
+ΔH entry by entry learns the potential of a density it never sees; one that predicts the density gets
+H from :meth:`core.scf.SelfConsistency.hamiltonian`, a valid Kohn–Sham H of a density by construction.
+
+What it maps. H(0)'s own occupied states give ρ_out(H(0)) = ρ_atoms + Δρ1, the first SCF step's output.
+In linear response the converged change is the screened first one, Δρ* = (1 − χ0 K)⁻¹ Δρ1: the network
+learns that screening, environment by environment. Both densities are represented by atom-centred
+Gaussians (:mod:`nextham_dft.core.gaussians`, per atom the irreps 3x0e+3x1o+3x2e+3x3o for three widths;
+l = 3 because the bond charge of a tetrahedral crystal is an l = 3 function of its atoms' site symmetry:
+with l ≤ 2 the fit of Si's converged density explains almost none of it), so
+the map is between per-atom irreps and E(3)-equivariant (parity included: a density is a true scalar;
+time reversal leaves a density alone, so it holds trivially) — tested.
+
+Architecture (NequIP-style): element embedding from periodic-table descriptors (an element absent from
+training gets one from its own properties) and the Δρ1 coefficients → hidden irreps; ``layers``
+interactions, each a tensor product of neighbours' features with Y(r̂) (l ≤ 2) weighted by an MLP of a
+radial Bessel basis and both atoms' embeddings, summed over neighbours within ``r_max``, a gated update
+and a residual; out: a linear map of the hidden features plus a linear map of the input coefficients.
+The predicted coefficients are neutralised (the cell keeps its electron count).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+from e3nn import o3
+from e3nn.nn import Gate
+from torch import nn
+
+from ..core.gaussians import GaussianBasis
+from .elements import DescriptorEmbedding
+from .network import bessel, plain_einsum_codegen
+
+
+@dataclass(frozen=True)
+class DensityConfig:
+    """sigmas (Å), lmax, ridge: the Gaussians of the densities (``core.gaussians.GaussianBasis``);
+    spacing: Å, the grid of the densities (``core.scf``); hidden_irreps, layers: the network; r_max: Å,
+    neighbours' cutoff; num_rbf: radial basis size; embed_dim, embed_hidden: element embedding;
+    avg_neighbours: the messages' normalisation (mean neighbour count of the training set);
+    xc_weight: eV Å³, the L2 part of the training metric beside the Coulomb one (core.gaussians)."""
+
+    sigmas: tuple[float, ...] = (0.25, 0.5, 1.0)
+    lmax: int = 3
+    ridge: float = 1e-3
+    spacing: float = 0.15
+    hidden_irreps: str = "32x0e+16x1o+16x2e+8x0o+8x1e+8x2o"
+    layers: int = 3
+    r_max: float = 6.0
+    num_rbf: int = 8
+    embed_dim: int = 32
+    embed_hidden: int = 32
+    avg_neighbours: float = 30.0
+    xc_weight: float = 20.0
+
+    @property
+    def basis(self) -> GaussianBasis:
+        return GaussianBasis(tuple(self.sigmas), self.lmax, self.ridge)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["sigmas"] = list(self.sigmas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DensityConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown density-model settings: {', '.join(unknown)}")
+        d = dict(d)
+        if "sigmas" in d:
+            d["sigmas"] = tuple(float(s) for s in d["sigmas"])
+        return cls(**d)
+
+
+def atom_graph(lattice: np.ndarray, positions: np.ndarray, r_max: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(src, dst, vec Å) of every pair of atoms (periodic images included, an atom and itself excluded)
+    closer than ``r_max`` Å: the message from src reaches dst along vec = r_src + T − r_dst."""
+    lat = np.asarray(lattice, dtype=float)
+    pos = np.asarray(positions, dtype=float)
+    recip = np.linalg.inv(lat).T
+    nmax = np.ceil(r_max * np.linalg.norm(recip, axis=1)).astype(int)
+    T = np.stack(np.meshgrid(*[np.arange(-n, n + 1) for n in nmax], indexing="ij"), -1).reshape(-1, 3) @ lat
+    src, dst, vec = [], [], []
+    for i in range(len(pos)):
+        d = pos[None, :, :] + T[:, None, :] - pos[i]  # (images, atoms, 3)
+        r = np.linalg.norm(d, axis=2)
+        t_idx, j_idx = np.nonzero((r < r_max) & (r > 1e-8))
+        src.append(j_idx)
+        dst.append(np.full(len(j_idx), i))
+        vec.append(d[t_idx, j_idx])
+    return np.concatenate(src), np.concatenate(dst), np.concatenate(vec).reshape(-1, 3)
+
+
+def _gate_for(irreps: o3.Irreps) -> Gate:
+    scalars = o3.Irreps([(m, ir) for m, ir in irreps if ir.l == 0])
+    gated = o3.Irreps([(m, ir) for m, ir in irreps if ir.l > 0])
+    acts = [torch.nn.functional.silu if ir.p == 1 else torch.tanh for _, ir in scalars]
+    return Gate(scalars, acts, o3.Irreps(f"{gated.num_irreps}x0e"), [torch.sigmoid], gated)
+
+
+class Interaction(nn.Module):
+    """h_i ← h_i + gate(W·Σ_j TP(h_j, Y(r̂_ij); w(r_ij, e_i, e_j)) / √n̄ + W'·h_i)."""
+
+    def __init__(self, irreps: o3.Irreps, sh: o3.Irreps, num_rbf: int, embed_dim: int, avg_neighbours: float) -> None:
+        super().__init__()
+        self.avg_neighbours = avg_neighbours
+        mid, ins = [], []
+        for i1, (mul, ir1) in enumerate(irreps):
+            for i2, (_, ir2) in enumerate(sh):
+                for ir in ir1 * ir2:
+                    if ir in irreps:
+                        ins.append((i1, i2, len(mid), "uvu", True))
+                        mid.append((mul, ir))
+        mid, perm, _ = o3.Irreps(mid).sort()
+        ins = [(a, b, perm[c], mode, train) for a, b, c, mode, train in ins]
+        self.tp = o3.TensorProduct(irreps, sh, mid, ins, shared_weights=False, internal_weights=False)
+        self.radial = nn.Sequential(nn.Linear(num_rbf + 2 * embed_dim, 64), nn.SiLU(), nn.Linear(64, self.tp.weight_numel))
+        self.gate = _gate_for(irreps)
+        self.mix = o3.Linear(mid.simplify(), self.gate.irreps_in)
+        self.self_connection = o3.Linear(irreps, self.gate.irreps_in)
+
+    def forward(self, h, e, src, dst, sh, rbf):
+        w = self.radial(torch.cat([rbf, e[src], e[dst]], 1))
+        m = self.tp(h[src], sh, w)
+        agg = torch.zeros(len(h), m.shape[1], dtype=m.dtype, device=m.device).index_add(0, dst, m)
+        return h + self.gate(self.mix(agg / math.sqrt(self.avg_neighbours)) + self.self_connection(h))
+
+
+class DensityNet(nn.Module):
+    """(atoms, per_atom) coefficients of Δρ* from atomic numbers z (atoms,), the coefficients of Δρ1
+    (atoms, per_atom) and the graph (src, dst, vec Å) of :func:`atom_graph`; per_atom in the order of
+    ``cfg.basis.irreps``. ``scale`` (per_atom,): the inputs' typical size per irrep instance."""
+
+    def __init__(self, cfg: DensityConfig) -> None:
+        super().__init__()
+        with plain_einsum_codegen():
+            self._build(cfg)
+
+    def _build(self, cfg: DensityConfig) -> None:
+        self.cfg = cfg
+        self.irreps = o3.Irreps(cfg.basis.irreps)
+        hidden = o3.Irreps(cfg.hidden_irreps).sort().irreps.simplify()  # the gate's output order
+        self.sh = o3.Irreps.spherical_harmonics(2)
+        self.embed = DescriptorEmbedding(cfg.embed_dim, cfg.embed_hidden)
+        self.register_buffer("scale", torch.ones(self.irreps.dim))
+        self.inp = o3.Linear(o3.Irreps(f"{cfg.embed_dim}x0e") + self.irreps, hidden)
+        self.layers = nn.ModuleList([Interaction(hidden, self.sh, cfg.num_rbf, cfg.embed_dim, cfg.avg_neighbours)
+                                     for _ in range(cfg.layers)])
+        self.out = o3.Linear(hidden, self.irreps)
+        self.skip = o3.Linear(self.irreps, self.irreps)
+        with torch.no_grad():  # start near "no change": the first steps do not fling the densities
+            self.out.weight.mul_(0.1)
+            self.skip.weight.mul_(0.1)
+
+    def forward(self, z: torch.Tensor, c1: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
+                vec: torch.Tensor) -> torch.Tensor:
+        e = self.embed(z)
+        x = c1 / self.scale
+        h = self.inp(torch.cat([e, x], 1))
+        sh = o3.spherical_harmonics(self.sh, vec, normalize=True, normalization="component")
+        rbf = bessel(vec.norm(dim=1), self.cfg.num_rbf, self.cfg.r_max)
+        for layer in self.layers:
+            h = layer(h, e, src, dst, sh, rbf)
+        return (self.out(h) + self.skip(x)) * self.scale
+
+
+def instance_scale(irreps: o3.Irreps, coefficients: torch.Tensor) -> torch.Tensor:
+    """(irreps.dim,) the root-mean-square norm of each irrep instance over the rows of ``coefficients``,
+    repeated over its components (an invariant normalisation: equivariance is kept)."""
+    out = torch.ones(irreps.dim, dtype=coefficients.dtype)
+    k = 0
+    for mul, ir in irreps:
+        for _ in range(mul):
+            out[k:k + ir.dim] = coefficients[:, k:k + ir.dim].pow(2).sum(1).mean().sqrt() / math.sqrt(ir.dim) + 1e-6
+            k += ir.dim
+    return out
+
+
+class DensityEnsemble(nn.Module):
+    """The mean coefficients of several DensityNets of one configuration."""
+
+    def __init__(self, members: list[DensityNet]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.cfg = members[0].cfg
+
+    def forward(self, *args) -> torch.Tensor:
+        return sum(m(*args) for m in self.members) / len(self.members)
+
+
+def density_members(model: nn.Module) -> list[DensityNet]:
+    return list(model.members) if isinstance(model, DensityEnsemble) else [model]
+
+
+def is_density_model(model: nn.Module) -> bool:
+    """A density network (or an average of several): it predicts Δρ, and H through core.scf."""
+    return isinstance(model, (DensityNet, DensityEnsemble))

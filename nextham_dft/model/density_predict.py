@@ -1,0 +1,48 @@
+"""Apply a density network to a System: H = H[ρ_atoms + Δρ_pred] (``core.scf``), one evaluation, no loop.
+
+Cost: setting up the density grid, one diagonalisation of H(0) on the run's k-mesh (the input Δρ1), the
+two Gaussian fits' worth of grid work, the network (milliseconds) and one H[ρ] — about two iterations of
+the self-consistent completion, which needs seven or eight to converge.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core.blocks import BlockSparse
+from ..core.gaussians import density_of, neutralised
+from ..core.scf import SelfConsistency
+from .density_net import atom_graph
+from .density_train import atomic_numbers, first_step_fit
+
+
+def predict_density_coefficients(model: nn.Module, sc: SelfConsistency, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """(c1, c): the fit of the first step's density change and the network's neutralised Δρ* coefficients
+    (atoms, per_atom), on the grid of ``sc``."""
+    cfg = model.cfg
+    system = sc.system
+    c1 = first_step_fit(sc, cfg)
+    src, dst, vec = atom_graph(system.lattice, system.positions, cfg.r_max)
+    model = model.to(device=device, dtype=torch.float64).eval()
+    with torch.no_grad():
+        c = model(atomic_numbers(system.elements).to(device), torch.tensor(c1, device=device),
+                   torch.tensor(src, device=device), torch.tensor(dst, device=device),
+                   torch.tensor(vec, device=device))
+    return c1, neutralised(c.cpu().numpy(), cfg.basis)
+
+
+def predict_density_hamiltonian(model: nn.Module, system, device: str = "cpu") -> tuple[BlockSparse, dict]:
+    """(H (eV) on H(0)'s and S's blocks, timings in s) for a run with H0, S, its k-mesh and atomic densities."""
+    t0 = time.perf_counter()
+    sc = SelfConsistency(system, model.cfg.spacing)
+    t1 = time.perf_counter()
+    _c1, c = predict_density_coefficients(model, sc, device)
+    t2 = time.perf_counter()
+    rho = sc.rho_atoms + density_of(system, sc.shape, sc.origin, c, model.cfg.basis)
+    h = sc.hamiltonian(rho)
+    t3 = time.perf_counter()
+    return h, {"grid_setup_s": t1 - t0, "first_step_and_network_s": t2 - t1, "hamiltonian_s": t3 - t2}

@@ -1,0 +1,183 @@
+"""Training data and training loop of the density network (:mod:`.density_net`).
+
+Per structure (a System with H0, H, S and the pseudopotentials' atomic densities):
+
+- c1: the Gaussian fit of Δρ1 = ρ_out(H(0)) − ρ_atoms, the network's input;
+- c*: the fit of Δρ* = ρ_out(H) − ρ_atoms, the density of the converged H, its target;
+- the metric M = K_C + w·G of coefficient errors: K_C the Coulomb (Hartree) energy matrix
+  4π e²/(4πε0) Σ_G≠0 ĝ_i(G)* ĝ_j(G)/G² / V, G the L2 overlap, w (eV Å³, ``xc_weight``) standing in for the
+  xc kernel at valence densities; δcᵀ M δc (eV) is about the Hxc energy of the density error, the
+  quantity whose potential the H inherits.
+
+The loss is the mean over structures of δcᵀ M δc per atom, divided by its value for δc = c* on the
+training set (so 1 is "no change from the atoms", the H(0) baseline).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..core.gaussians import basis_blocks, fit_density, neutralised
+from ..core.hxc import reciprocal_grid
+from ..core.scf import SelfConsistency
+from ..core.units import COULOMB_EV_ANG
+from .density_net import DensityConfig, DensityNet, atom_graph, instance_scale
+from .elements import N_ELEMENTS
+
+
+@dataclass
+class DensitySample:
+    """One structure's training data (tensors float32; see the module docstring)."""
+
+    sid: str
+    z: torch.Tensor
+    c1: torch.Tensor
+    cstar: torch.Tensor
+    metric: torch.Tensor
+    src: torch.Tensor
+    dst: torch.Tensor
+    vec: torch.Tensor
+
+
+def atomic_numbers(elements) -> torch.Tensor:
+    """(atoms,) Z of element symbols (0, the "unknown" row, for anything else)."""
+    from pymatgen.core.periodic_table import Element
+
+    out = []
+    for el in elements:
+        try:
+            z = Element(str(el)).Z
+        except ValueError:
+            z = 0
+        out.append(z if 0 < z < N_ELEMENTS else 0)
+    return torch.tensor(out, dtype=torch.long)
+
+
+def first_step_fit(sc: SelfConsistency, cfg: DensityConfig) -> np.ndarray:
+    """(atoms, per_atom) the fit of Δρ1 = ρ_out(H(0)) − ρ_atoms on ``sc``'s grid (one diagonalisation)."""
+    rho1, _ = sc.density(sc.h0)
+    return fit_density(sc.system, sc.shape, sc.origin, sc.dv, rho1 - sc.rho_atoms, cfg.basis)
+
+
+def coefficient_metric(sc: SelfConsistency, cfg: DensityConfig) -> np.ndarray:
+    """(n, n) eV: M = K_C + xc_weight·G of the Gaussians of every atom (module docstring)."""
+    system, basis = sc.system, cfg.basis
+    cols = np.concatenate([b for _, b in basis_blocks(system, sc.shape, sc.origin, basis)], axis=0)
+    gram = cols.T @ cols * sc.dv
+    g2 = (reciprocal_grid(sc.lattice, sc.shape) ** 2).sum(-1).reshape(-1)
+    kern = np.where(g2 > 0, 4 * np.pi * COULOMB_EV_ANG / np.where(g2 > 0, g2, 1.0), 0.0)
+    n = cols.shape[1]
+    fq = np.fft.fftn(cols.T.reshape(n, *sc.shape), axes=(1, 2, 3)).reshape(n, -1)
+    vol = abs(np.linalg.det(sc.lattice))
+    coulomb = ((fq * kern) @ fq.conj().T).real * vol / g2.size**2
+    return coulomb + cfg.xc_weight * gram
+
+
+def make_sample(system, cfg: DensityConfig, sid: str = "") -> DensitySample:
+    """The training data of one System (H0, H, S, atomic densities)."""
+    sc = SelfConsistency(system, cfg.spacing)
+    rho_star, _ = sc.density(system.matrices["H"])
+    cstar = fit_density(system, sc.shape, sc.origin, sc.dv, rho_star - sc.rho_atoms, cfg.basis)
+    src, dst, vec = atom_graph(system.lattice, system.positions, cfg.r_max)
+    return DensitySample(sid or system.meta.get("id", ""), atomic_numbers(system.elements),
+                         torch.tensor(first_step_fit(sc, cfg), dtype=torch.float32),
+                         torch.tensor(cstar, dtype=torch.float32),
+                         torch.tensor(coefficient_metric(sc, cfg), dtype=torch.float32),
+                         torch.tensor(src), torch.tensor(dst), torch.tensor(vec, dtype=torch.float32))
+
+
+def neutralise_torch(c: torch.Tensor, charges: torch.Tensor) -> torch.Tensor:
+    """``core.gaussians.neutralised`` in torch (differentiable): the net charge removed, atoms alike."""
+    total = (c @ charges).sum()
+    return c - total * charges / (len(c) * (charges @ charges))
+
+
+def _forward(model: DensityNet, samples: list[DensitySample], charges: torch.Tensor) -> list[torch.Tensor]:
+    """Each sample's neutralised predicted coefficients, the samples batched into one graph."""
+    off, z, c1, src, dst, vec, spans = 0, [], [], [], [], [], []
+    for s in samples:
+        n = len(s.z)
+        z.append(s.z), c1.append(s.c1), src.append(s.src + off), dst.append(s.dst + off), vec.append(s.vec)
+        spans.append((off, off + n))
+        off += n
+    c = model(torch.cat(z), torch.cat(c1), torch.cat(src), torch.cat(dst), torch.cat(vec))
+    return [neutralise_torch(c[a:b], charges) for a, b in spans]
+
+
+def error_energies(model: DensityNet, samples: list[DensitySample], charges: torch.Tensor) -> list[torch.Tensor]:
+    """δcᵀ M δc (eV) of each sample."""
+    out = []
+    for s, c in zip(samples, _forward(model, samples, charges)):
+        d = (c - s.cstar).reshape(-1)
+        out.append(d @ s.metric @ d)
+    return out
+
+
+def relative_error(model: DensityNet, samples: list[DensitySample], charges: torch.Tensor) -> float:
+    """Σ δcᵀMδc / Σ c*ᵀMc* over ``samples`` (0: the converged density; 1: no better than the atoms')."""
+    with torch.no_grad():
+        num = sum(float(e) for e in error_energies(model, samples, charges))
+    den = sum(float(s.cstar.reshape(-1) @ s.metric @ s.cstar.reshape(-1)) for s in samples)
+    return num / den
+
+
+@dataclass
+class DensityTraining:
+    """epochs, batch (structures), lr (peak of a one-cycle schedule), clip (gradient norm), seed,
+    eval_every (epochs between validations)."""
+
+    epochs: int = 300
+    batch: int = 8
+    lr: float = 1e-3
+    clip: float = 0.3
+    seed: int = 0
+    eval_every: int = 5
+
+
+def train_density(cfg: DensityConfig, train: list[DensitySample], val: list[DensitySample],
+                  settings: DensityTraining, log: Callable[[str], None] = print) -> tuple[DensityNet, dict]:
+    """The network with the lowest validation relative error (:func:`relative_error`) and a history
+    {epoch, train, val, seconds}. ``cfg.avg_neighbours`` is replaced by the training set's mean."""
+    torch.manual_seed(settings.seed)
+    avg = float(np.mean([len(s.src) / len(s.z) for s in train]))
+    cfg = DensityConfig.from_dict({**cfg.to_dict(), "avg_neighbours": avg})
+    model = DensityNet(cfg)
+    model.scale.copy_(instance_scale(model.irreps, torch.cat([s.c1 for s in train])))
+    charges = torch.tensor(cfg.basis.charges(), dtype=torch.float32)
+    norm = float(np.mean([float(s.cstar.reshape(-1) @ s.metric @ s.cstar.reshape(-1)) / len(s.z) for s in train]))
+    opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    steps = settings.epochs * math.ceil(len(train) / settings.batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=steps)
+    best, best_state, history, t0 = math.inf, None, [], time.perf_counter()
+    for epoch in range(1, settings.epochs + 1):
+        model.train()
+        perm = torch.randperm(len(train)).tolist()
+        total = 0.0
+        for i in range(0, len(train), settings.batch):
+            batch = [train[j] for j in perm[i:i + settings.batch]]
+            energies = error_energies(model, batch, charges)
+            loss = sum(e / len(s.z) for e, s in zip(energies, batch)) / len(batch) / norm
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip)
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(batch)
+        if epoch % settings.eval_every == 0 or epoch == settings.epochs:
+            model.eval()
+            v = relative_error(model, val, charges)
+            if v < best:
+                best, best_state = v, {k: x.clone() for k, x in model.state_dict().items()}
+            history.append({"epoch": epoch, "train": total / len(train), "val": v,
+                            "seconds": time.perf_counter() - t0})
+            log(f"epoch {epoch}: train {total / len(train):.4f}, val {v:.4f} (best {best:.4f}), "
+                f"{time.perf_counter() - t0:.0f} s")
+    model.load_state_dict(best_state)
+    model.eval()
+    return model, {"history": history, "best_val": best, "avg_neighbours": avg}

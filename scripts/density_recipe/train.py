@@ -1,0 +1,63 @@
+"""Train the density network on samples from make_samples.py, split by the bundled models' split file.
+
+    python scripts/density_recipe/train.py SAMPLES_DIR SPLIT.json OUT.pt [--seed 0] [--epochs 300]
+
+Writes OUT.pt (+ OUT.json model card: elements, split, recipe, history, training time and machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from nextham_dft.model.density_net import DensityConfig  # noqa: E402
+from nextham_dft.model.density_train import DensitySample, DensityTraining, train_density  # noqa: E402
+from nextham_dft.model.store import save_model  # noqa: E402
+
+
+def load_samples(folder: Path, ids: list[str]) -> list[DensitySample]:
+    return [DensitySample(**torch.load(folder / f"{i}.pt")) for i in ids if (folder / f"{i}.pt").exists()]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("samples")
+    ap.add_argument("split")
+    ap.add_argument("out")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=300)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lmax", type=int, default=3)
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    split = json.loads(Path(args.split).read_text())
+    folder = Path(args.samples)
+    train, val = load_samples(folder, split["train"]), load_samples(folder, split["val"])
+    print(f"{len(train)} training and {len(val)} validation structures", flush=True)
+    cfg = DensityConfig(lmax=args.lmax)
+    settings = DensityTraining(epochs=args.epochs, lr=args.lr, seed=args.seed)
+    t0 = time.perf_counter()
+    model, info = train_density(cfg, train, val, settings, log=lambda m: print(m, flush=True))
+    minutes = (time.perf_counter() - t0) / 60
+    from pymatgen.core.periodic_table import Element
+
+    elements = sorted({Element.from_Z(int(z)).symbol for s in train for z in s.z if int(z) > 0})
+    card = {"name": Path(args.out).stem, "kind": "density", "elements": elements, "split": split,
+            "recipe": " ".join(["python"] + sys.argv), "training_minutes": round(minutes, 1),
+            "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, CPU",
+            "best_val_relative_error": info["best_val"], "history": info["history"],
+            "training": settings.__dict__}
+    save_model(args.out, model, card)
+    print(f"wrote {args.out}: best validation relative error {info['best_val']:.4f}, {minutes:.1f} min", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""The density network: Gaussian density fits, exact E(3) equivariance, model files, training, prediction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from nextham_dft.core.gaussians import GaussianBasis, density_of, fit_density, neutralised
+from nextham_dft.model.density_net import DensityConfig, DensityNet, atom_graph
+
+from .conftest import EXAMPLE, need
+
+SMALL = DensityConfig(hidden_irreps="8x0e+4x1o+4x2e+2x0o+2x1e+2x2o", layers=2, r_max=4.0)
+
+
+class _Cell:
+    """The little a System the Gaussian functions need: a lattice, positions, an atom count."""
+
+    def __init__(self, lattice, positions):
+        self.lattice = np.asarray(lattice, dtype=float)
+        self.positions = np.asarray(positions, dtype=float)
+        self.n_atoms = len(self.positions)
+
+
+def _grid(cell: _Cell, step: float = 0.12):
+    shape = tuple(int(np.ceil(np.linalg.norm(a) / step)) for a in cell.lattice)
+    return shape, np.zeros(3), abs(np.linalg.det(cell.lattice)) / np.prod(shape)
+
+
+def test_gaussian_charges_are_the_integrals_and_a_fit_recovers_its_coefficients():
+    cell = _Cell(np.diag([9.0, 9.5, 10.0]), [[3.0, 4.0, 5.0], [5.1, 4.6, 4.4]])
+    shape, origin, dv = _grid(cell)
+    basis = GaussianBasis()
+    rng = np.random.default_rng(0)
+    coef = rng.normal(size=(2, basis.per_atom)) * 0.1
+    rho = density_of(cell, shape, origin, coef, basis)
+    assert rho.sum() * dv == pytest.approx((coef @ basis.charges()).sum(), rel=1e-3)  # 4.5σ reach, 0.12 Å grid
+    exact = GaussianBasis(ridge=1e-10)
+    assert np.abs(fit_density(cell, shape, origin, dv, rho, exact) - coef).max() < 1e-5
+    ridge = fit_density(cell, shape, origin, dv, rho, basis)  # the ridge shrinks, the density stays
+    assert np.abs(density_of(cell, shape, origin, ridge, basis) - rho).sum() < 0.02 * np.abs(rho).sum()
+
+
+def test_neutralising_removes_the_net_charge_and_keeps_a_neutral_set():
+    basis = GaussianBasis()
+    c = np.random.default_rng(1).normal(size=(3, basis.per_atom))
+    n = neutralised(c, basis)
+    assert abs((n @ basis.charges()).sum()) < 1e-12
+    assert np.array_equal(n[:, 3:], c[:, 3:])  # only the l = 0 coefficients move
+    assert np.allclose(neutralised(n, basis), n, atol=1e-14)
+
+
+def test_the_atom_graph_holds_every_pair_within_the_cutoff_once():
+    lat = np.array([[3.0, 0.2, 0.0], [0.0, 3.3, 0.1], [0.4, 0.0, 2.9]])
+    pos = np.array([[0.1, 0.2, 0.3], [1.6, 1.5, 1.4]])
+    src, dst, vec = atom_graph(lat, pos, 4.0)
+    brute = set()
+    for i in range(2):
+        for j in range(2):
+            for t in np.ndindex(7, 7, 7):
+                d = pos[j] + (np.array(t) - 3) @ lat - pos[i]
+                if 1e-8 < np.linalg.norm(d) < 4.0:
+                    brute.add((j, i, *np.round(d, 6)))
+    ours = {(s, d, *np.round(v, 6)) for s, d, v in zip(src, dst, vec)}
+    assert ours == brute and len(ours) == len(src)
+
+
+def _random_input(n_atoms: int, seed: int):
+    rng = np.random.default_rng(seed)
+    lat = np.eye(3) * 4.2 + rng.normal(scale=0.2, size=(3, 3))
+    pos = rng.uniform(size=(n_atoms, 3)) @ lat
+    z = torch.tensor(rng.choice([8, 14, 22, 38], size=n_atoms))
+    c1 = torch.tensor(rng.normal(size=(n_atoms, SMALL.basis.per_atom)))
+    return lat, pos, z, c1
+
+
+def _run(net, lat, pos, z, c1):
+    src, dst, vec = atom_graph(lat, pos, net.cfg.r_max)
+    return net(z, c1, torch.tensor(src), torch.tensor(dst), torch.tensor(vec, dtype=c1.dtype))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_density_network_is_equivariant_under_rotations_inversion_and_permutations(seed):
+    """Rotating (and inverting) the crystal and its input coefficients rotates the output with the irreps'
+    Wigner-D (a density's parity: l odd changes sign); permuting atoms permutes rows; translating is nothing."""
+    from e3nn import o3
+
+    from nextham_dft.testing import irreps_d
+
+    torch.manual_seed(seed)
+    net = DensityNet(SMALL).double()
+    lat, pos, z, c1 = _random_input(5, seed)
+    base = _run(net, lat, pos, z, c1).detach().numpy()
+    assert np.abs(base).max() > 1e-3
+    q = -Rotation.random(random_state=seed).as_matrix()
+    d = irreps_d(o3.Irreps(SMALL.basis.irreps), q)
+    rot = _run(net, lat @ q.T, pos @ q.T, z, c1 @ torch.tensor(d).T).detach().numpy()
+    assert np.abs(rot - base @ d.T).max() < 1e-9 * np.abs(base).max()
+    perm = np.random.default_rng(seed).permutation(5)
+    perm_out = _run(net, lat, pos[perm], z[perm], c1[perm]).detach().numpy()
+    assert np.abs(perm_out - base[perm]).max() < 1e-12
+    moved = _run(net, lat, pos + np.array([0.3, -1.1, 2.0]), z, c1).detach().numpy()
+    assert np.abs(moved - base).max() < 1e-12
+
+
+def test_a_density_model_file_round_trips_and_its_checksum_is_checked(tmp_path):
+    from nextham_dft.model.density_net import is_density_model
+    from nextham_dft.model.store import ModelFileError, load_model, save_model
+
+    torch.manual_seed(0)
+    net = DensityNet(SMALL)
+    save_model(tmp_path / "m.pt", net, {"name": "test-density", "elements": ["Si"]})
+    back, card = load_model(tmp_path / "m.pt")
+    assert is_density_model(back) and card["kind"] == "density" and back.known_elements == {"Si"}
+    lat, pos, z, c1 = _random_input(3, 2)
+    assert torch.equal(_run(net, lat, pos, z, c1.float()), _run(back, lat, pos, z, c1.float()))
+    raw = bytearray((tmp_path / "m.pt").read_bytes())
+    raw[-20] ^= 1
+    (tmp_path / "m.pt").write_bytes(bytes(raw))
+    with pytest.raises(ModelFileError, match="checksum"):
+        load_model(tmp_path / "m.pt")
+
+
+@pytest.fixture(scope="module")
+def si2():
+    from adapters.abacus import AbacusAdapter
+
+    return AbacusAdapter().read_run(need(EXAMPLE))
+
+
+@pytest.fixture(scope="module")
+def si2_sample(si2):
+    from nextham_dft.model.density_train import make_sample
+
+    return make_sample(si2, SMALL, "si2")
+
+
+def test_the_converged_density_fit_gives_the_dft_bands_and_the_first_step_overshoots(si2, si2_sample):
+    """The fit of the converged density, put through H[ρ], is close to ABACUS's converged H; the first
+    step's density (the network's input) is a different, larger change."""
+    from nextham_dft.core.scf import SelfConsistency
+    from nextham_dft.evaluation import evaluate
+
+    sc = SelfConsistency(si2, SMALL.spacing)
+    c = neutralised(si2_sample.cstar.double().numpy(), SMALL.basis)
+    ev = evaluate(si2, sc.hamiltonian(sc.rho_atoms + density_of(si2, sc.shape, sc.origin, c, SMALL.basis)))
+    assert ev["predicted"]["band_mae_shifted_mev"] < 0.5 * ev["h0"]["band_mae_shifted_mev"]
+    assert ev["predicted"]["h_mae_shifted_mev"] < 0.5 * ev["h0"]["h_mae_shifted_mev"]
+    m = si2_sample.metric.double()
+    size = lambda x: float(x.reshape(-1).double() @ m @ x.reshape(-1).double())  # noqa: E731
+    assert size(si2_sample.c1) > 1.1 * size(si2_sample.cstar)
+    assert np.all(np.linalg.eigvalsh(m.numpy()) > 0)  # a metric: positive definite
+
+
+def test_training_fits_a_structure_and_keeps_the_best_validation_state(si2_sample):
+    from nextham_dft.model.density_train import DensityTraining, relative_error, train_density
+
+    logs = []
+    net, info = train_density(SMALL, [si2_sample], [si2_sample], DensityTraining(epochs=60, batch=1, lr=1e-2, eval_every=5),
+                              log=logs.append)
+    charges = torch.tensor(SMALL.basis.charges(), dtype=torch.float32)
+    assert info["best_val"] == pytest.approx(relative_error(net, [si2_sample], charges), rel=1e-5)
+    assert info["best_val"] < 0.2  # from about 1 (the network starts near "no change")
+    assert info["history"][0]["val"] > info["best_val"] and len(logs) == 12
+
+
+def test_a_density_model_predicts_through_the_cli_and_reports_its_stages(tmp_path, si2, si2_sample):
+    """predict --model FILE with a density model: H from core.scf's H[ρ], hermitian, on H(0)'s blocks, with
+    the stage timings and an eval against the converged run; unseen elements warn."""
+    import json
+
+    from click.testing import CliRunner
+
+    from nextham_dft.cli import main
+    from nextham_dft.model.density_train import DensityTraining, train_density
+    from nextham_dft.model.store import save_model
+
+    net, _ = train_density(SMALL, [si2_sample], [si2_sample], DensityTraining(epochs=30, batch=1, lr=1e-2))
+    save_model(tmp_path / "d.pt", net, {"name": "test-density", "elements": ["Ge"]})
+    res = CliRunner().invoke(main, ["predict", str(need(EXAMPLE)), "--out", str(tmp_path / "o"), "--model",
+                                    str(tmp_path / "d.pt"), "--no-native"])
+    assert res.exit_code == 0, res.output
+    assert "element Si was not in the training data" in res.output
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert {"grid_setup_s", "first_step_and_network_s", "hamiltonian_s"} <= set(report["timings"])
+    ev = report["eval"]
+    assert ev["predicted"]["band_mae_shifted_mev"] < ev["h0"]["band_mae_shifted_mev"]
+
+
+def test_a_density_model_refuses_a_run_without_pseudopotentials(tmp_path, si2_sample):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from nextham_dft.cli import main
+    from nextham_dft.model.store import save_model
+
+    save_model(tmp_path / "d.pt", DensityNet(SMALL), {"name": "test-density"})
+    run = tmp_path / "run"
+    shutil.copytree(need(EXAMPLE), run)
+    (run / "Si.upf").unlink()
+    res = CliRunner().invoke(main, ["predict", str(run), "--out", str(tmp_path / "o"), "--model", str(tmp_path / "d.pt")])
+    assert res.exit_code != 0 and "Si.upf" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "o").exists()
