@@ -506,7 +506,7 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
     from .evaluation import evaluate
     from .model.compat import model_run_warnings
     from .model.density_net import is_density_model
-    from .model.density_predict import predict_density_hamiltonian
+    from .model.density_predict import predict_density
     from .model.predict import hamiltonian_from, predict_correction_and_spread
     from .registry import adapter_for
     from .writers.output import output_dir
@@ -521,6 +521,7 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
     card: dict = {"name": None, "sha256": None}
     warnings: list[str] = []
     spread = None
+    density = False  # a density model (model.density_predict) rather than a correction network
     if without_model:  # the completion from the atoms' density: no network, no basis check
         h_pred = None
     else:
@@ -535,8 +536,9 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
     if not without_model:
         t = time.perf_counter()
         if density:  # H[ρ_atoms + Δρ_pred]: one evaluation of core.scf's H[ρ]
-            h_pred, stages = predict_density_hamiltonian(model, system, dev)
-            timings.update(stages)
+            dens_pred = predict_density(model, system, dev)
+            h_pred = dens_pred.hamiltonian
+            timings.update(dens_pred.timings)
         else:
             delta, spread = predict_correction_and_spread(model, system, dev, torch.float32)
             h_pred = hamiltonian_from(system, delta)
@@ -545,7 +547,11 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
     scf_report = None
     if scf:
         settings = ScfSettings(spacing=scf_spacing, tol=scf_tol, max_iter=scf_max_iter)
-        h_pred, scf_report = _complete_scf(system, h_pred, settings, scf_from, warnings)
+        if density and dens_pred.consistency.spacing == settings.spacing:  # from the predicted density itself
+            h_pred, scf_report = _complete_scf(system, h_pred, settings, "predicted density", warnings,
+                                               start_density=dens_pred.density, consistency=dens_pred.consistency)
+        else:
+            h_pred, scf_report = _complete_scf(system, h_pred, settings, scf_from, warnings)
         timings["scf_s"] = scf_report["seconds"]
     predicted = _with_prediction(system, h_pred)
     report = {"model": card.get("name", str(model_path)), "model_sha256": card.get("sha256"), "device": dev,
@@ -589,15 +595,18 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
     click.echo(f"start the SCF from it: nextham-dft restart {run_dir} --out <new folder>  (density, H(R), DM(R))")
 
 
-def _complete_scf(system, h_pred, settings: ScfSettings, start: str, warnings: list[str]):
-    """(self-consistent H, report) from ``h_pred`` (None: the atoms' density) by ``core.scf``; ``start``
-    names the start in the report; progress and warnings on stderr."""
+def _complete_scf(system, h_pred, settings: ScfSettings, start: str, warnings: list[str], start_density=None,
+                  consistency=None):
+    """(self-consistent H, report) from ``h_pred`` (None: the atoms' density), or from ``start_density`` on
+    the grid of ``consistency`` (a density model's), by ``core.scf``; ``start`` names the start in the
+    report; progress and warnings on stderr."""
     from .core.scf import complete_scf
 
     def progress(it: int, res: float) -> None:
         click.echo(f"scf iteration {it}: ∫|ρ_out − ρ_in|/N_e = {res:.2e}", err=True)
 
-    res = complete_scf(system, start=h_pred, settings=settings, progress=progress)
+    res = complete_scf(system, start=h_pred, settings=settings, progress=progress, start_density=start_density,
+                       consistency=consistency)
     if not res.converged:
         warnings.append(f"the SCF completion did not converge in {settings.max_iter} iterations (residual "
                         f"{res.residuals[-1]:.1e} > {settings.tol:.0e}); the last H is written")

@@ -187,6 +187,13 @@ def test_a_density_model_predicts_through_the_cli_and_reports_its_stages(tmp_pat
     assert {"grid_setup_s", "first_step_and_network_s", "hamiltonian_s"} <= set(report["timings"])
     ev = report["eval"]
     assert ev["predicted"]["band_mae_shifted_mev"] < ev["h0"]["band_mae_shifted_mev"]
+    # --scf continues from the predicted density itself, on the prediction's grid
+    res = CliRunner().invoke(main, ["predict", str(need(EXAMPLE)), "--out", str(tmp_path / "s"), "--model",
+                                    str(tmp_path / "d.pt"), "--no-native", "--scf"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "s" / "report.json").read_text())
+    assert report["scf"]["start"] == "predicted density" and report["scf"]["converged"]
+    assert report["eval"]["predicted"]["band_mae_shifted_mev"] < 1.0
 
 
 def test_a_density_model_refuses_a_run_without_pseudopotentials(tmp_path, si2_sample):
@@ -204,3 +211,17 @@ def test_a_density_model_refuses_a_run_without_pseudopotentials(tmp_path, si2_sa
     res = CliRunner().invoke(main, ["predict", str(run), "--out", str(tmp_path / "o"), "--model", str(tmp_path / "d.pt")])
     assert res.exit_code != 0 and "Si.upf" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_the_completion_starts_from_a_given_density(si2):
+    """complete_scf(start_density=...): from the density of the converged H it is done at once; a density
+    on another grid is refused."""
+    from nextham_dft.core.scf import SelfConsistency, complete_scf
+
+    sc = SelfConsistency(si2, 0.15)
+    first = complete_scf(si2, consistency=sc)
+    rho, _ = sc.density(first.hamiltonian)
+    again = complete_scf(si2, start_density=rho, consistency=sc)
+    assert again.converged and again.iterations <= 2 < first.iterations
+    with pytest.raises(ValueError, match="grid"):
+        complete_scf(si2, start_density=rho[:-1], consistency=sc)

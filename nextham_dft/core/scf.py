@@ -196,16 +196,24 @@ def _kerker(residual: np.ndarray, lattice: np.ndarray, beta: float, q0: float) -
 
 
 def complete_scf(system, start: BlockSparse | None = None, settings: ScfSettings | None = None,
-                 progress=None) -> ScfResult:
+                 progress=None, start_density: np.ndarray | None = None,
+                 consistency: SelfConsistency | None = None) -> ScfResult:
     """The self-consistent H of ``system`` (which holds H0, S, its k-mesh, electron count, smearing and
-    atomic densities), starting from the atoms' density or from the density of ``start`` (a predicted H).
+    atomic densities), starting from the atoms' density, from the density of ``start`` (a predicted H),
+    or from ``start_density`` itself (e/Å³ on the grid of ``consistency``, e.g. a density model's).
 
-    ``progress(iteration, residual)`` is called after every iteration when given.
+    ``progress(iteration, residual)`` is called after every iteration when given. ``consistency``: the
+    SelfConsistency of ``system`` at ``settings.spacing`` when one is already set up (its grid is reused).
     """
     cfg = settings or ScfSettings()
     t0 = time.perf_counter()
-    sc = SelfConsistency(system, cfg.spacing)
-    if start is None:
+    sc = consistency if consistency is not None else SelfConsistency(system, cfg.spacing)
+    if start_density is not None:
+        if start_density.shape != tuple(sc.shape):
+            raise ValueError(f"the starting density's grid {start_density.shape} is not the completion's {sc.shape}")
+        rho_in = np.asarray(start_density, dtype=float)
+        h = sc.hamiltonian(rho_in)
+    elif start is None:
         rho_in, h = sc.rho_atoms.copy(), sc.h0
     else:
         rho_in, _ = sc.density(start)

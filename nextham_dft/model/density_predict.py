@@ -8,6 +8,7 @@ the self-consistent completion, which needs seven or eight to converge.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -35,8 +36,20 @@ def predict_density_coefficients(model: nn.Module, sc: SelfConsistency, device: 
     return c1, neutralised(c.cpu().numpy(), cfg.basis)
 
 
-def predict_density_hamiltonian(model: nn.Module, system, device: str = "cpu") -> tuple[BlockSparse, dict]:
-    """(H (eV) on H(0)'s and S's blocks, timings in s) for a run with H0, S, its k-mesh and atomic densities."""
+@dataclass
+class DensityPrediction:
+    """hamiltonian: H[ρ] (eV) on H(0)'s and S's blocks; density: ρ = ρ_atoms + Δρ_pred (e/Å³) on the grid of
+    ``consistency`` (which a completion can reuse: ``core.scf.complete_scf(start_density=...)``);
+    timings: seconds per stage."""
+
+    hamiltonian: BlockSparse
+    density: np.ndarray
+    consistency: SelfConsistency
+    timings: dict
+
+
+def predict_density(model: nn.Module, system, device: str = "cpu") -> DensityPrediction:
+    """The density model's prediction for a run with H0, S, its k-mesh and atomic densities."""
     t0 = time.perf_counter()
     sc = SelfConsistency(system, model.cfg.spacing)
     t1 = time.perf_counter()
@@ -45,4 +58,11 @@ def predict_density_hamiltonian(model: nn.Module, system, device: str = "cpu") -
     rho = sc.rho_atoms + density_of(system, sc.shape, sc.origin, c, model.cfg.basis)
     h = sc.hamiltonian(rho)
     t3 = time.perf_counter()
-    return h, {"grid_setup_s": t1 - t0, "first_step_and_network_s": t2 - t1, "hamiltonian_s": t3 - t2}
+    return DensityPrediction(h, rho, sc, {"grid_setup_s": t1 - t0, "first_step_and_network_s": t2 - t1,
+                                          "hamiltonian_s": t3 - t2})
+
+
+def predict_density_hamiltonian(model: nn.Module, system, device: str = "cpu") -> tuple[BlockSparse, dict]:
+    """(H (eV) on H(0)'s and S's blocks, timings in s): :func:`predict_density`'s H."""
+    p = predict_density(model, system, device)
+    return p.hamiltonian, p.timings

@@ -1,0 +1,101 @@
+"""A density model on a split of the bundled data: accuracy and cost beside a correction network, H(0) and
+ABACUS's own SCF.
+
+For every structure of the density model card's split (structures with a held-out element apart, or
+alone with --held-out): H = H[ρ_atoms + Δρ_pred] (``model.density_predict``, its stages timed), scored by
+``nextham_dft.evaluation.evaluate`` against ABACUS's converged H, beside the correction network given by
+--compare (default: the bundled model) and H(0); wall seconds beside ABACUS's logged zeroth step and SCF
+(one core). Reads the project's raw ``dataset.h5`` (which holds ABACUS's timings) with ``pp_orb/`` beside
+it. Run it on one thread (OMP_NUM_THREADS=1) to compare with ABACUS's one-core times.
+
+    OMP_NUM_THREADS=1 python benchmarks/density_model.py ../shared/data/abacus-dojo-fr/dataset.h5 --model density --split test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from adapters.abacus.dojo_h5 import read_structure  # noqa: E402
+from nextham_dft.evaluation import evaluate, summarise  # noqa: E402
+from nextham_dft.model.density_predict import predict_density_hamiltonian  # noqa: E402
+from nextham_dft.model.predict import predict_hamiltonian  # noqa: E402
+from nextham_dft.model.store import load_model, resolve_model_path  # noqa: E402
+
+METRICS = ["h_mae_shifted_mev", "band_mae_shifted_mev", "band_mae_shifted_median_mev", "band_mae_mev",
+           "ghost_states", "far_states", "soc_mae_uev", "structures_better_than_h0_bands"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("data", help="the raw abacus-dojo-fr dataset.h5 (pp_orb/ beside it)")
+    ap.add_argument("--model", default="density", help="the density model (default: the bundled one)")
+    ap.add_argument("--compare", default="bundled", help="a correction network to put beside ('none': no other)")
+    ap.add_argument("--split", default="test", choices=["val", "test", "train"])
+    ap.add_argument("--held-out", action="store_true",
+                    help="only the split's structures with an element held out of training (default: only the others)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    model, card = load_model(resolve_model_path(args.model))
+    other = None if args.compare == "none" else load_model(resolve_model_path(args.compare))[0]
+    held = set(card["split"].get("held_out_elements", []))
+    rows: dict[str, list] = {"density": [], "other": []}
+    cost = []
+    for sid in sorted(card["split"][args.split]):
+        s = read_structure(args.data, sid)
+        if bool(set(s.elements) & held) != args.held_out:
+            continue
+        t = time.perf_counter()
+        h, stages = predict_density_hamiltonian(model, s)
+        seconds = time.perf_counter() - t
+        rows["density"].append({"id": sid, "formula": s.formula, "spin": s.spin_mode, **evaluate(s, h)})
+        if other is not None:
+            t = time.perf_counter()
+            h_other = predict_hamiltonian(other, s)
+            other_s = time.perf_counter() - t
+            rows["other"].append({"id": sid, "formula": s.formula, "spin": s.spin_mode, **evaluate(s, h_other)})
+        meta = s.meta["meta"]
+        cost.append({"id": sid, "formula": s.formula, "atoms": s.n_atoms, "density_s": seconds, **stages,
+                     "other_s": other_s if other is not None else float("nan"),
+                     "abacus_h0_s": float(meta.get("h0_seconds", np.nan)),
+                     "abacus_scf_s": float(meta.get("scf_seconds", np.nan))})
+        p, c = rows["density"][-1], cost[-1]
+        print(f"{sid} {s.formula:10s} density {p['predicted']['band_mae_shifted_mev']:7.1f} meV "
+              f"({p['predicted']['ghost_states']} ghosts)"
+              + (f", other {rows['other'][-1]['predicted']['band_mae_shifted_mev']:7.1f}" if other is not None else "")
+              + f", H(0) {p['h0']['band_mae_shifted_mev']:7.1f};  {c['density_s']:.1f} s against ABACUS's SCF "
+              f"{c['abacus_scf_s']:.1f} s", flush=True)
+    summ = {k: summarise(v) for k, v in rows.items() if v}
+    print(f"\n{len(cost)} {args.split} structures{' with a held-out element' if args.held_out else ''}; density model "
+          f"{card.get('name')}" + (f", beside {args.compare}" if other is not None else ""))
+    print(f"{'metric':<32}{'H(0)':>10}{'density':>10}" + (f"{'other':>10}" if other is not None else ""))
+    for m in METRICS:
+        if m in summ["density"]["predicted"]:
+            line = f"{m:<32}{summ['density']['h0'].get(m, float('nan')):10.3f}{summ['density']['predicted'][m]:10.3f}"
+            if other is not None:
+                line += f"{summ['other']['predicted'][m]:10.3f}"
+            print(line)
+    tot = {k: float(np.nansum([c[k] for c in cost])) for k in
+           ("density_s", "grid_setup_s", "first_step_and_network_s", "hamiltonian_s", "other_s", "abacus_h0_s",
+            "abacus_scf_s")}
+    print(f"\ntotal seconds (one thread): density model {tot['density_s']:.1f} (grid {tot['grid_setup_s']:.1f}, first step "
+          f"and network {tot['first_step_and_network_s']:.1f}, H[ρ] {tot['hamiltonian_s']:.1f})"
+          + (f", other {tot['other_s']:.1f}" if other is not None else "")
+          + f"; ABACUS zeroth step {tot['abacus_h0_s']:.1f}, SCF {tot['abacus_scf_s']:.1f}: the density model takes "
+          f"{100 * tot['density_s'] / tot['abacus_scf_s']:.0f}% of the SCF's time")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"summary": summ, "rows": rows, "cost": cost, "model": card.get("name")},
+                                              indent=1))
+
+
+if __name__ == "__main__":
+    main()
