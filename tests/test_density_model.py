@@ -12,7 +12,7 @@ from nextham_dft.model.density_net import DensityConfig, DensityNet, atom_graph
 
 from .conftest import EXAMPLE, need
 
-SMALL = DensityConfig(hidden_irreps="8x0e+4x1o+4x2e+2x0o+2x1e+2x2o", layers=2, r_max=4.0)
+SMALL = DensityConfig(lmax=3, hidden_irreps="8x0e+4x1o+4x2e+2x0o+2x1e+2x2o+2x3o+2x3e", layers=2, r_max=4.0)
 
 
 class _Cell:

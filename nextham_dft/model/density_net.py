@@ -8,9 +8,10 @@ H from :meth:`core.scf.SelfConsistency.hamiltonian`, a valid Kohn–Sham H of a 
 What it maps. H(0)'s own occupied states give ρ_out(H(0)) = ρ_atoms + Δρ1, the first SCF step's output.
 In linear response the converged change is the screened first one, Δρ* = (1 − χ0 K)⁻¹ Δρ1: the network
 learns that screening, environment by environment. Both densities are represented by atom-centred
-Gaussians (:mod:`nextham_dft.core.gaussians`, per atom the irreps 3x0e+3x1o+3x2e+3x3o for three widths;
-l = 3 because the bond charge of a tetrahedral crystal is an l = 3 function of its atoms' site symmetry:
-with l ≤ 2 the fit of Si's converged density explains almost none of it), so
+Gaussians (:mod:`nextham_dft.core.gaussians`, per atom the irreps 3x0e+3x1o+3x2e for three widths;
+``lmax`` 3 adds 3x3o: the bond charge of a tetrahedral crystal is an l = 3 function of its atoms' site
+symmetry, and the l ≤ 2 fit of Si's converged density misses most of it — yet trained networks with l ≤ 3
+gave worse validation bands than with l ≤ 2, scripts/density_recipe/README.md), so
 the map is between per-atom irreps and E(3)-equivariant (parity included: a density is a true scalar;
 time reversal leaves a density alone, so it holds trivially) — tested.
 
@@ -47,7 +48,7 @@ class DensityConfig:
     xc_weight: eV Å³, the L2 part of the training metric beside the Coulomb one (core.gaussians)."""
 
     sigmas: tuple[float, ...] = (0.25, 0.5, 1.0)
-    lmax: int = 3
+    lmax: int = 2
     ridge: float = 1e-3
     spacing: float = 0.15
     hidden_irreps: str = "32x0e+16x1o+16x2e+8x0o+8x1e+8x2o"

@@ -1,7 +1,7 @@
 """Training data of the density network: one torch file per structure of a `dataset build` file whose
 structures hold H0, H, S and the pseudopotentials' atomic densities (model.density_train.make_sample).
 
-    python scripts/density_recipe/make_samples.py DATA.h5 OUT_DIR [--part K/N] [--lmax 3]
+    python scripts/density_recipe/make_samples.py DATA.h5 OUT_DIR [--part K/N] [--lmax 2]
 
 About 2 s per structure of the bundled data on one core; existing files are kept (resumable).
 """
@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("data")
     ap.add_argument("out")
     ap.add_argument("--part", default="0/1", help="K/N: every N-th structure from the K-th (parallel runs)")
-    ap.add_argument("--lmax", type=int, default=3)
+    ap.add_argument("--lmax", type=int, default=2)
     args = ap.parse_args()
     k, n = (int(x) for x in args.part.split("/"))
     cfg = DensityConfig(lmax=args.lmax)

@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=300)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--lmax", type=int, default=3)
+    ap.add_argument("--lmax", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     split = json.loads(Path(args.split).read_text())
