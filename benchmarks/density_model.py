@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adapters.abacus.dojo_h5 import read_structure  # noqa: E402
 from nextham_dft.evaluation import evaluate, summarise  # noqa: E402
-from nextham_dft.model.density_predict import predict_density_hamiltonian  # noqa: E402
+from nextham_dft.core.scf import complete_scf  # noqa: E402
+from nextham_dft.model.density_predict import predict_density  # noqa: E402
 from nextham_dft.model.predict import predict_hamiltonian  # noqa: E402
 from nextham_dft.model.store import load_model, resolve_model_path  # noqa: E402
 
@@ -42,6 +43,8 @@ def main() -> None:
     ap.add_argument("--split", default="test", choices=["val", "test", "train"])
     ap.add_argument("--held-out", action="store_true",
                     help="only the split's structures with an element held out of training (default: only the others)")
+    ap.add_argument("--scf", action="store_true",
+                    help="also complete the SCF from the predicted density (iterations and seconds; as predict --scf)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -55,8 +58,10 @@ def main() -> None:
         if bool(set(s.elements) & held) != args.held_out:
             continue
         t = time.perf_counter()
-        h, stages = predict_density_hamiltonian(model, s)
+        pred = predict_density(model, s)
+        h, stages = pred.hamiltonian, pred.timings
         seconds = time.perf_counter() - t
+        scf = complete_scf(s, start_density=pred.density, consistency=pred.consistency) if args.scf else None
         rows["density"].append({"id": sid, "formula": s.formula, "spin": s.spin_mode, **evaluate(s, h)})
         if other is not None:
             t = time.perf_counter()
@@ -67,7 +72,10 @@ def main() -> None:
         cost.append({"id": sid, "formula": s.formula, "atoms": s.n_atoms, "density_s": seconds, **stages,
                      "other_s": other_s if other is not None else float("nan"),
                      "abacus_h0_s": float(meta.get("h0_seconds", np.nan)),
-                     "abacus_scf_s": float(meta.get("scf_seconds", np.nan))})
+                     "abacus_scf_s": float(meta.get("scf_seconds", np.nan)),
+                     "abacus_iter": int(meta.get("scf_iterations", -1)),
+                     "scf_iter": scf.iterations if scf else -1, "scf_s": scf.seconds if scf else float("nan"),
+                     "scf_converged": bool(scf.converged) if scf else None})
         p, c = rows["density"][-1], cost[-1]
         print(f"{sid} {s.formula:10s} density {p['predicted']['band_mae_shifted_mev']:7.1f} meV "
               f"({p['predicted']['ghost_states']} ghosts)"
@@ -92,6 +100,10 @@ def main() -> None:
           + (f", other {tot['other_s']:.1f}" if other is not None else "")
           + f"; ABACUS zeroth step {tot['abacus_h0_s']:.1f}, SCF {tot['abacus_scf_s']:.1f}: the density model takes "
           f"{100 * tot['density_s'] / tot['abacus_scf_s']:.0f}% of the SCF's time")
+    if args.scf:
+        print(f"SCF completion from the predicted density: {np.mean([c['scf_iter'] for c in cost]):.1f} iterations on "
+              f"average (ABACUS {np.mean([c['abacus_iter'] for c in cost]):.1f}), {sum(c['scf_s'] for c in cost):.1f} s; "
+              f"not converged: {sum(not c['scf_converged'] for c in cost)}")
     if args.json:
         Path(args.json).write_text(json.dumps({"summary": summ, "rows": rows, "cost": cost, "model": card.get("name")},
                                               indent=1))

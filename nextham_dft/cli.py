@@ -474,8 +474,10 @@ def eval_cmd(model_path, data, split, json_out, device):
 @click.argument("run_dir", type=click.Path())
 @click.option("--out", "out_dir", type=click.Path(), required=True, help="New output folder.")
 @click.option("--model", "model_path", default=None,
-              help="Model file, or 'fast': the bundled single network, half the time, or 'local': the bundled "
-                   "local-potential network, half the H error (default: the bundled ensemble).")
+              help="Model file, or 'fast': the bundled single network, half the time, 'local': the bundled "
+                   "local-potential network, half the H error, or 'density': the bundled density model, H of a "
+                   "predicted density (needs the UPF files; about two SCF iterations' time) (default: the bundled "
+                   "ensemble).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto (CUDA when available).")
 @click.option("--force", is_flag=True, help="Replace a previous nextham-dft output folder.")
 @click.option("--no-native", is_flag=True,

@@ -42,7 +42,7 @@ def farthest_state(system, window, h) -> float:
 @pytest.mark.parametrize("name", ["bundled", "fast", "local"])
 def test_bundled_model_card_and_checksum(tmp_path, name):
     model, card = load_model(bundled_model_path(name))
-    assert sum(bundled_model_path(n).stat().st_size for n in ("bundled", "fast", "local")) < 30e6  # all ship
+    assert sum(bundled_model_path(n).stat().st_size for n in ("bundled", "fast", "local", "density")) < 30e6  # all ship
     for key in ("elements", "orbital_files", "basis_labels", "spin_modes", "training", "split", "sha256"):
         assert key in card
     assert "Si" in card["elements"] and card["training"]["total_wall_clock_s"] <= 2 * 3600  # trains in ≤ 2 h

@@ -146,9 +146,10 @@ def load_weights_into(model: HamiltonianCorrection, source: torch.nn.Module | di
 
 #: the bundled models by name: the default, "fast", a single network (half the prediction time of the
 #: default ensemble of two), and "local", a single network with the local-potential head (scripts/
-#: local_potential_recipe: half the H error of the default, better bands on most crystals, worse on SrTiO3)
+#: local_potential_recipe: half the H error of the default, better bands on most crystals, worse on SrTiO3), and
+#: "density", a density model (scripts/density_recipe: H[ρ_atoms + Δρ_pred] through core.scf; needs the UPF files)
 BUNDLED = {"bundled": PRETRAINED / "model.pt", "fast": PRETRAINED / "fast" / "model.pt",
-           "local": PRETRAINED / "local" / "model.pt"}
+           "local": PRETRAINED / "local" / "model.pt", "density": PRETRAINED / "density" / "model.pt"}
 
 
 def bundled_model_path(name: str = "bundled") -> Path:
@@ -157,7 +158,8 @@ def bundled_model_path(name: str = "bundled") -> Path:
 
 def resolve_model_path(name: str | Path | None) -> Path:
     """A model file from a ``--model`` value: None or "bundled" (the default bundled model), "fast"
-    (the bundled single network), "local" (the bundled local-potential network), else a path."""
+    (the bundled single network), "local" (the bundled local-potential network), "density" (the bundled
+    density model), else a path."""
     if name is None:
         return BUNDLED["bundled"]
     return BUNDLED.get(str(name), Path(name))

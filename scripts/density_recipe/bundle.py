@@ -1,0 +1,81 @@
+"""Package a density model trained by train.py as the bundled `--model density`: its card completed with the
+pseudopotential files (checksums) and spin modes of its training structures, the whole recipe, the
+validation and test metrics.
+
+    python scripts/density_recipe/bundle.py density.pt dataset.h5 [--val acc_val.json] [--test acc_test.json]
+        [--samples-minutes 4] [--out nextham_dft/model/pretrained/density/model.pt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import h5py
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from nextham_dft.model.store import PRETRAINED, load_model, save_model  # noqa: E402
+
+
+def training_inputs(data: str, ids: list[str]) -> tuple[dict, list[str]]:
+    """({element: {file, sha256}} of the pseudopotentials, sorted spin modes) of the structures ``ids``."""
+    pps: dict[str, dict] = {}
+    spins = set()
+    with h5py.File(data, "r") as f:
+        for sid in ids:
+            g = f[sid]
+            spins.add(g.attrs["spin_mode"] if isinstance(g.attrs["spin_mode"], str) else g.attrs["spin_mode"].decode())
+            for key in g.get("atomic_density", {}):
+                info = json.loads(g["atomic_density"][key].attrs["info"])
+                pps[info["element"]] = {"file": info["source"], "sha256": info["sha256"], "functional": info["functional"]}
+    return dict(sorted(pps.items())), sorted(spins)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("data", help="the `dataset build` file the samples were made from")
+    ap.add_argument("--val", default=None, help="benchmarks/accuracy.py --split val JSON")
+    ap.add_argument("--test", default=None, help="benchmarks/accuracy.py or density_model.py --split test JSON")
+    ap.add_argument("--samples-minutes", type=float, default=0.0, help="wall-clock minutes of make_samples.py")
+    ap.add_argument("--name", default="nextham-dojo-density1")
+    ap.add_argument("--out", default=str(PRETRAINED / "density" / "model.pt"))
+    args = ap.parse_args()
+    model, card = load_model(args.model)
+    train_ids = card["split"]["train"]
+    pps, spins = training_inputs(args.data, train_ids)
+    minutes = card.get("training_minutes", 0.0) + args.samples_minutes
+    samples_cmd = ("python scripts/density_recipe/make_samples.py dataset.h5 samples --lmax "
+                   f"{model.cfg.lmax} --part 0/2 & python scripts/density_recipe/make_samples.py dataset.h5 samples "
+                   f"--lmax {model.cfg.lmax} --part 1/2")
+    tokens = card.get("recipe", "").split()
+    if len(tokens) >= 5 and tokens[1].endswith("train.py"):  # the machine's own paths → the recipe's names
+        tokens[2], tokens[4] = "samples", "density.pt"
+    train_cmd = " ".join(tokens)
+    new = {k: v for k, v in card.items() if k not in ("sha256", "n_parameters", "model_config", "n_members")}
+    new.update({
+        "name": args.name,
+        "basis": "any NAO basis: H is built in the run's own orbitals by core.scf",
+        "pseudopotential_files": pps,
+        "spin_modes": spins,
+        "data": "../shared/data/abacus-dojo-fr (PseudoDojo FR pseudopotentials, DZP orbitals)",
+        "training": {"command": f"nextham-dft dataset build ../shared/data/abacus-dojo-fr/dataset.h5 -o dataset.h5; "
+                                f"{samples_cmd}; {train_cmd}",
+                     "total_wall_clock_s": round(60 * minutes), "hardware": card.get("hardware", ""),
+                     **card.get("training", {})},
+    })
+    for key, path in (("val_metrics", args.val), ("test_metrics", args.test)):
+        if path:
+            summary = json.loads(Path(path).read_text())["summary"]
+            new[key] = summary.get("density", summary)  # benchmarks/density_model.py's, or accuracy.py's
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_model(out, model, new)
+    print(f"wrote {out} and {out.with_suffix('.json')}")
+
+
+if __name__ == "__main__":
+    main()
