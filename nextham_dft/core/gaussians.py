@@ -76,24 +76,41 @@ def _columns(basis: GaussianBasis, d: np.ndarray) -> np.ndarray:
 
 
 def basis_blocks(system, shape: tuple[int, int, int], origin: np.ndarray, basis: GaussianBasis,
-                 chunk: int = 20000) -> Iterator[tuple[slice, np.ndarray]]:
-    """(point slice, (points, n_atoms · per_atom) values) over the grid in chunks of ``chunk`` points: the
-    functions of every atom, periodic images summed. Memory: chunk × n_atoms × per_atom × 8 bytes."""
+                 block: int = 12) -> Iterator[tuple[tuple[slice, slice, slice], np.ndarray, np.ndarray]]:
+    """(index, atoms, values) over the grid in sub-boxes of ``block`` points a side: the box's grid slices,
+    the atoms whose functions reach it (any periodic image) and the values of their functions there,
+    (points, len(atoms) · per_atom), images summed. Work and memory per box depend on the atoms near it
+    only, so the cost grows with the cell's volume, not its square."""
     lat = np.asarray(system.lattice, dtype=float)
-    pts = (np.asarray(origin, dtype=float) + grid_points(lat, shape)).reshape(-1, 3)
+    points = np.asarray(origin, dtype=float) + grid_points(lat, shape)
     reach = REACH_SIGMAS * max(basis.sigmas)
     owner, _t, pos = periodic_images(lat, np.asarray(system.positions, dtype=float), reach, margin=1)
+    images = cKDTree(pos)
     nf = basis.per_atom
-    for start in range(0, len(pts), chunk):
-        sl = slice(start, min(start + chunk, len(pts)))
-        p = pts[sl]
-        tree = cKDTree(p)
-        out = np.zeros((len(p), system.n_atoms * nf))
-        for a, centre in zip(owner, pos):
-            near = np.asarray(tree.query_ball_point(centre, reach), dtype=np.int64)
-            if len(near):
-                out[near, a * nf:(a + 1) * nf] += _columns(basis, p[near] - centre)
-        yield sl, out
+    nx, ny, nz = shape
+    for bx in range(0, nx, block):
+        for by in range(0, ny, block):
+            for bz in range(0, nz, block):
+                index = (slice(bx, bx + block), slice(by, by + block), slice(bz, bz + block))
+                p = points[index].reshape(-1, 3)
+                centre = p.mean(0)
+                rad = float(np.linalg.norm(p - centre, axis=1).max())
+                near = np.asarray(images.query_ball_point(centre, reach + rad), dtype=np.int64)
+                if len(near) == 0:
+                    continue
+                atoms, slot = np.unique(owner[near], return_inverse=True)
+                out = np.zeros((len(p), len(atoms) * nf))
+                for k, im in zip(slot, near):
+                    d = p - pos[im]
+                    inside = np.nonzero(np.einsum("ij,ij->i", d, d) < reach * reach)[0]
+                    if len(inside):
+                        out[inside, k * nf:(k + 1) * nf] += _columns(basis, d[inside])
+                yield index, atoms, out
+
+
+def _columns_of(atoms: np.ndarray, nf: int) -> np.ndarray:
+    """The global coefficient columns of ``atoms`` (each ``nf`` wide), in order."""
+    return (atoms[:, None] * nf + np.arange(nf)[None, :]).reshape(-1)
 
 
 def fit_density(system, shape, origin, dv: float, delta_rho: np.ndarray, basis: GaussianBasis) -> np.ndarray:
@@ -101,20 +118,32 @@ def fit_density(system, shape, origin, dv: float, delta_rho: np.ndarray, basis: 
     element ``dv`` Å³)."""
     n = system.n_atoms * basis.per_atom
     gram, rhs = np.zeros((n, n)), np.zeros(n)
-    flat = np.asarray(delta_rho, dtype=float).reshape(-1)
-    for sl, b in basis_blocks(system, shape, origin, basis):
-        gram += b.T @ b * dv
-        rhs += b.T @ flat[sl] * dv
+    rho = np.asarray(delta_rho, dtype=float).reshape(shape)
+    for index, atoms, b in basis_blocks(system, shape, origin, basis):
+        cols = _columns_of(atoms, basis.per_atom)
+        gram[np.ix_(cols, cols)] += b.T @ b * dv
+        rhs[cols] += b.T @ rho[index].reshape(-1) * dv
     return np.linalg.solve(gram + basis.ridge * np.eye(n), rhs).reshape(system.n_atoms, basis.per_atom)
 
 
 def density_of(system, shape, origin, coef: np.ndarray, basis: GaussianBasis) -> np.ndarray:
     """Σ c g on the grid (e/Å³ for c in the units of :func:`fit_density`), shape ``shape``."""
-    out = np.zeros(int(np.prod(shape)))
+    out = np.zeros(tuple(shape))
     c = np.asarray(coef, dtype=float).reshape(-1)
-    for sl, b in basis_blocks(system, shape, origin, basis):
-        out[sl] = b @ c
-    return out.reshape(shape)
+    for index, atoms, b in basis_blocks(system, shape, origin, basis):
+        out[index] = (b @ c[_columns_of(atoms, basis.per_atom)]).reshape(out[index].shape)
+    return out
+
+
+def basis_matrix(system, shape, origin, basis: GaussianBasis) -> np.ndarray:
+    """(grid points, n_atoms · per_atom) every function on the whole grid (C order of ``shape``): for the
+    small cells of training data (memory grows as the cell's volume times its atoms)."""
+    n = system.n_atoms * basis.per_atom
+    flat = np.arange(int(np.prod(shape))).reshape(shape)
+    out = np.zeros((flat.size, n))
+    for index, atoms, b in basis_blocks(system, shape, origin, basis):
+        out[np.ix_(flat[index].reshape(-1), _columns_of(atoms, basis.per_atom))] = b
+    return out
 
 
 def neutralised(coef: np.ndarray, basis: GaussianBasis) -> np.ndarray:

@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..core.gaussians import basis_blocks, fit_density, neutralised
+from ..core.gaussians import basis_matrix, fit_density
 from ..core.hxc import reciprocal_grid
 from ..core.scf import SelfConsistency
 from ..core.units import COULOMB_EV_ANG
@@ -68,7 +68,7 @@ def first_step_fit(sc: SelfConsistency, cfg: DensityConfig) -> np.ndarray:
 def coefficient_metric(sc: SelfConsistency, cfg: DensityConfig) -> np.ndarray:
     """(n, n) eV: M = K_C + xc_weight·G of the Gaussians of every atom (module docstring)."""
     system, basis = sc.system, cfg.basis
-    cols = np.concatenate([b for _, b in basis_blocks(system, sc.shape, sc.origin, basis)], axis=0)
+    cols = basis_matrix(system, sc.shape, sc.origin, basis)
     gram = cols.T @ cols * sc.dv
     g2 = (reciprocal_grid(sc.lattice, sc.shape) ** 2).sum(-1).reshape(-1)
     kern = np.where(g2 > 0, 4 * np.pi * COULOMB_EV_ANG / np.where(g2 > 0, g2, 1.0), 0.0)
@@ -130,7 +130,7 @@ def relative_error(model: DensityNet, samples: list[DensitySample], charges: tor
 @dataclass
 class DensityTraining:
     """epochs, batch (structures), lr (peak of a one-cycle schedule), clip (gradient norm), seed,
-    eval_every (epochs between validations)."""
+    eval_every (epochs between validations), weight_decay (AdamW's decoupled decay; 0: Adam)."""
 
     epochs: int = 300
     batch: int = 8
@@ -138,6 +138,7 @@ class DensityTraining:
     clip: float = 0.3
     seed: int = 0
     eval_every: int = 5
+    weight_decay: float = 0.0
 
 
 def train_density(cfg: DensityConfig, train: list[DensitySample], val: list[DensitySample],
@@ -151,7 +152,8 @@ def train_density(cfg: DensityConfig, train: list[DensitySample], val: list[Dens
     model.scale.copy_(instance_scale(model.irreps, torch.cat([s.c1 for s in train])))
     charges = torch.tensor(cfg.basis.charges(), dtype=torch.float32)
     norm = float(np.mean([float(s.cstar.reshape(-1) @ s.metric @ s.cstar.reshape(-1)) / len(s.z) for s in train]))
-    opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    opt = (torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+           if settings.weight_decay > 0 else torch.optim.Adam(model.parameters(), lr=settings.lr))
     steps = settings.epochs * math.ceil(len(train) / settings.batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=steps)
     best, best_state, history, t0 = math.inf, None, [], time.perf_counter()

@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=300)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--lmax", type=int, default=2)
+    ap.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's decay (0: Adam)")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     split = json.loads(Path(args.split).read_text())
@@ -43,7 +44,7 @@ def main() -> None:
     train, val = load_samples(folder, split["train"]), load_samples(folder, split["val"])
     print(f"{len(train)} training and {len(val)} validation structures", flush=True)
     cfg = DensityConfig(lmax=args.lmax)
-    settings = DensityTraining(epochs=args.epochs, lr=args.lr, seed=args.seed)
+    settings = DensityTraining(epochs=args.epochs, lr=args.lr, seed=args.seed, weight_decay=args.weight_decay)
     t0 = time.perf_counter()
     model, info = train_density(cfg, train, val, settings, log=lambda m: print(m, flush=True))
     minutes = (time.perf_counter() - t0) / 60
