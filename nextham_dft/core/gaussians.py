@@ -27,7 +27,7 @@ from scipy.spatial import cKDTree
 from .density import grid_points, periodic_images
 from .sph import e3nn_harmonics
 
-#: the fit's functions reach this many widths (exp(−4.5²/2) = 4e-5 of the peak)
+#: each function reaches this many of its widths (exp(−4.5²/2) = 4e-5 of the peak), and is zero beyond
 REACH_SIGMAS = 4.5
 
 
@@ -64,19 +64,21 @@ class GaussianBasis:
 
 
 def _columns(basis: GaussianBasis, d: np.ndarray) -> np.ndarray:
-    """(len(d), per_atom) the functions of one atom at displacements d (Å) from it."""
+    """(len(d), per_atom) the functions of one atom at displacements d (Å) from it; each is zero beyond
+    ``REACH_SIGMAS`` of its own width."""
     r = np.linalg.norm(d, axis=1)
     unit = np.where(r[:, None] > 1e-12, d, np.array([0.0, 0.0, 1.0]))
     cols = []
     for l in range(basis.lmax + 1):
         y = e3nn_harmonics(l, unit)
         for s in basis.sigmas:
-            cols.append(((r / s) ** l * np.exp(-r * r / (2 * s * s)))[:, None] * y)
+            radial = np.where(r < REACH_SIGMAS * s, (r / s) ** l * np.exp(-r * r / (2 * s * s)), 0.0)
+            cols.append(radial[:, None] * y)
     return np.concatenate(cols, axis=1) / basis.norms()
 
 
 def basis_blocks(system, shape: tuple[int, int, int], origin: np.ndarray, basis: GaussianBasis,
-                 block: int = 12) -> Iterator[tuple[tuple[slice, slice, slice], np.ndarray, np.ndarray]]:
+                 block: int = 8) -> Iterator[tuple[tuple[slice, slice, slice], np.ndarray, np.ndarray]]:
     """(index, atoms, values) over the grid in sub-boxes of ``block`` points a side: the box's grid slices,
     the atoms whose functions reach it (any periodic image) and the values of their functions there,
     (points, len(atoms) · per_atom), images summed. Work and memory per box depend on the atoms near it
@@ -99,13 +101,13 @@ def basis_blocks(system, shape: tuple[int, int, int], origin: np.ndarray, basis:
                 if len(near) == 0:
                     continue
                 atoms, slot = np.unique(owner[near], return_inverse=True)
-                out = np.zeros((len(p), len(atoms) * nf))
-                for k, im in zip(slot, near):
-                    d = p - pos[im]
-                    inside = np.nonzero(np.einsum("ij,ij->i", d, d) < reach * reach)[0]
-                    if len(inside):
-                        out[inside, k * nf:(k + 1) * nf] += _columns(basis, d[inside])
-                yield index, atoms, out
+                d = p[None, :, :] - pos[near][:, None, :]  # (images, points, 3)
+                img, row = np.nonzero(np.einsum("ipk,ipk->ip", d, d) < reach * reach)
+                vals = _columns(basis, d[img, row])  # every (image, point) pair in reach at once
+                ncols = len(atoms) * nf
+                at = ((row * ncols + slot[img] * nf)[:, None] + np.arange(nf)).reshape(-1)
+                out = np.bincount(at, weights=vals.reshape(-1), minlength=len(p) * ncols)  # images summed
+                yield index, atoms, out.reshape(len(p), ncols)
 
 
 def _columns_of(atoms: np.ndarray, nf: int) -> np.ndarray:
@@ -120,7 +122,9 @@ def fit_density(system, shape, origin, dv: float, delta_rho: np.ndarray, basis: 
     gram, rhs = np.zeros((n, n)), np.zeros(n)
     rho = np.asarray(delta_rho, dtype=float).reshape(shape)
     for index, atoms, b in basis_blocks(system, shape, origin, basis):
-        cols = _columns_of(atoms, basis.per_atom)
+        live = np.flatnonzero(np.abs(b).max(axis=0) > 0)  # a far atom reaches a box with its wide functions only
+        b = b[:, live]
+        cols = _columns_of(atoms, basis.per_atom)[live]
         gram[np.ix_(cols, cols)] += b.T @ b * dv
         rhs[cols] += b.T @ rho[index].reshape(-1) * dv
     return np.linalg.solve(gram + basis.ridge * np.eye(n), rhs).reshape(system.n_atoms, basis.per_atom)
