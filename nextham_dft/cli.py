@@ -394,7 +394,8 @@ def train(config, init, member, no_resume, device):
 @friendly_errors
 def ensemble(models, output, force):
     """Combine trained models (same architecture, same split; e.g. two seeds) into one model whose
-    correction is their average. Prediction then costs one forward pass per member."""
+    correction (density models: density coefficients) is their average. Prediction then costs one
+    forward pass per member."""
     from .model.store import combine_models, save_model
 
     out = Path(output)

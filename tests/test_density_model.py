@@ -255,3 +255,29 @@ def test_the_bundled_density_model_card_and_prediction(tmp_path):
     assert ev["predicted"]["band_mae_shifted_mev"] < 0.8 * ev["h0"]["band_mae_shifted_mev"]
     assert ev["predicted"]["h_mae_shifted_mev"] < 0.8 * ev["h0"]["h_mae_shifted_mev"]
     assert (tmp_path / "o" / "abacus").is_dir()
+
+
+def test_density_models_combine_into_an_ensemble_and_not_with_correction_networks(tmp_path):
+    import json
+
+    from nextham_dft.model.density_net import DensityEnsemble
+    from nextham_dft.model.store import ModelFileError, bundled_model_path, combine_models, save_model
+
+    nets = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        nets.append(DensityNet(SMALL))
+        save_model(tmp_path / f"d{seed}.pt", nets[-1], {"name": f"d{seed}", "split": {"train": ["a"]}, "elements": ["Si"]})
+    ens, card = combine_models([tmp_path / "d0.pt", tmp_path / "d1.pt"])
+    assert isinstance(ens, DensityEnsemble) and len(card["members"]) == 2
+    lat, pos, z, c1 = _random_input(3, 4)
+    mean = (_run(nets[0], lat, pos, z, c1.float()) + _run(nets[1], lat, pos, z, c1.float())) / 2
+    assert torch.allclose(_run(ens, lat, pos, z, c1.float()), mean, atol=1e-6)
+    save_model(tmp_path / "other.pt", DensityNet(DensityConfig()), {"name": "o", "split": {"train": ["a"]}})
+    with pytest.raises(ModelFileError, match="configuration"):
+        combine_models([tmp_path / "d0.pt", tmp_path / "other.pt"])
+    fast = bundled_model_path("fast")
+    split = json.loads(fast.with_suffix(".json").read_text())["split"]
+    save_model(tmp_path / "same_split.pt", nets[0], {"name": "d", "split": split})
+    with pytest.raises(ModelFileError, match="cannot be averaged"):
+        combine_models([tmp_path / "same_split.pt", fast])

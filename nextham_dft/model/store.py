@@ -165,9 +165,9 @@ def resolve_model_path(name: str | Path | None) -> Path:
     return BUNDLED.get(str(name), Path(name))
 
 
-def combine_models(paths: list[str | Path]) -> tuple[ModelEnsemble, dict]:
+def combine_models(paths: list[str | Path]) -> tuple[ModelEnsemble | DensityEnsemble, dict]:
     """An ensemble of trained models (each a single network of one architecture, trained on the same
-    split) and its card: the first member's card, with each member's file, checksum and best epoch.
+    split; density models of one configuration average their coefficients) and its card: the first member's card, with each member's file, checksum and best epoch.
     Members trained on different splits would let one member have seen another's test crystals, so
     they are refused, as are members of different architectures."""
     if len(paths) < 2:
@@ -175,7 +175,7 @@ def combine_models(paths: list[str | Path]) -> tuple[ModelEnsemble, dict]:
     nets, cards = [], []
     for p in paths:
         net, card = load_model(p)
-        if isinstance(net, ModelEnsemble):
+        if isinstance(net, (ModelEnsemble, DensityEnsemble)):
             raise ModelFileError(f"{p}: already an ensemble; combine its member files instead")
         nets.append(net)
         cards.append(card)
@@ -183,10 +183,19 @@ def combine_models(paths: list[str | Path]) -> tuple[ModelEnsemble, dict]:
         if card.get("split") != cards[0].get("split"):
             raise ModelFileError(f"{p}: trained on another train/val/test split than {paths[0]} "
                                  "(train the members with one split_seed)")
-    try:
-        ens = ModelEnsemble(nets)
-    except EnsembleError as exc:  # another architecture
-        raise ModelFileError(f"{paths[0]} and the others: {exc}") from None
+    kinds = {is_density_model(n) for n in nets}
+    if len(kinds) > 1:
+        raise ModelFileError("density models and correction networks cannot be averaged together")
+    if kinds == {True}:  # density networks: their coefficients are averaged (one basis, grid and graph)
+        for p, n in zip(paths[1:], nets[1:]):
+            if n.cfg != nets[0].cfg:
+                raise ModelFileError(f"{p}: another density-model configuration than {paths[0]}")
+        ens = DensityEnsemble(nets)
+    else:
+        try:
+            ens = ModelEnsemble(nets)
+        except EnsembleError as exc:  # another architecture
+            raise ModelFileError(f"{paths[0]} and the others: {exc}") from None
     ens.known_elements = frozenset().union(*(n.known_elements for n in nets))
     card = {k: v for k, v in cards[0].items() if k not in ("sha256", "n_parameters", "model_config", "epoch", "val")}
     card["elements"] = sorted(ens.known_elements)
