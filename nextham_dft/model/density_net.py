@@ -31,12 +31,11 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import torch
 from e3nn import o3
-from e3nn.nn import Gate
 from torch import nn
 
 from ..core.gaussians import GaussianBasis
 from .elements import DescriptorEmbedding
-from .network import bessel, plain_einsum_codegen
+from .network import _gate_for, bessel, plain_einsum_codegen
 
 
 @dataclass(frozen=True)
@@ -98,13 +97,6 @@ def atom_graph(lattice: np.ndarray, positions: np.ndarray, r_max: float) -> tupl
         dst.append(np.full(len(j_idx), i))
         vec.append(d[t_idx, j_idx])
     return np.concatenate(src), np.concatenate(dst), np.concatenate(vec).reshape(-1, 3)
-
-
-def _gate_for(irreps: o3.Irreps) -> Gate:
-    scalars = o3.Irreps([(m, ir) for m, ir in irreps if ir.l == 0])
-    gated = o3.Irreps([(m, ir) for m, ir in irreps if ir.l > 0])
-    acts = [torch.nn.functional.silu if ir.p == 1 else torch.tanh for _, ir in scalars]
-    return Gate(scalars, acts, o3.Irreps(f"{gated.num_irreps}x0e"), [torch.sigmoid], gated)
 
 
 class Interaction(nn.Module):
