@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adapters.abacus.dojo_h5 import read_structure  # noqa: E402
 from nextham_dft.evaluation import evaluate, summarise  # noqa: E402
-from nextham_dft.core.scf import complete_scf  # noqa: E402
+from nextham_dft.core.scf import ScfSettings, complete_scf  # noqa: E402
 from nextham_dft.model.density_predict import predict_density  # noqa: E402
 from nextham_dft.model.predict import predict_hamiltonian  # noqa: E402
 from nextham_dft.model.store import load_model, resolve_model_path  # noqa: E402
@@ -45,13 +45,15 @@ def main() -> None:
                     help="only the split's structures with an element held out of training (default: only the others)")
     ap.add_argument("--scf", action="store_true",
                     help="also complete the SCF from the predicted density (iterations and seconds; as predict --scf)")
+    ap.add_argument("--steps", type=int, default=0,
+                    help="also score H after this many completion steps from the predicted density (predict --scf-steps)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
     model, card = load_model(resolve_model_path(args.model))
     other = None if args.compare == "none" else load_model(resolve_model_path(args.compare))[0]
     held = set(card["split"].get("held_out_elements", []))
-    rows: dict[str, list] = {"density": [], "other": []}
+    rows: dict[str, list] = {"density": [], "other": [], "steps": []}
     cost = []
     for sid in sorted(card["split"][args.split]):
         s = read_structure(args.data, sid)
@@ -62,6 +64,11 @@ def main() -> None:
         h, stages = pred.hamiltonian, pred.timings
         seconds = time.perf_counter() - t
         scf = complete_scf(s, start_density=pred.density, consistency=pred.consistency) if args.scf else None
+        steps = None
+        if args.steps:
+            steps = complete_scf(s, settings=ScfSettings(tol=0.0, max_iter=args.steps), start_density=pred.density,
+                                 consistency=pred.consistency)
+            rows["steps"].append({"id": sid, "formula": s.formula, "spin": s.spin_mode, **evaluate(s, steps.hamiltonian)})
         rows["density"].append({"id": sid, "formula": s.formula, "spin": s.spin_mode, **evaluate(s, h)})
         if other is not None:
             t = time.perf_counter()
@@ -75,22 +82,27 @@ def main() -> None:
                      "abacus_scf_s": float(meta.get("scf_seconds", np.nan)),
                      "abacus_iter": int(meta.get("scf_iterations", -1)),
                      "scf_iter": scf.iterations if scf else -1, "scf_s": scf.seconds if scf else float("nan"),
-                     "scf_converged": bool(scf.converged) if scf else None})
+                     "scf_converged": bool(scf.converged) if scf else None,
+                     "steps_s": steps.seconds if steps else float("nan")})
         p, c = rows["density"][-1], cost[-1]
         print(f"{sid} {s.formula:10s} density {p['predicted']['band_mae_shifted_mev']:7.1f} meV "
               f"({p['predicted']['ghost_states']} ghosts)"
               + (f", other {rows['other'][-1]['predicted']['band_mae_shifted_mev']:7.1f}" if other is not None else "")
+              + (f", after {args.steps} steps {rows['steps'][-1]['predicted']['band_mae_shifted_mev']:6.2f}" if steps else "")
               + f", H(0) {p['h0']['band_mae_shifted_mev']:7.1f};  {c['density_s']:.1f} s against ABACUS's SCF "
               f"{c['abacus_scf_s']:.1f} s", flush=True)
     summ = {k: summarise(v) for k, v in rows.items() if v}
     print(f"\n{len(cost)} {args.split} structures{' with a held-out element' if args.held_out else ''}; density model "
           f"{card.get('name')}" + (f", beside {args.compare}" if other is not None else ""))
-    print(f"{'metric':<32}{'H(0)':>10}{'density':>10}" + (f"{'other':>10}" if other is not None else ""))
+    print(f"{'metric':<32}{'H(0)':>10}{'density':>10}" + (f"{'other':>10}" if other is not None else "")
+          + (f"{f'+{args.steps} steps':>12}" if args.steps else ""))
     for m in METRICS:
         if m in summ["density"]["predicted"]:
             line = f"{m:<32}{summ['density']['h0'].get(m, float('nan')):10.3f}{summ['density']['predicted'][m]:10.3f}"
             if other is not None:
                 line += f"{summ['other']['predicted'][m]:10.3f}"
+            if args.steps:
+                line += f"{summ['steps']['predicted'][m]:12.3f}"
             print(line)
     tot = {k: float(np.nansum([c[k] for c in cost])) for k in
            ("density_s", "grid_setup_s", "first_step_and_network_s", "hamiltonian_s", "other_s", "abacus_h0_s",
@@ -100,6 +112,11 @@ def main() -> None:
           + (f", other {tot['other_s']:.1f}" if other is not None else "")
           + f"; ABACUS zeroth step {tot['abacus_h0_s']:.1f}, SCF {tot['abacus_scf_s']:.1f}: the density model takes "
           f"{100 * tot['density_s'] / tot['abacus_scf_s']:.0f}% of the SCF's time")
+    if args.steps:
+        steps_total = sum(c["steps_s"] for c in cost)
+        print(f"{args.steps} completion steps after the prediction: {steps_total:.1f} s; prediction and steps together "
+              f"{tot['density_s'] + steps_total:.1f} s, {100 * (tot['density_s'] + steps_total) / tot['abacus_scf_s']:.0f}% "
+              f"of ABACUS's SCF time")
     if args.scf:
         print(f"SCF completion from the predicted density: {np.mean([c['scf_iter'] for c in cost]):.1f} iterations on "
               f"average (ABACUS {np.mean([c['abacus_iter'] for c in cost]):.1f}), {sum(c['scf_s'] for c in cost):.1f} s; "

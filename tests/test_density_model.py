@@ -255,6 +255,14 @@ def test_the_bundled_density_model_card_and_prediction(tmp_path):
     assert ev["predicted"]["band_mae_shifted_mev"] < 0.8 * ev["h0"]["band_mae_shifted_mev"]
     assert ev["predicted"]["h_mae_shifted_mev"] < 0.8 * ev["h0"]["h_mae_shifted_mev"]
     assert (tmp_path / "o" / "abacus").is_dir()
+    # two Kohn–Sham steps from the predicted density, no convergence test and no warning about one
+    res = CliRunner().invoke(main, ["predict", str(need(EXAMPLE)), "--out", str(tmp_path / "k"), "--model", "density",
+                                    "--no-native", "--scf-steps", "2"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "k" / "report.json").read_text())
+    assert report["scf"]["iterations"] == 2 and report["scf"]["steps_only"] and not report["warnings"]
+    assert report["scf"]["start"] == "predicted density"
+    assert report["eval"]["predicted"]["band_mae_shifted_mev"] < 0.2 * ev["predicted"]["band_mae_shifted_mev"]
 
 
 def test_density_models_combine_into_an_ensemble_and_not_with_correction_networks(tmp_path):
