@@ -45,6 +45,7 @@ def main() -> None:
                     help="only the split's structures with an element held out of training (default: only the others)")
     ap.add_argument("--scf", action="store_true",
                     help="also complete the SCF from the predicted density (iterations and seconds; as predict --scf)")
+    ap.add_argument("--scf-tol", type=float, default=ScfSettings.tol, help="--scf: the completion's tolerance")
     ap.add_argument("--steps", type=int, default=0,
                     help="also score H after this many completion steps from the predicted density (predict --scf-steps)")
     ap.add_argument("--json", default=None)
@@ -53,7 +54,7 @@ def main() -> None:
     model, card = load_model(resolve_model_path(args.model))
     other = None if args.compare == "none" else load_model(resolve_model_path(args.compare))[0]
     held = set(card["split"].get("held_out_elements", []))
-    rows: dict[str, list] = {"density": [], "other": [], "steps": []}
+    rows: dict[str, list] = {"density": [], "other": [], "steps": [], "scf": []}
     cost = []
     for sid in sorted(card["split"][args.split]):
         s = read_structure(args.data, sid)
@@ -63,7 +64,10 @@ def main() -> None:
         pred = predict_density(model, s)
         h, stages = pred.hamiltonian, pred.timings
         seconds = time.perf_counter() - t
-        scf = complete_scf(s, start_density=pred.density, consistency=pred.consistency) if args.scf else None
+        scf = (complete_scf(s, settings=ScfSettings(tol=args.scf_tol), start_density=pred.density,
+                            consistency=pred.consistency) if args.scf else None)
+        if scf is not None:
+            rows["scf"].append({"id": sid, "formula": s.formula, "spin": s.spin_mode, **evaluate(s, scf.hamiltonian)})
         steps = None
         if args.steps:
             steps = complete_scf(s, settings=ScfSettings(tol=0.0, max_iter=args.steps), start_density=pred.density,
@@ -89,13 +93,14 @@ def main() -> None:
               f"({p['predicted']['ghost_states']} ghosts)"
               + (f", other {rows['other'][-1]['predicted']['band_mae_shifted_mev']:7.1f}" if other is not None else "")
               + (f", after {args.steps} steps {rows['steps'][-1]['predicted']['band_mae_shifted_mev']:6.2f}" if steps else "")
+              + (f", completed ({scf.iterations} it) {rows['scf'][-1]['predicted']['band_mae_shifted_mev']:6.2f}" if scf else "")
               + f", H(0) {p['h0']['band_mae_shifted_mev']:7.1f};  {c['density_s']:.1f} s against ABACUS's SCF "
               f"{c['abacus_scf_s']:.1f} s", flush=True)
     summ = {k: summarise(v) for k, v in rows.items() if v}
     print(f"\n{len(cost)} {args.split} structures{' with a held-out element' if args.held_out else ''}; density model "
           f"{card.get('name')}" + (f", beside {args.compare}" if other is not None else ""))
     print(f"{'metric':<32}{'H(0)':>10}{'density':>10}" + (f"{'other':>10}" if other is not None else "")
-          + (f"{f'+{args.steps} steps':>12}" if args.steps else ""))
+          + (f"{f'+{args.steps} steps':>12}" if args.steps else "") + (f"{f'scf {args.scf_tol:g}':>12}" if args.scf else ""))
     for m in METRICS:
         if m in summ["density"]["predicted"]:
             line = f"{m:<32}{summ['density']['h0'].get(m, float('nan')):10.3f}{summ['density']['predicted'][m]:10.3f}"
@@ -103,6 +108,8 @@ def main() -> None:
                 line += f"{summ['other']['predicted'][m]:10.3f}"
             if args.steps:
                 line += f"{summ['steps']['predicted'][m]:12.3f}"
+            if args.scf:
+                line += f"{summ['scf']['predicted'][m]:12.3f}"
             print(line)
     tot = {k: float(np.nansum([c[k] for c in cost])) for k in
            ("density_s", "grid_setup_s", "first_step_and_network_s", "hamiltonian_s", "other_s", "abacus_h0_s",
@@ -118,9 +125,12 @@ def main() -> None:
               f"{tot['density_s'] + steps_total:.1f} s, {100 * (tot['density_s'] + steps_total) / tot['abacus_scf_s']:.0f}% "
               f"of ABACUS's SCF time")
     if args.scf:
-        print(f"SCF completion from the predicted density: {np.mean([c['scf_iter'] for c in cost]):.1f} iterations on "
-              f"average (ABACUS {np.mean([c['abacus_iter'] for c in cost]):.1f}), {sum(c['scf_s'] for c in cost):.1f} s; "
-              f"not converged: {sum(not c['scf_converged'] for c in cost)}")
+        scf_total = sum(c["scf_s"] for c in cost)
+        print(f"SCF completion from the predicted density to {args.scf_tol:g}: {np.mean([c['scf_iter'] for c in cost]):.1f} "
+              f"iterations on average (ABACUS {np.mean([c['abacus_iter'] for c in cost]):.1f}), {scf_total:.1f} s; not "
+              f"converged: {sum(not c['scf_converged'] for c in cost)}; prediction and completion together "
+              f"{tot['density_s'] + scf_total:.1f} s, {100 * (tot['density_s'] + scf_total) / tot['abacus_scf_s']:.0f}% of "
+              f"ABACUS's SCF time")
     if args.json:
         Path(args.json).write_text(json.dumps({"summary": summ, "rows": rows, "cost": cost, "model": card.get("name")},
                                               indent=1))

@@ -29,7 +29,12 @@ def main() -> None:
     ap.add_argument("--k", default="1,2,3", help="iteration counts")
     ap.add_argument("--density", default="density")
     ap.add_argument("--network", default="bundled")
+    ap.add_argument("--tols", default=None,
+                    help="instead: from the density model's density only, the completion to each of these tolerances "
+                         "(iterations and band error; predict --model density --scf --scf-tol T)")
     args = ap.parse_args()
+    if args.tols:
+        return by_tolerance(args)
     ks = [int(x) for x in args.k.split(",")]
     dmodel, card = load_model(resolve_model_path(args.density))
     net = load_model(resolve_model_path(args.network))[0]
@@ -59,6 +64,31 @@ def main() -> None:
     for key in sorted(table, key=lambda x: (x.split()[0], int(x.split("=")[1]))):
         v = np.array(table[key])
         print(f"{key:<14}{v.mean():9.2f}{np.median(v):9.2f}{v.max():9.1f}")
+
+
+def by_tolerance(args) -> None:
+    tols = [float(x) for x in args.tols.split(",")]
+    dmodel, card = load_model(resolve_model_path(args.density))
+    held = set(card["split"].get("held_out_elements", []))
+    bands: dict[float, list] = {t: [] for t in tols}
+    iters: dict[float, list] = {t: [] for t in tols}
+    for sid in sorted(card["split"][args.split]):
+        s = read_structure(args.data, sid)
+        if set(s.elements) & held:
+            continue
+        pred = predict_density(dmodel, s)
+        line = []
+        for t in tols:
+            r = complete_scf(s, settings=ScfSettings(tol=t), start_density=pred.density, consistency=pred.consistency)
+            bands[t].append(evaluate(s, r.hamiltonian)["predicted"]["band_mae_shifted_mev"])
+            iters[t].append(r.iterations)
+            line.append(f"tol {t:g}: {r.iterations} it, {bands[t][-1]:.2f} meV")
+        print(sid, s.formula, "; ".join(line), flush=True)
+    print(f"\nfrom the predicted density, over {len(bands[tols[0]])} structures: tolerance, mean iterations, "
+          f"shifted band MAE mean / median / max (meV)")
+    for t in tols:
+        v = np.array(bands[t])
+        print(f"{t:<10g}{np.mean(iters[t]):6.1f}{v.mean():9.2f}{np.median(v):9.2f}{v.max():9.1f}")
 
 
 if __name__ == "__main__":
