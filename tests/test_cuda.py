@@ -45,6 +45,19 @@ def test_bundled_model_on_cuda_equals_cpu(run):
 
 
 @pytest.mark.parametrize("run", ["example", "soc"])
+def test_density_model_on_cuda_equals_cpu(run):
+    """The bundled density model: its network on the GPU (float64) gives the CPU's H to round-off (the grid
+    work stays on the CPU)."""
+    from nextham_dft.model.density_predict import predict_density
+
+    system = read_run(need(EXAMPLE) if run == "example" else need(DATA / "runs" / "t0045"))
+    model, _ = load_model(bundled_model_path("density"))
+    cpu = predict_density(model, system, "cpu").hamiltonian
+    gpu = predict_density(model, system, "cuda").hamiltonian
+    assert gpu.max_abs_diff(cpu) < 1e-9 * max(np.abs(cpu.data).max(), 1e-3)
+
+
+@pytest.mark.parametrize("run", ["example", "soc"])
 @pytest.mark.parametrize("deferred", [False, True])
 def test_local_potential_model_on_cuda_equals_cpu(run, deferred, monkeypatch):
     """The bundled local-potential network on the GPU: the (edge, atom) integral contraction and, as in
