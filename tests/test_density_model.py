@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -81,8 +83,8 @@ def _run(net, lat, pos, z, c1):
     return net(z, c1, torch.tensor(src), torch.tensor(dst), torch.tensor(vec, dtype=c1.dtype))
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_the_density_network_is_equivariant_under_rotations_inversion_and_permutations(seed):
+@pytest.mark.parametrize("seed,screening", [(0, False), (1, False), (2, True)])
+def test_the_density_network_is_equivariant_under_rotations_inversion_and_permutations(seed, screening):
     """Rotating (and inverting) the crystal and its input coefficients rotates the output with the irreps'
     Wigner-D (a density's parity: l odd changes sign); permuting atoms permutes rows; translating is nothing."""
     from e3nn import o3
@@ -90,7 +92,9 @@ def test_the_density_network_is_equivariant_under_rotations_inversion_and_permut
     from nextham_dft.testing import irreps_d
 
     torch.manual_seed(seed)
-    net = DensityNet(SMALL).double()
+    net = DensityNet(dataclasses.replace(SMALL, screening=screening)).double()
+    if screening:  # the screening term starts at zero: give it weights to test
+        torch.nn.init.normal_(net.screen[-1].weight, std=0.3)
     lat, pos, z, c1 = _random_input(5, seed)
     base = _run(net, lat, pos, z, c1).detach().numpy()
     assert np.abs(base).max() > 1e-3

@@ -44,7 +44,8 @@ class DensityConfig:
     spacing: Å, the grid of the densities (``core.scf``); hidden_irreps, layers: the network; r_max: Å,
     neighbours' cutoff; num_rbf: radial basis size; embed_dim, embed_hidden: element embedding;
     avg_neighbours: the messages' normalisation (mean neighbour count of the training set);
-    xc_weight: eV Å³, the L2 part of the training metric beside the Coulomb one (core.gaussians)."""
+    xc_weight: eV Å³, the L2 part of the training metric beside the Coulomb one (core.gaussians);
+    screening: see the field."""
 
     sigmas: tuple[float, ...] = (0.25, 0.5, 1.0)
     lmax: int = 2
@@ -58,6 +59,9 @@ class DensityConfig:
     embed_hidden: int = 32
     avg_neighbours: float = 30.0
     xc_weight: float = 20.0
+    #: environment-dependent screening: per atom and l, a widths × widths matrix from the atom's invariant
+    #: features mixes its input coefficients into the output (Δρ* as a locally screened Δρ1); zero-initialised
+    screening: bool = False
 
     @property
     def basis(self) -> GaussianBasis:
@@ -152,6 +156,32 @@ class DensityNet(nn.Module):
         with torch.no_grad():  # start near "no change": the first steps do not fling the densities
             self.out.weight.mul_(0.1)
             self.skip.weight.mul_(0.1)
+        if cfg.screening:
+            start = 0
+            for mul, ir in hidden:  # the hidden features' invariant (0e) block
+                if ir == o3.Irrep("0e"):
+                    self._scalars = (start, start + mul)
+                    break
+                start += mul * ir.dim
+            nw = len(cfg.sigmas)
+            self.screen = nn.Sequential(nn.Linear(self._scalars[1] - self._scalars[0], 64), nn.SiLU(),
+                                        nn.Linear(64, (cfg.lmax + 1) * nw * nw))
+            with torch.no_grad():
+                self.screen[-1].weight.zero_()
+                self.screen[-1].bias.zero_()
+
+    def _screened(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Per atom and l: M_l(h's invariants) (widths × widths) applied to the widths of x's l-block, the
+        same for every m (so it commutes with rotations)."""
+        nw, n = len(self.cfg.sigmas), len(x)
+        m = self.screen(h[:, self._scalars[0]:self._scalars[1]]).view(n, self.cfg.lmax + 1, nw, nw)
+        parts, off = [], 0
+        for l in range(self.cfg.lmax + 1):
+            width = nw * (2 * l + 1)
+            block = x[:, off:off + width].view(n, nw, 2 * l + 1)
+            parts.append(torch.einsum("nab,nbm->nam", m[:, l], block).reshape(n, width))
+            off += width
+        return torch.cat(parts, 1)
 
     def forward(self, z: torch.Tensor, c1: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
                 vec: torch.Tensor) -> torch.Tensor:
@@ -162,7 +192,10 @@ class DensityNet(nn.Module):
         rbf = bessel(vec.norm(dim=1), self.cfg.num_rbf, self.cfg.r_max)
         for layer in self.layers:
             h = layer(h, e, src, dst, sh, rbf)
-        return (self.out(h) + self.skip(x)) * self.scale
+        out = self.out(h) + self.skip(x)
+        if self.cfg.screening:
+            out = out + self._screened(h, x)
+        return out * self.scale
 
 
 def instance_scale(irreps: o3.Irreps, coefficients: torch.Tensor) -> torch.Tensor:
