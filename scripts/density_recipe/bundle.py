@@ -2,7 +2,7 @@
 pseudopotential files (checksums) and spin modes of its training structures, the whole recipe, the
 validation and test metrics.
 
-    python scripts/density_recipe/bundle.py density.pt dataset.h5 [--val acc_val.json] [--test acc_test.json]
+    python scripts/density_recipe/bundle.py density0.pt [density1.pt ...] dataset.h5 [--val acc_val.json] [--test acc_test.json]
         [--samples-minutes 4] [--out nextham_dft/model/pretrained/density/model.pt]
 """
 
@@ -17,7 +17,7 @@ import h5py
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from nextham_dft.model.store import PRETRAINED, load_model, save_model  # noqa: E402
+from nextham_dft.model.store import PRETRAINED, combine_models, load_model, save_model  # noqa: E402
 
 
 def training_inputs(data: str, ids: list[str]) -> tuple[dict, list[str]]:
@@ -36,25 +36,35 @@ def training_inputs(data: str, ids: list[str]) -> tuple[dict, list[str]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("model")
-    ap.add_argument("data", help="the `dataset build` file the samples were made from")
+    ap.add_argument("models", nargs="+", help="train.py's model file(s), several: their average ships; then the data")
     ap.add_argument("--val", default=None, help="benchmarks/accuracy.py --split val JSON")
     ap.add_argument("--test", default=None, help="benchmarks/accuracy.py or density_model.py --split test JSON")
     ap.add_argument("--samples-minutes", type=float, default=0.0, help="wall-clock minutes of make_samples.py")
-    ap.add_argument("--name", default="nextham-dojo-density1")
+    ap.add_argument("--name", default="nextham-dojo-density2")
     ap.add_argument("--out", default=str(PRETRAINED / "density" / "model.pt"))
     args = ap.parse_args()
-    model, card = load_model(args.model)
+    *paths, args.data = args.models
+    if not paths:
+        ap.error("give the model file(s) and the dataset")
+    cards = [load_model(p)[1] for p in paths]
+    model, card = combine_models(paths) if len(paths) > 1 else load_model(paths[0])
+    card = {**cards[0], **{k: v for k, v in card.items() if k == "members"}}
     train_ids = card["split"]["train"]
     pps, spins = training_inputs(args.data, train_ids)
-    minutes = card.get("training_minutes", 0.0) + args.samples_minutes
+    minutes = sum(c.get("training_minutes", 0.0) for c in cards) + args.samples_minutes
     samples_cmd = ("python scripts/density_recipe/make_samples.py dataset.h5 samples --lmax "
                    f"{model.cfg.lmax} --part 0/2 & python scripts/density_recipe/make_samples.py dataset.h5 samples "
                    f"--lmax {model.cfg.lmax} --part 1/2")
-    tokens = card.get("recipe", "").split()
-    if len(tokens) >= 5 and tokens[1].endswith("train.py"):  # the machine's own paths → the recipe's names
-        tokens[2], tokens[4] = "samples", "density.pt"
-    train_cmd = " ".join(tokens)
+    train_cmds = []
+    for k, c in enumerate(cards):
+        tokens = c.get("recipe", "").split()
+        if len(tokens) >= 5 and tokens[1].endswith("train.py"):  # the machine's own paths → the recipe's names
+            tokens[2], tokens[4] = "samples", f"density{k}.pt" if len(cards) > 1 else "density.pt"
+        train_cmds.append(" ".join(tokens))
+    if len(cards) > 1:
+        train_cmds.append("nextham-dft ensemble " + " ".join(f"density{k}.pt" for k in range(len(cards)))
+                          + " -o density.pt")
+    train_cmd = "; ".join(train_cmds)
     new = {k: v for k, v in card.items() if k not in ("sha256", "n_parameters", "model_config", "n_members")}
     new.update({
         "name": args.name,
