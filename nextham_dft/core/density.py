@@ -227,20 +227,26 @@ class GridOrbitals:
 
     def _generate(self):
         norb = np.array([self.system.bases[k].norb for k in self.system.kinds])
-        nx, ny, nz = self.shape
-        bk = self.block
-        for bx in range(0, nx, bk):
-            for by in range(0, ny, bk):
-                for bz in range(0, nz, bk):
-                    index = (slice(bx, bx + bk), slice(by, by + bk), slice(bz, bz + bk))
-                    p = self.points[index].reshape(-1, 3)
-                    c = p.mean(0)
-                    rad = float(np.linalg.norm(p - c, axis=1).max())
-                    near = np.nonzero(np.linalg.norm(self.pos - c, axis=1) < self.rc[self.owner] + rad)[0]
-                    if len(near) == 0:
-                        continue
-                    col0 = np.concatenate([[0], np.cumsum(norb[self.owner[near]])])
-                    yield index, near, col0, image_orbitals(self.system, p, self.pos[near], self.owner[near], col0)
+        for index, p, c, rad in grid_boxes(self.points, self.block):
+            near = np.nonzero(np.linalg.norm(self.pos - c, axis=1) < self.rc[self.owner] + rad)[0]
+            if len(near) == 0:
+                continue
+            col0 = np.concatenate([[0], np.cumsum(norb[self.owner[near]])])
+            yield index, near, col0, image_orbitals(self.system, p, self.pos[near], self.owner[near], col0)
+
+
+def grid_boxes(points: np.ndarray, block: int):
+    """(index, p, centre, radius) for the sub-boxes of ``block`` points a side of a grid of ``points``
+    (nx, ny, nz, 3) Å: the box's grid slices, its points (n, 3), their centre and the largest distance
+    from it (what bounds the atoms whose functions can reach the box)."""
+    nx, ny, nz = points.shape[:3]
+    for bx in range(0, nx, block):
+        for by in range(0, ny, block):
+            for bz in range(0, nz, block):
+                index = (slice(bx, bx + block), slice(by, by + block), slice(bz, bz + block))
+                p = points[index].reshape(-1, 3)
+                c = p.mean(0)
+                yield index, p, c, float(np.linalg.norm(p - c, axis=1).max())
 
 
 def image_orbitals(system, p: np.ndarray, pos: np.ndarray, owner: np.ndarray, col0: np.ndarray) -> np.ndarray:

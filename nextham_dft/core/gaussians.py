@@ -24,7 +24,7 @@ from typing import Iterator
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .density import grid_points, periodic_images
+from .density import grid_boxes, grid_points, periodic_images
 from .sph import e3nn_harmonics
 
 #: each function reaches this many of its widths (exp(−4.5²/2) = 4e-5 of the peak), and is zero beyond
@@ -89,25 +89,18 @@ def basis_blocks(system, shape: tuple[int, int, int], origin: np.ndarray, basis:
     owner, _t, pos = periodic_images(lat, np.asarray(system.positions, dtype=float), reach, margin=1)
     images = cKDTree(pos)
     nf = basis.per_atom
-    nx, ny, nz = shape
-    for bx in range(0, nx, block):
-        for by in range(0, ny, block):
-            for bz in range(0, nz, block):
-                index = (slice(bx, bx + block), slice(by, by + block), slice(bz, bz + block))
-                p = points[index].reshape(-1, 3)
-                centre = p.mean(0)
-                rad = float(np.linalg.norm(p - centre, axis=1).max())
-                near = np.asarray(images.query_ball_point(centre, reach + rad), dtype=np.int64)
-                if len(near) == 0:
-                    continue
-                atoms, slot = np.unique(owner[near], return_inverse=True)
-                d = p[None, :, :] - pos[near][:, None, :]  # (images, points, 3)
-                img, row = np.nonzero(np.einsum("ipk,ipk->ip", d, d) < reach * reach)
-                vals = _columns(basis, d[img, row])  # every (image, point) pair in reach at once
-                ncols = len(atoms) * nf
-                at = ((row * ncols + slot[img] * nf)[:, None] + np.arange(nf)).reshape(-1)
-                out = np.bincount(at, weights=vals.reshape(-1), minlength=len(p) * ncols)  # images summed
-                yield index, atoms, out.reshape(len(p), ncols)
+    for index, p, centre, rad in grid_boxes(points, block):
+        near = np.asarray(images.query_ball_point(centre, reach + rad), dtype=np.int64)
+        if len(near) == 0:
+            continue
+        atoms, slot = np.unique(owner[near], return_inverse=True)
+        d = p[None, :, :] - pos[near][:, None, :]  # (images, points, 3)
+        img, row = np.nonzero(np.einsum("ipk,ipk->ip", d, d) < reach * reach)
+        vals = _columns(basis, d[img, row])  # every (image, point) pair in reach at once
+        ncols = len(atoms) * nf
+        at = ((row * ncols + slot[img] * nf)[:, None] + np.arange(nf)).reshape(-1)
+        out = np.bincount(at, weights=vals.reshape(-1), minlength=len(p) * ncols)  # images summed
+        yield index, atoms, out.reshape(len(p), ncols)
 
 
 def _columns_of(atoms: np.ndarray, nf: int) -> np.ndarray:

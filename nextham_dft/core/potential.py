@@ -166,6 +166,8 @@ def _grid_integrals(system, pattern: BlockSparse, spacing: float, field, block: 
     acc: np.ndarray | None = None
     origins = np.arange(system.n_atoms) if origins is None else np.asarray(origins)
     anchors = system.positions[origins] if grid_origin is None else np.asarray(grid_origin, dtype=float).reshape(1, 3)
+    if orbitals is not None and len(anchors) != 1:
+        raise ValueError("kept orbital values serve one grid: give grid_origin with orbitals")
     for origin in anchors:  # one quadrature per atom-anchored grid, averaged
         grid = orbitals if orbitals is not None else GridOrbitals(system, shape, origin, block)
         owner, T = grid.owner, grid.T

@@ -13,6 +13,15 @@ class UnsupportedRunError(NexthamError):
     """The run is outside the model's domain (magnetic, collinear spin, …)."""
 
 
+def _refuse_magnetic(system: System) -> None:
+    """UnsupportedRunError for a spin–orbit run with a starting magnetic moment: the models cover
+    non-magnetic crystals only."""
+    if system.magmom is not None and system.spin_mode == "noncollinear":
+        m = float(np.abs(system.magmom).max(initial=0.0))
+        if m > 1e-3:
+            raise UnsupportedRunError(f"magnetic run (starting moment {m:g} μB): the model covers non-magnetic crystals only")
+
+
 def check_run(system: System, card: dict, layout: BasisLayout) -> list[str]:
     """Warnings for a run the model can predict; raises for one it cannot."""
     warnings: list[str] = []
@@ -20,10 +29,7 @@ def check_run(system: System, card: dict, layout: BasisLayout) -> list[str]:
         raise UnsupportedRunError("the run has no zeroth-step H(0) and S(R): run the zeroth step first (nextham-dft setup)")
     if system.spin_mode == "collinear":
         raise UnsupportedRunError("nspin 2 (collinear magnetic) runs are not supported by this model")
-    if system.magmom is not None and system.spin_mode == "noncollinear":
-        m = float(np.abs(system.magmom).max(initial=0.0))
-        if m > 1e-3:
-            raise UnsupportedRunError(f"magnetic run (starting moment {m:g} μB): the model covers non-magnetic crystals only")
+    _refuse_magnetic(system)
     family = card.get("basis_family", "abacus-nao")
     seen = set(card.get("elements", []))
     files = card.get("orbital_files", {})
@@ -51,10 +57,7 @@ def check_density_run(system: System, card: dict) -> list[str]:
     periodic-table descriptors."""
     from ..core.scf import completion_problem
 
-    if system.magmom is not None and system.spin_mode == "noncollinear":
-        m = float(np.abs(system.magmom).max(initial=0.0))
-        if m > 1e-3:
-            raise UnsupportedRunError(f"magnetic run (starting moment {m:g} μB): the model covers non-magnetic crystals only")
+    _refuse_magnetic(system)
     problem = completion_problem(system)
     if problem is not None:
         raise problem

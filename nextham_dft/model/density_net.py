@@ -30,9 +30,11 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 from e3nn import o3
 from torch import nn
 
+from ..core.density import periodic_images
 from ..core.gaussians import GaussianBasis
 from .elements import DescriptorEmbedding
 from .network import _gate_for, bessel, plain_einsum_codegen
@@ -86,21 +88,14 @@ class DensityConfig:
 
 def atom_graph(lattice: np.ndarray, positions: np.ndarray, r_max: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(src, dst, vec Å) of every pair of atoms (periodic images included, an atom and itself excluded)
-    closer than ``r_max`` Å: the message from src reaches dst along vec = r_src + T − r_dst."""
-    lat = np.asarray(lattice, dtype=float)
+    closer than ``r_max`` Å: the message from src reaches dst along vec = r_src + T − r_dst. Pairs from a
+    k-d tree of the images (``core.density.periodic_images``)."""
     pos = np.asarray(positions, dtype=float)
-    recip = np.linalg.inv(lat).T
-    nmax = np.ceil(r_max * np.linalg.norm(recip, axis=1)).astype(int)
-    T = np.stack(np.meshgrid(*[np.arange(-n, n + 1) for n in nmax], indexing="ij"), -1).reshape(-1, 3) @ lat
-    src, dst, vec = [], [], []
-    for i in range(len(pos)):
-        d = pos[None, :, :] + T[:, None, :] - pos[i]  # (images, atoms, 3)
-        r = np.linalg.norm(d, axis=2)
-        t_idx, j_idx = np.nonzero((r < r_max) & (r > 1e-8))
-        src.append(j_idx)
-        dst.append(np.full(len(j_idx), i))
-        vec.append(d[t_idx, j_idx])
-    return np.concatenate(src), np.concatenate(dst), np.concatenate(vec).reshape(-1, 3)
+    owner, _t, images = periodic_images(np.asarray(lattice, dtype=float), pos, r_max, margin=1)
+    pairs = cKDTree(pos).sparse_distance_matrix(cKDTree(images), r_max, output_type="ndarray")
+    pairs = pairs[pairs["v"] > 1e-8]
+    dst, img = pairs["i"].astype(np.int64), pairs["j"].astype(np.int64)
+    return owner[img], dst, (images[img] - pos[dst]).reshape(-1, 3)
 
 
 class Interaction(nn.Module):

@@ -18,12 +18,13 @@ from ..core.blocks import BlockSparse
 from ..core.gaussians import density_of, neutralised
 from ..core.scf import SelfConsistency
 from .density_net import atom_graph
-from .density_train import atomic_numbers, first_step_fit
+from .density_train import first_step_fit
+from .elements import atomic_numbers
 
 
 def predict_density_coefficients(model: nn.Module, sc: SelfConsistency, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """(c1, c): the fit of the first step's density change and the network's neutralised Δρ* coefficients
-    (atoms, per_atom), on the grid of ``sc``."""
+    (atoms, per_atom), on the grid of ``sc``. The model is moved to ``device`` and float64 (in place)."""
     cfg = model.cfg
     system = sc.system
     c1 = first_step_fit(sc, cfg)

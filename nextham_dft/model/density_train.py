@@ -24,11 +24,10 @@ import numpy as np
 import torch
 
 from ..core.gaussians import basis_matrix, fit_density
-from ..core.hxc import reciprocal_grid
+from ..core.hxc import hartree_potential
 from ..core.scf import SelfConsistency
-from ..core.units import COULOMB_EV_ANG
 from .density_net import DensityConfig, DensityNet, atom_graph, instance_scale
-from .elements import N_ELEMENTS
+from .elements import atomic_numbers
 
 
 @dataclass
@@ -45,20 +44,6 @@ class DensitySample:
     vec: torch.Tensor
 
 
-def atomic_numbers(elements) -> torch.Tensor:
-    """(atoms,) Z of element symbols (0, the "unknown" row, for anything else)."""
-    from pymatgen.core.periodic_table import Element
-
-    out = []
-    for el in elements:
-        try:
-            z = Element(str(el)).Z
-        except ValueError:
-            z = 0
-        out.append(z if 0 < z < N_ELEMENTS else 0)
-    return torch.tensor(out, dtype=torch.long)
-
-
 def first_step_fit(sc: SelfConsistency, cfg: DensityConfig) -> np.ndarray:
     """(atoms, per_atom) the fit of Δρ1 = ρ_out(H(0)) − ρ_atoms on ``sc``'s grid (one diagonalisation)."""
     rho1, _ = sc.density(sc.h0)
@@ -66,17 +51,13 @@ def first_step_fit(sc: SelfConsistency, cfg: DensityConfig) -> np.ndarray:
 
 
 def coefficient_metric(sc: SelfConsistency, cfg: DensityConfig) -> np.ndarray:
-    """(n, n) eV: M = K_C + xc_weight·G of the Gaussians of every atom (module docstring)."""
-    system, basis = sc.system, cfg.basis
-    cols = basis_matrix(system, sc.shape, sc.origin, basis)
+    """(n, n) eV: M = K_C + xc_weight·G of the Gaussians of every atom (module docstring); K_C from the
+    Hartree potential of each function (``core.hxc.hartree_potential``, G = 0 left out)."""
+    cols = basis_matrix(sc.system, sc.shape, sc.origin, cfg.basis)
     gram = cols.T @ cols * sc.dv
-    g2 = (reciprocal_grid(sc.lattice, sc.shape) ** 2).sum(-1).reshape(-1)
-    kern = np.where(g2 > 0, 4 * np.pi * COULOMB_EV_ANG / np.where(g2 > 0, g2, 1.0), 0.0)
-    n = cols.shape[1]
-    fq = np.fft.fftn(cols.T.reshape(n, *sc.shape), axes=(1, 2, 3)).reshape(n, -1)
-    vol = abs(np.linalg.det(sc.lattice))
-    coulomb = ((fq * kern) @ fq.conj().T).real * vol / g2.size**2
-    return coulomb + cfg.xc_weight * gram
+    potentials = np.stack([hartree_potential(c.reshape(sc.shape), sc.lattice).reshape(-1) for c in cols.T], axis=1)
+    coulomb = cols.T @ potentials * sc.dv
+    return 0.5 * (coulomb + coulomb.T) + cfg.xc_weight * gram
 
 
 def make_sample(system, cfg: DensityConfig, sid: str = "") -> DensitySample:

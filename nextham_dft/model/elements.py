@@ -75,3 +75,17 @@ class DescriptorEmbedding(nn.Module):
 def element_embedding(dim: int, descriptors: bool, hidden: int = 32) -> nn.Module:
     """The embedding module of a network: a free row per element, or ``DescriptorEmbedding``."""
     return DescriptorEmbedding(dim, hidden) if descriptors else nn.Embedding(N_ELEMENTS, dim)
+
+
+def atomic_numbers(elements) -> torch.Tensor:
+    """(atoms,) long: Z of each element symbol, 0 (the "unknown" row) for anything else."""
+    from pymatgen.core.periodic_table import Element
+
+    out = []
+    for el in elements:
+        try:
+            z = Element(str(el)).Z
+        except ValueError:
+            z = 0
+        out.append(z if 0 < z < N_ELEMENTS else 0)
+    return torch.tensor(out, dtype=torch.long)

@@ -15,6 +15,7 @@ from ..core.blocks import BlockSparse, ab_to_spinor, is_onsite, spinor_to_ab
 from ..core.ewald import neutral_potential_operator
 from ..core.potential import potential_integrals
 from ..core.system import System
+from .elements import atomic_numbers
 from .irreps import BasisLayout
 
 #: real-space block fields
@@ -203,8 +204,6 @@ def build_graph(system: System, layout: BasisLayout, with_target: bool = True, d
     local-potential integrals on a grid of step ``spacing`` (models with ``local_potential``;
     ``potential_values``: those integrals already computed, e.g. from ``model.cache``).
     ``graph_options(model.cfg)`` gives the keywords a model needs."""
-    from pymatgen.core.periodic_table import Element
-
     h0 = system.matrices["H0"]
     pos = [layout.positions(b) for b in system.bases]
     idx = edge_index(h0)
@@ -223,14 +222,8 @@ def build_graph(system: System, layout: BasisLayout, with_target: bool = True, d
     mk = np.stack([mask_orb[k] for k in system.kinds])
     mask = mk[idx.ei][:, :, None] & mk[idx.ej][:, None, :]
     vec = system.bond_vectors(idx.ei, idx.ej, idx.R)
-    z = []
-    for el in system.elements:
-        try:
-            z.append(Element(el).Z)
-        except ValueError:
-            z.append(0)
     g = Graph(
-        z=torch.tensor(z, dtype=torch.long),
+        z=atomic_numbers(system.elements),
         edge_src=torch.as_tensor(idx.ei),
         edge_dst=torch.as_tensor(idx.ej),
         edge_vec=torch.as_tensor(vec, dtype=dtype),
