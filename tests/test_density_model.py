@@ -293,3 +293,21 @@ def test_density_models_combine_into_an_ensemble_and_not_with_correction_network
     save_model(tmp_path / "same_split.pt", nets[0], {"name": "d", "split": split})
     with pytest.raises(ModelFileError, match="cannot be averaged"):
         combine_models([tmp_path / "same_split.pt", fast])
+
+
+def test_bad_density_options_are_one_line_errors_and_write_nothing(tmp_path):
+    """--scf-steps 0 is refused by the option itself; `ensemble` of a density model with a correction network
+    is one line and leaves no output file."""
+    from click.testing import CliRunner
+
+    from nextham_dft.cli import main
+    from nextham_dft.model.store import bundled_model_path
+
+    res = CliRunner().invoke(main, ["predict", str(need(EXAMPLE)), "--out", str(tmp_path / "o"), "--model", "density",
+                                    "--scf-steps", "0"])
+    assert res.exit_code != 0 and "--scf-steps" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "o").exists()
+    res = CliRunner().invoke(main, ["ensemble", str(bundled_model_path("density")), str(bundled_model_path("fast")),
+                                    "-o", str(tmp_path / "e.pt")])
+    assert res.exit_code != 0 and "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "e.pt").exists()
