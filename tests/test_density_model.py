@@ -311,3 +311,39 @@ def test_bad_density_options_are_one_line_errors_and_write_nothing(tmp_path):
                                     "-o", str(tmp_path / "e.pt")])
     assert res.exit_code != 0 and "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
     assert not (tmp_path / "e.pt").exists()
+
+
+def test_the_density_recipe_makes_samples_and_trains_on_any_gaussian_widths_and_refuses_a_mismatch(tmp_path, si2):
+    """scripts/density_recipe end to end on the shipped example: samples and a network with other widths
+    (--sigmas, --lmax), a model file whose config holds them; training on samples of another basis is a
+    one-line error."""
+    import json
+    import subprocess
+    import sys
+
+    import h5py
+
+    from nextham_dft.dataset import write_system
+    from nextham_dft.model.store import load_model
+
+    recipe = EXAMPLE.parents[1] / "scripts" / "density_recipe"
+    with h5py.File(tmp_path / "data.h5", "w") as f:
+        write_system(f.create_group("si2"), si2)
+    (tmp_path / "split.json").write_text(json.dumps({"train": ["si2"], "val": ["si2"], "test": []}))
+    basis = ["--lmax", "1", "--sigmas", "0.3,0.6"]
+
+    def run(script, *args):
+        return subprocess.run([sys.executable, str(recipe / script), *args], capture_output=True, text=True, timeout=600)
+
+    made = run("make_samples.py", str(tmp_path / "data.h5"), str(tmp_path / "samples"), *basis)
+    assert made.returncode == 0, made.stderr
+    trained = run("train.py", str(tmp_path / "samples"), str(tmp_path / "split.json"), str(tmp_path / "m.pt"), *basis,
+                  "--epochs", "2")
+    assert trained.returncode == 0, trained.stderr
+    model, card = load_model(tmp_path / "m.pt")
+    assert card["kind"] == "density" and tuple(model.cfg.sigmas) == (0.3, 0.6) and model.cfg.lmax == 1
+    wrong = run("train.py", str(tmp_path / "samples"), str(tmp_path / "split.json"), str(tmp_path / "w.pt"), "--epochs", "2")
+    assert wrong.returncode != 0 and not (tmp_path / "w.pt").exists()
+    assert "coefficients per atom" in wrong.stderr and len(wrong.stderr.strip().splitlines()) == 1
+    bad = run("train.py", str(tmp_path / "samples"), str(tmp_path / "split.json"), str(tmp_path / "w.pt"), "--sigmas", "0.6,0.3")
+    assert bad.returncode != 0 and "increasing" in bad.stderr

@@ -22,15 +22,28 @@ from nextham_dft.model.density_net import DensityConfig  # noqa: E402
 from nextham_dft.model.density_train import make_sample  # noqa: E402
 
 
+def widths(text: str) -> tuple[float, ...]:
+    """``--sigmas`` parsed: comma-separated Gaussian widths (Å), positive and increasing."""
+    try:
+        s = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--sigmas wants comma-separated widths in Å, got {text!r}") from None
+    if not s or min(s) <= 0 or any(b <= a for a, b in zip(s, s[1:])):
+        raise argparse.ArgumentTypeError(f"--sigmas wants positive, increasing widths in Å, got {text!r}")
+    return s
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("data")
     ap.add_argument("out")
     ap.add_argument("--part", default="0/1", help="K/N: every N-th structure from the K-th (parallel runs)")
     ap.add_argument("--lmax", type=int, default=2)
+    ap.add_argument("--sigmas", type=widths, default=DensityConfig.sigmas,
+                    help="Gaussian widths (Å), comma-separated; the samples' and the network's must match")
     args = ap.parse_args()
     k, n = (int(x) for x in args.part.split("/"))
-    cfg = DensityConfig(lmax=args.lmax)
+    cfg = DensityConfig(lmax=args.lmax, sigmas=args.sigmas)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ids = [i for i in list_ids(args.data)[k::n] if not (out / f"{i}.pt").exists()]

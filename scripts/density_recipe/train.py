@@ -22,6 +22,9 @@ from nextham_dft.model.density_net import DensityConfig  # noqa: E402
 from nextham_dft.model.density_train import DensitySample, DensityTraining, train_density  # noqa: E402
 from nextham_dft.model.store import save_model  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_samples import widths  # noqa: E402
+
 
 def load_samples(folder: Path, ids: list[str]) -> list[DensitySample]:
     return [DensitySample(**torch.load(folder / f"{i}.pt")) for i in ids if (folder / f"{i}.pt").exists()]
@@ -36,6 +39,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=300)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--lmax", type=int, default=2)
+    ap.add_argument("--sigmas", type=widths, default=DensityConfig.sigmas,
+                    help="Gaussian widths (Å), comma-separated; the samples' and the network's must match")
     ap.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's decay (0: Adam)")
     ap.add_argument("--screening", action="store_true", help="DensityConfig.screening")
     args = ap.parse_args()
@@ -44,7 +49,11 @@ def main() -> None:
     folder = Path(args.samples)
     train, val = load_samples(folder, split["train"]), load_samples(folder, split["val"])
     print(f"{len(train)} training and {len(val)} validation structures", flush=True)
-    cfg = DensityConfig(lmax=args.lmax, screening=args.screening)
+    cfg = DensityConfig(lmax=args.lmax, sigmas=args.sigmas, screening=args.screening)
+    made = {tuple(s.c1.shape[1:]) for s in train + val}
+    if made != {(cfg.basis.per_atom,)}:
+        sys.exit(f"error: the samples hold {sorted(made)} coefficients per atom; --lmax {args.lmax} --sigmas "
+                 f"{','.join(map(str, cfg.sigmas))} gives {cfg.basis.per_atom}: pass make_samples.py's --lmax and --sigmas")
     settings = DensityTraining(epochs=args.epochs, lr=args.lr, seed=args.seed, weight_decay=args.weight_decay)
     t0 = time.perf_counter()
     model, info = train_density(cfg, train, val, settings, log=lambda m: print(m, flush=True))
