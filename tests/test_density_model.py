@@ -83,30 +83,85 @@ def _run(net, lat, pos, z, c1):
     return net(z, c1, torch.tensor(src), torch.tensor(dst), torch.tensor(vec, dtype=c1.dtype))
 
 
-@pytest.mark.parametrize("seed,screening", [(0, False), (1, False), (2, True)])
-def test_the_density_network_is_equivariant_under_rotations_inversion_and_permutations(seed, screening):
+def _with_bonds(lat, pos, z, c1, seed):
+    """The sites of ``DensityConfig.bond_sites``: the atoms, then their bond midpoints (label BOND), with
+    random input coefficients for the midpoints (fixed by ``seed``)."""
+    from nextham_dft.core.gaussians import bond_midpoints
+    from nextham_dft.model.density_net import BOND
+
+    mids = bond_midpoints(lat, pos)
+    extra = torch.tensor(np.random.default_rng(seed + 100).normal(size=(len(mids), c1.shape[1])))
+    return np.vstack([pos, mids]), torch.cat([z, torch.full((len(mids),), BOND)]), torch.cat([c1, extra])
+
+
+@pytest.mark.parametrize("seed,screening,bonds", [(0, False, False), (1, False, False), (2, True, False), (3, True, True)])
+def test_the_density_network_is_equivariant_under_rotations_inversion_and_permutations(seed, screening, bonds):
     """Rotating (and inverting) the crystal and its input coefficients rotates the output with the irreps'
-    Wigner-D (a density's parity: l odd changes sign); permuting atoms permutes rows; translating is nothing."""
+    Wigner-D (a density's parity: l odd changes sign); permuting atoms permutes rows; translating is nothing.
+    With bond sites, the midpoints are recomputed from the moved crystal (their order follows fractional
+    coordinates, which a rotation and a permutation of the atoms keep)."""
     from e3nn import o3
 
     from nextham_dft.testing import irreps_d
 
     torch.manual_seed(seed)
-    net = DensityNet(dataclasses.replace(SMALL, screening=screening)).double()
+    net = DensityNet(dataclasses.replace(SMALL, screening=screening, bond_sites=bonds)).double()
     if screening:  # the screening term starts at zero: give it weights to test
         torch.nn.init.normal_(net.screen[-1].weight, std=0.3)
     lat, pos, z, c1 = _random_input(5, seed)
-    base = _run(net, lat, pos, z, c1).detach().numpy()
+
+    def sites(lat_, pos_, z_, c1_):
+        if not bonds:
+            return pos_, z_, c1_
+        return _with_bonds(lat_, pos_, z_, c1_, seed)
+
+    s_pos, s_z, s_c1 = sites(lat, pos, z, c1)
+    base = _run(net, lat, s_pos, s_z, s_c1).detach().numpy()
     assert np.abs(base).max() > 1e-3
     q = -Rotation.random(random_state=seed).as_matrix()
     d = irreps_d(o3.Irreps(SMALL.basis.irreps), q)
-    rot = _run(net, lat @ q.T, pos @ q.T, z, c1 @ torch.tensor(d).T).detach().numpy()
+    r_pos, r_z, _ = sites(lat @ q.T, pos @ q.T, z, c1)
+    assert np.abs(r_pos - s_pos @ q.T).max() < 1e-9  # the midpoints rotate with the crystal
+    rot = _run(net, lat @ q.T, r_pos, r_z, s_c1 @ torch.tensor(d).T).detach().numpy()
     assert np.abs(rot - base @ d.T).max() < 1e-9 * np.abs(base).max()
     perm = np.random.default_rng(seed).permutation(5)
-    perm_out = _run(net, lat, pos[perm], z[perm], c1[perm]).detach().numpy()
-    assert np.abs(perm_out - base[perm]).max() < 1e-12
-    moved = _run(net, lat, pos + np.array([0.3, -1.1, 2.0]), z, c1).detach().numpy()
+    p_pos, p_z, _ = sites(lat, pos[perm], z[perm], c1[perm])
+    order = np.concatenate([perm, np.arange(5, len(s_pos))])
+    assert np.abs(p_pos - s_pos[order]).max() < 1e-12
+    perm_out = _run(net, lat, p_pos, p_z, s_c1[order]).detach().numpy()
+    assert np.abs(perm_out - base[order]).max() < 1e-12
+    moved = _run(net, lat, s_pos + np.array([0.3, -1.1, 2.0]), s_z, s_c1).detach().numpy()
     assert np.abs(moved - base).max() < 1e-12
+
+
+def test_bond_midpoints_of_diamond_and_fcc_and_their_symmetry():
+    """Diamond: 4 bonds per 2-atom cell, each midpoint half a bond from two atoms; fcc: 6 per atom. The
+    midpoints' fractional coordinates do not change under a rotation with inversion or a permutation of
+    the atoms, and shift with a translation."""
+    from nextham_dft.core.gaussians import bond_midpoints
+
+    a = 5.43
+    fcc = np.array([[0, a / 2, a / 2], [a / 2, 0, a / 2], [a / 2, a / 2, 0]])
+    pos = np.array([[0.0, 0.0, 0.0], [a / 4, a / 4, a / 4]])
+    mids = bond_midpoints(fcc, pos)
+    assert len(mids) == 4
+    for m in mids:  # half the bond length, 2.351 / 2 Å, from exactly two atoms (images included)
+        d = np.array([np.linalg.norm(m - p - (np.array(t) - 1) @ fcc) for p in pos for t in np.ndindex(3, 3, 3)])
+        assert np.sum(np.abs(d - a * np.sqrt(3) / 8) < 1e-9) == 2
+    assert len(bond_midpoints(fcc * 3.6 / a, np.zeros((1, 3)))) == 6
+
+    def frac(lat, p):
+        return {tuple(np.round(x, 6)) for x in np.linalg.solve(lat.T, bond_midpoints(lat, p).T).T % 1.0 + 0.0}
+
+    rng = np.random.default_rng(4)
+    lat = np.eye(3) * 4.0 + rng.normal(scale=0.3, size=(3, 3))
+    p = rng.uniform(size=(4, 3)) @ lat
+    ref = frac(lat, p)
+    q = -Rotation.random(random_state=4).as_matrix()
+    assert frac(lat @ q.T, p @ q.T) == ref
+    assert frac(lat, p[[2, 0, 3, 1]]) == ref
+    shift = np.array([0.25, 0.5, 0.125])  # exact in binary: the rounding sees the same numbers
+    assert frac(lat, p + shift @ lat) == {tuple(np.round((np.array(x) + shift) % 1.0, 6) + 0.0) for x in ref}
 
 
 def test_a_density_model_file_round_trips_and_its_checksum_is_checked(tmp_path):

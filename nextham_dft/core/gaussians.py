@@ -13,6 +13,11 @@ of a density). Periodic images are summed. A density Δρ (e/Å³) is represente
 whose λ keeps overlapping functions from cancelling with large coefficients (the plain least-squares fit
 of four widths up to 2 Å reached coefficients of 10³). Grids are those of :mod:`.scf`: the points
 origin + (n/N)·A of the lattice A (Å).
+
+The centres ("sites") are a system's atoms, optionally with the midpoints of its nearest-neighbour bonds
+(:func:`bond_midpoints`, :class:`Sites`): functions of l ≤ 2 on the atoms alone cannot hold the bond charge
+of tetrahedral crystals (their first site-symmetric harmonic is l = 3); one set more at each bond's
+midpoint can (scripts/diagnostics/density_oracle.py --bonds).
 """
 
 from __future__ import annotations
@@ -29,6 +34,43 @@ from .sph import e3nn_harmonics
 
 #: each function reaches this many of its widths (exp(−4.5²/2) = 4e-5 of the peak), and is zero beyond
 REACH_SIGMAS = 4.5
+
+
+@dataclass(frozen=True)
+class Sites:
+    """Centres of Gaussians in a periodic cell: lattice (3, 3) Å (rows), positions (n, 3) Å. Anything with
+    these two attributes (a System) is a set of sites."""
+
+    lattice: np.ndarray
+    positions: np.ndarray
+
+
+def bond_midpoints(lattice: np.ndarray, positions: np.ndarray, factor: float = 1.2) -> np.ndarray:
+    """(bonds, 3) Å: the midpoint of every bond, wrapped into the cell [0, 1) in fractional coordinates.
+
+    A bond joins atoms i and j (any periodic image, j = i included) closer than ``factor`` times the
+    shorter of the two atoms' nearest-neighbour distances, each bond once. The rule uses distances only,
+    so the midpoints rotate and translate with the crystal and do not depend on the atoms' order (their own
+    order is sorted by fractional coordinate, rounded to 1e-6)."""
+    lat = np.asarray(lattice, dtype=float)
+    pos = np.asarray(positions, dtype=float)
+    reach = 1.0
+    while True:  # the nearest neighbours of every atom lie within reach
+        owner, _t, images = periodic_images(lat, pos, reach, margin=1)
+        pairs = cKDTree(pos).sparse_distance_matrix(cKDTree(images), reach, output_type="ndarray")
+        pairs = pairs[pairs["v"] > 1e-8]
+        nearest = np.full(len(pos), np.inf)
+        np.minimum.at(nearest, pairs["i"], pairs["v"])
+        if np.isfinite(nearest).all() and factor * nearest.max() <= reach:
+            break
+        reach *= 2.0
+    i, k, d = pairs["i"], pairs["j"], pairs["v"]
+    j = owner[k]
+    keep = d < factor * np.minimum(nearest[i], nearest[j])
+    mid = 0.5 * (pos[i[keep]] + images[k[keep]])
+    frac = np.round(np.round(np.linalg.solve(lat.T, mid.T).T, 6) % 1.0, 6) % 1.0 + 0.0  # + 0.0: no −0.0
+    frac = np.unique(frac, axis=0)  # both directions of a bond land on one midpoint
+    return frac @ lat
 
 
 @dataclass(frozen=True)
@@ -109,9 +151,9 @@ def _columns_of(atoms: np.ndarray, nf: int) -> np.ndarray:
 
 
 def fit_density(system, shape, origin, dv: float, delta_rho: np.ndarray, basis: GaussianBasis) -> np.ndarray:
-    """(n_atoms, per_atom) ridge-fit coefficients of ``delta_rho`` (e/Å³ on the grid ``shape``, cell volume
+    """(sites, per_atom) ridge-fit coefficients of ``delta_rho`` (e/Å³ on the grid ``shape``, cell volume
     element ``dv`` Å³)."""
-    n = system.n_atoms * basis.per_atom
+    n = len(system.positions) * basis.per_atom
     gram, rhs = np.zeros((n, n)), np.zeros(n)
     rho = np.asarray(delta_rho, dtype=float).reshape(shape)
     for index, atoms, b in basis_blocks(system, shape, origin, basis):
@@ -120,7 +162,7 @@ def fit_density(system, shape, origin, dv: float, delta_rho: np.ndarray, basis: 
         cols = _columns_of(atoms, basis.per_atom)[live]
         gram[np.ix_(cols, cols)] += b.T @ b * dv
         rhs[cols] += b.T @ rho[index].reshape(-1) * dv
-    return np.linalg.solve(gram + basis.ridge * np.eye(n), rhs).reshape(system.n_atoms, basis.per_atom)
+    return np.linalg.solve(gram + basis.ridge * np.eye(n), rhs).reshape(len(system.positions), basis.per_atom)
 
 
 def density_of(system, shape, origin, coef: np.ndarray, basis: GaussianBasis) -> np.ndarray:
@@ -133,9 +175,9 @@ def density_of(system, shape, origin, coef: np.ndarray, basis: GaussianBasis) ->
 
 
 def basis_matrix(system, shape, origin, basis: GaussianBasis) -> np.ndarray:
-    """(grid points, n_atoms · per_atom) every function on the whole grid (C order of ``shape``): for the
+    """(grid points, sites · per_atom) every function on the whole grid (C order of ``shape``): for the
     small cells of training data (memory grows as the cell's volume times its atoms)."""
-    n = system.n_atoms * basis.per_atom
+    n = len(system.positions) * basis.per_atom
     flat = np.arange(int(np.prod(shape))).reshape(shape)
     out = np.zeros((flat.size, n))
     for index, atoms, b in basis_blocks(system, shape, origin, basis):

@@ -35,9 +35,12 @@ from e3nn import o3
 from torch import nn
 
 from ..core.density import periodic_images
-from ..core.gaussians import GaussianBasis
-from .elements import DescriptorEmbedding
+from ..core.gaussians import GaussianBasis, Sites, bond_midpoints
+from .elements import DescriptorEmbedding, atomic_numbers
 from .network import _gate_for, bessel, plain_einsum_codegen
+
+#: the node label of a bond midpoint (atoms carry their Z; 0 is the unknown element)
+BOND = -1
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,11 @@ class DensityConfig:
     #: environment-dependent screening: per atom and l, a widths × widths matrix from the atom's invariant
     #: features mixes its input coefficients into the output (Δρ* as a locally screened Δρ1); zero-initialised
     screening: bool = False
+    #: Gaussians at the midpoints of the nearest-neighbour bonds too (``core.gaussians.bond_midpoints``): the
+    #: midpoints are nodes of the graph with a learned embedding of their own, in and out like the atoms
+    bond_sites: bool = False
+    #: a bond joins atoms closer than this times the shorter of their nearest-neighbour distances
+    bond_factor: float = 1.2
 
     @property
     def basis(self) -> GaussianBasis:
@@ -84,6 +92,18 @@ class DensityConfig:
         if "sigmas" in d:
             d["sigmas"] = tuple(float(s) for s in d["sigmas"])
         return cls(**d)
+
+
+def density_sites(system, cfg: DensityConfig) -> tuple[Sites, torch.Tensor]:
+    """The centres of a system's Gaussians (its atoms, then, with ``cfg.bond_sites``, its bond midpoints)
+    and their node labels for the network: Z for the atoms (``elements.atomic_numbers``), −1 for bonds."""
+    z = atomic_numbers(system.elements)
+    pos = np.asarray(system.positions, dtype=float)
+    if not cfg.bond_sites:
+        return Sites(np.asarray(system.lattice, dtype=float), pos), z
+    mids = bond_midpoints(system.lattice, pos, cfg.bond_factor)
+    return (Sites(np.asarray(system.lattice, dtype=float), np.vstack([pos, mids])),
+            torch.cat([z, torch.full((len(mids),), BOND, dtype=z.dtype)]))
 
 
 def atom_graph(lattice: np.ndarray, positions: np.ndarray, r_max: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -127,8 +147,9 @@ class Interaction(nn.Module):
 
 
 class DensityNet(nn.Module):
-    """(atoms, per_atom) coefficients of Δρ* from atomic numbers z (atoms,), the coefficients of Δρ1
-    (atoms, per_atom) and the graph (src, dst, vec Å) of :func:`atom_graph`; per_atom in the order of
+    """(sites, per_atom) coefficients of Δρ* from the sites' labels z (sites,: Z, or ``BOND`` for a bond
+    midpoint; :func:`density_sites`), the coefficients of Δρ1 (sites, per_atom) and the graph (src, dst,
+    vec Å) of :func:`atom_graph` over the sites; per_atom in the order of
     ``cfg.basis.irreps``. ``scale`` (per_atom,): the inputs' typical size per irrep instance."""
 
     def __init__(self, cfg: DensityConfig) -> None:
@@ -142,6 +163,8 @@ class DensityNet(nn.Module):
         hidden = o3.Irreps(cfg.hidden_irreps).sort().irreps.simplify()  # the gate's output order
         self.sh = o3.Irreps.spherical_harmonics(2)
         self.embed = DescriptorEmbedding(cfg.embed_dim, cfg.embed_hidden)
+        if cfg.bond_sites:
+            self.bond_embed = nn.Parameter(torch.randn(cfg.embed_dim) / math.sqrt(cfg.embed_dim))
         self.register_buffer("scale", torch.ones(self.irreps.dim))
         self.inp = o3.Linear(o3.Irreps(f"{cfg.embed_dim}x0e") + self.irreps, hidden)
         self.layers = nn.ModuleList([Interaction(hidden, self.sh, cfg.num_rbf, cfg.embed_dim, cfg.avg_neighbours)
@@ -180,7 +203,9 @@ class DensityNet(nn.Module):
 
     def forward(self, z: torch.Tensor, c1: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
                 vec: torch.Tensor) -> torch.Tensor:
-        e = self.embed(z)
+        e = self.embed(z.clamp(min=0))
+        if self.cfg.bond_sites:
+            e = torch.where((z == BOND)[:, None], self.bond_embed.to(e.dtype).expand_as(e), e)
         x = c1 / self.scale
         h = self.inp(torch.cat([e, x], 1))
         sh = o3.spherical_harmonics(self.sh, vec, normalize=True, normalization="component")

@@ -17,21 +17,21 @@ from torch import nn
 from ..core.blocks import BlockSparse
 from ..core.gaussians import density_of, neutralised
 from ..core.scf import SelfConsistency
-from .density_net import atom_graph
+from .density_net import atom_graph, density_sites
 from .density_train import first_step_fit
-from .elements import atomic_numbers
 
 
 def predict_density_coefficients(model: nn.Module, sc: SelfConsistency, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """(c1, c): the fit of the first step's density change and the network's neutralised Δρ* coefficients
-    (atoms, per_atom), on the grid of ``sc``. The model is moved to ``device`` and float64 (in place)."""
+    (sites, per_atom: ``density_net.density_sites``), on the grid of ``sc``. The model is moved to ``device``
+    and float64 (in place)."""
     cfg = model.cfg
-    system = sc.system
+    sites, z = density_sites(sc.system, cfg)
     c1 = first_step_fit(sc, cfg)
-    src, dst, vec = atom_graph(system.lattice, system.positions, cfg.r_max)
+    src, dst, vec = atom_graph(sites.lattice, sites.positions, cfg.r_max)
     model = model.to(device=device, dtype=torch.float64).eval()
     with torch.no_grad():
-        c = model(atomic_numbers(system.elements).to(device), torch.tensor(c1, device=device),
+        c = model(z.to(device), torch.tensor(c1, device=device),
                    torch.tensor(src, device=device), torch.tensor(dst, device=device),
                    torch.tensor(vec, device=device))
     return c1, neutralised(c.cpu().numpy(), cfg.basis)
@@ -56,7 +56,7 @@ def predict_density(model: nn.Module, system, device: str = "cpu") -> DensityPre
     t1 = time.perf_counter()
     _c1, c = predict_density_coefficients(model, sc, device)
     t2 = time.perf_counter()
-    rho = sc.rho_atoms + density_of(system, sc.shape, sc.origin, c, model.cfg.basis)
+    rho = sc.rho_atoms + density_of(density_sites(system, model.cfg)[0], sc.shape, sc.origin, c, model.cfg.basis)
     h = sc.hamiltonian(rho)
     t3 = time.perf_counter()
     return DensityPrediction(h, rho, sc, {"grid_setup_s": t1 - t0, "first_step_and_network_s": t2 - t1,

@@ -26,8 +26,7 @@ import torch
 from ..core.gaussians import basis_matrix, fit_density
 from ..core.hxc import hartree_potential
 from ..core.scf import SelfConsistency
-from .density_net import DensityConfig, DensityNet, atom_graph, instance_scale
-from .elements import atomic_numbers
+from .density_net import DensityConfig, DensityNet, atom_graph, density_sites, instance_scale
 
 
 @dataclass
@@ -45,15 +44,17 @@ class DensitySample:
 
 
 def first_step_fit(sc: SelfConsistency, cfg: DensityConfig) -> np.ndarray:
-    """(atoms, per_atom) the fit of Δρ1 = ρ_out(H(0)) − ρ_atoms on ``sc``'s grid (one diagonalisation)."""
+    """(sites, per_atom) the fit of Δρ1 = ρ_out(H(0)) − ρ_atoms on ``sc``'s grid (one diagonalisation), on
+    the sites of :func:`.density_net.density_sites`."""
     rho1, _ = sc.density(sc.h0)
-    return fit_density(sc.system, sc.shape, sc.origin, sc.dv, rho1 - sc.rho_atoms, cfg.basis)
+    sites, _z = density_sites(sc.system, cfg)
+    return fit_density(sites, sc.shape, sc.origin, sc.dv, rho1 - sc.rho_atoms, cfg.basis)
 
 
 def coefficient_metric(sc: SelfConsistency, cfg: DensityConfig) -> np.ndarray:
-    """(n, n) eV: M = K_C + xc_weight·G of the Gaussians of every atom (module docstring); K_C from the
+    """(n, n) eV: M = K_C + xc_weight·G of the Gaussians of every site (module docstring); K_C from the
     Hartree potential of each function (``core.hxc.hartree_potential``, G = 0 left out)."""
-    cols = basis_matrix(sc.system, sc.shape, sc.origin, cfg.basis)
+    cols = basis_matrix(density_sites(sc.system, cfg)[0], sc.shape, sc.origin, cfg.basis)
     gram = cols.T @ cols * sc.dv
     potentials = np.stack([hartree_potential(c.reshape(sc.shape), sc.lattice).reshape(-1) for c in cols.T], axis=1)
     coulomb = cols.T @ potentials * sc.dv
@@ -64,9 +65,10 @@ def make_sample(system, cfg: DensityConfig, sid: str = "") -> DensitySample:
     """The training data of one System (H0, H, S, atomic densities)."""
     sc = SelfConsistency(system, cfg.spacing)
     rho_star, _ = sc.density(system.matrices["H"])
-    cstar = fit_density(system, sc.shape, sc.origin, sc.dv, rho_star - sc.rho_atoms, cfg.basis)
-    src, dst, vec = atom_graph(system.lattice, system.positions, cfg.r_max)
-    return DensitySample(sid or system.meta.get("id", ""), atomic_numbers(system.elements),
+    sites, z = density_sites(system, cfg)
+    cstar = fit_density(sites, sc.shape, sc.origin, sc.dv, rho_star - sc.rho_atoms, cfg.basis)
+    src, dst, vec = atom_graph(sites.lattice, sites.positions, cfg.r_max)
+    return DensitySample(sid or system.meta.get("id", ""), z,
                          torch.tensor(first_step_fit(sc, cfg), dtype=torch.float32),
                          torch.tensor(cstar, dtype=torch.float32),
                          torch.tensor(coefficient_metric(sc, cfg), dtype=torch.float32),

@@ -39,11 +39,13 @@ def main() -> None:
     ap.add_argument("out")
     ap.add_argument("--part", default="0/1", help="K/N: every N-th structure from the K-th (parallel runs)")
     ap.add_argument("--lmax", type=int, default=2)
+    ap.add_argument("--bond-sites", action="store_true",
+                    help="Gaussians at the bond midpoints too (DensityConfig.bond_sites); samples and network must agree")
     ap.add_argument("--sigmas", type=widths, default=DensityConfig.sigmas,
                     help="Gaussian widths (Å), comma-separated; the samples' and the network's must match")
     args = ap.parse_args()
     k, n = (int(x) for x in args.part.split("/"))
-    cfg = DensityConfig(lmax=args.lmax, sigmas=args.sigmas)
+    cfg = DensityConfig(lmax=args.lmax, sigmas=args.sigmas, bond_sites=args.bond_sites)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ids = [i for i in list_ids(args.data)[k::n] if not (out / f"{i}.pt").exists()]

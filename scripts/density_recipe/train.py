@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=300)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--lmax", type=int, default=2)
+    ap.add_argument("--bond-sites", action="store_true",
+                    help="Gaussians at the bond midpoints too (DensityConfig.bond_sites); samples and network must agree")
     ap.add_argument("--sigmas", type=widths, default=DensityConfig.sigmas,
                     help="Gaussian widths (Å), comma-separated; the samples' and the network's must match")
     ap.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's decay (0: Adam)")
@@ -49,8 +51,12 @@ def main() -> None:
     folder = Path(args.samples)
     train, val = load_samples(folder, split["train"]), load_samples(folder, split["val"])
     print(f"{len(train)} training and {len(val)} validation structures", flush=True)
-    cfg = DensityConfig(lmax=args.lmax, sigmas=args.sigmas, screening=args.screening)
+    cfg = DensityConfig(lmax=args.lmax, sigmas=args.sigmas, screening=args.screening, bond_sites=args.bond_sites)
     made = {tuple(s.c1.shape[1:]) for s in train + val}
+    bonds = {bool((s.z < 0).any()) for s in train + val}
+    if bonds != {args.bond_sites}:
+        sys.exit("error: the samples were made " + ("with" if True in bonds else "without") + " bond sites; pass "
+                 "make_samples.py's --bond-sites to both or to neither")
     if made != {(cfg.basis.per_atom,)}:
         sys.exit(f"error: the samples hold {sorted(made)} coefficients per atom; --lmax {args.lmax} --sigmas "
                  f"{','.join(map(str, cfg.sigmas))} gives {cfg.basis.per_atom}: pass make_samples.py's --lmax and --sigmas")
