@@ -17,6 +17,7 @@ import h5py
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from nextham_dft.model.density_net import DensityConfig  # noqa: E402
 from nextham_dft.model.store import PRETRAINED, combine_models, load_model, save_model  # noqa: E402
 
 
@@ -52,9 +53,12 @@ def main() -> None:
     train_ids = card["split"]["train"]
     pps, spins = training_inputs(args.data, train_ids)
     minutes = sum(c.get("training_minutes", 0.0) for c in cards) + args.samples_minutes
-    samples_cmd = ("python scripts/density_recipe/make_samples.py dataset.h5 samples --lmax "
-                   f"{model.cfg.lmax} --part 0/2 & python scripts/density_recipe/make_samples.py dataset.h5 samples "
-                   f"--lmax {model.cfg.lmax} --part 1/2")
+    cfg = model.cfg
+    basis = f"--lmax {cfg.lmax}" + ("" if tuple(cfg.sigmas) == DensityConfig.sigmas else
+                                    " --sigmas " + ",".join(f"{s:g}" for s in cfg.sigmas))
+    basis += " --bond-sites" if cfg.bond_sites else ""
+    samples_cmd = " & ".join(f"python scripts/density_recipe/make_samples.py dataset.h5 samples {basis} --part {k}/2"
+                             for k in (0, 1))
     train_cmds = []
     for k, c in enumerate(cards):
         tokens = c.get("recipe", "").split()

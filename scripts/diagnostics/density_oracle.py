@@ -8,6 +8,7 @@ its fit, except by chance.
 
     python scripts/diagnostics/density_oracle.py DATASET.h5 --split val [--sigmas 0.25,0.5,1.0] [--lmax 2]
     python scripts/diagnostics/density_oracle.py DATASET.h5 --ids s0057,t0064
+    python scripts/diagnostics/density_oracle.py DATASET.h5 --split val --bonds   # Gaussians at the bond midpoints too
 
 DATASET.h5 is a `nextham-dft dataset build` file with the pseudopotentials (the density recipe's).
 """
@@ -23,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from nextham_dft.core.gaussians import GaussianBasis, density_of, fit_density  # noqa: E402
+from nextham_dft.core.gaussians import GaussianBasis, Sites, bond_midpoints, density_of, fit_density  # noqa: E402
 from nextham_dft.core.scf import SelfConsistency  # noqa: E402
 from nextham_dft.dataset import iter_dataset  # noqa: E402
 from nextham_dft.evaluation import evaluate  # noqa: E402
@@ -38,6 +39,7 @@ def main() -> None:
     ap.add_argument("--ids", default=None, help="comma-separated structure ids instead of a split")
     ap.add_argument("--lmax", type=int, default=2)
     ap.add_argument("--sigmas", default="0.25,0.5,1.0", help="Gaussian widths, Å")
+    ap.add_argument("--bonds", action="store_true", help="the same functions at the bond midpoints too (DensityConfig.bond_sites)")
     args = ap.parse_args()
     basis = GaussianBasis(tuple(float(x) for x in args.sigmas.split(",")), args.lmax)
     split = json.loads(SPLIT.read_text())
@@ -50,7 +52,8 @@ def main() -> None:
         sc = SelfConsistency(s, 0.15)
         rho, _ = sc.density(s.matrices["H"])
         target = rho - sc.rho_atoms
-        fit = density_of(s, sc.shape, sc.origin, fit_density(s, sc.shape, sc.origin, sc.dv, target, basis), basis)
+        sites = Sites(s.lattice, np.vstack([s.positions, bond_midpoints(s.lattice, s.positions)]) if args.bonds else s.positions)
+        fit = density_of(sites, sc.shape, sc.origin, fit_density(sites, sc.shape, sc.origin, sc.dv, target, basis), basis)
         misfit = np.abs(fit - target).sum() * sc.dv / sc.nelec
         ev = evaluate(s, sc.hamiltonian(sc.rho_atoms + fit))
         p = ev["predicted"]
@@ -59,7 +62,7 @@ def main() -> None:
               f"H after μS {p['h_mae_shifted_mev']:.3f} meV, shifted bands {p['band_mae_shifted_mev']:.2f} meV "
               f"(H(0) {ev['h0']['band_mae_shifted_mev']:.1f})", flush=True)
     a = np.array(rows)
-    print(f"\nσ {basis.sigmas} Å, l ≤ {basis.lmax} ({basis.per_atom} per atom), {len(a)} structures: shifted bands "
+    print(f"\nσ {basis.sigmas} Å, l ≤ {basis.lmax} ({basis.per_atom} per site{', bond sites' if args.bonds else ''}), {len(a)} structures: shifted bands "
           f"mean {a[:, 0].mean():.2f} / median {np.median(a[:, 0]):.2f} / max {a[:, 0].max():.1f} meV; "
           f"H after μS {a[:, 1].mean():.3f} meV")
 
