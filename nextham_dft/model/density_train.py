@@ -15,6 +15,7 @@ training set (so 1 is "no change from the atoms", the H(0) baseline).
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -113,7 +114,7 @@ def relative_error(model: DensityNet, samples: list[DensitySample], charges: tor
 @dataclass
 class DensityTraining:
     """epochs, batch (structures), lr (peak of a one-cycle schedule), clip (gradient norm), seed,
-    eval_every (epochs between validations), weight_decay (AdamW's decoupled decay; 0: Adam)."""
+    eval_every (epochs between validations), weight_decay (AdamW's decoupled decay; 0: Adam), ema_decay."""
 
     epochs: int = 300
     batch: int = 8
@@ -122,6 +123,8 @@ class DensityTraining:
     seed: int = 0
     eval_every: int = 5
     weight_decay: float = 0.0
+    #: > 0: validate (and return) the exponential moving average of the weights with this decay per step
+    ema_decay: float = 0.0
 
 
 def train_density(cfg: DensityConfig, train: list[DensitySample], val: list[DensitySample],
@@ -139,6 +142,7 @@ def train_density(cfg: DensityConfig, train: list[DensitySample], val: list[Dens
            if settings.weight_decay > 0 else torch.optim.Adam(model.parameters(), lr=settings.lr))
     steps = settings.epochs * math.ceil(len(train) / settings.batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=steps)
+    shadow = copy.deepcopy(model) if settings.ema_decay > 0 else model  # what is validated and returned
     best, best_state, history, t0 = math.inf, None, [], time.perf_counter()
     for epoch in range(1, settings.epochs + 1):
         model.train()
@@ -153,16 +157,20 @@ def train_density(cfg: DensityConfig, train: list[DensitySample], val: list[Dens
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip)
             opt.step()
             sched.step()
+            if shadow is not model:
+                with torch.no_grad():
+                    for a, b in zip(shadow.parameters(), model.parameters()):
+                        a.mul_(settings.ema_decay).add_(b, alpha=1.0 - settings.ema_decay)
             total += float(loss.detach()) * len(batch)
         if epoch % settings.eval_every == 0 or epoch == settings.epochs:
-            model.eval()
-            v = relative_error(model, val, charges)
+            shadow.eval()
+            v = relative_error(shadow, val, charges)
             if v < best:
-                best, best_state = v, {k: x.clone() for k, x in model.state_dict().items()}
+                best, best_state = v, {k: x.clone() for k, x in shadow.state_dict().items()}
             history.append({"epoch": epoch, "train": total / len(train), "val": v,
                             "seconds": time.perf_counter() - t0})
             log(f"epoch {epoch}: train {total / len(train):.4f}, val {v:.4f} (best {best:.4f}), "
                 f"{time.perf_counter() - t0:.0f} s")
-    model.load_state_dict(best_state)
-    model.eval()
-    return model, {"history": history, "best_val": best, "avg_neighbours": avg}
+    shadow.load_state_dict(best_state)
+    shadow.eval()
+    return shadow, {"history": history, "best_val": best, "avg_neighbours": avg}

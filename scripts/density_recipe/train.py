@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--sigmas", type=widths, default=DensityConfig.sigmas,
                     help="Gaussian widths (Å), comma-separated; the samples' and the network's must match")
     ap.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's decay (0: Adam)")
+    ap.add_argument("--ema", type=float, default=0.0, help="validate and keep the weights' moving average with this decay per step")
     ap.add_argument("--screening", action="store_true", help="DensityConfig.screening")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -60,7 +61,8 @@ def main() -> None:
     if made != {(cfg.basis.per_atom,)}:
         sys.exit(f"error: the samples hold {sorted(made)} coefficients per atom; --lmax {args.lmax} --sigmas "
                  f"{','.join(map(str, cfg.sigmas))} gives {cfg.basis.per_atom}: pass make_samples.py's --lmax and --sigmas")
-    settings = DensityTraining(epochs=args.epochs, lr=args.lr, seed=args.seed, weight_decay=args.weight_decay)
+    settings = DensityTraining(epochs=args.epochs, lr=args.lr, seed=args.seed, weight_decay=args.weight_decay,
+                               ema_decay=args.ema)
     t0 = time.perf_counter()
     model, info = train_density(cfg, train, val, settings, log=lambda m: print(m, flush=True))
     minutes = (time.perf_counter() - t0) / 60
