@@ -15,19 +15,20 @@ import torch
 from torch import nn
 
 from ..core.blocks import BlockSparse
-from ..core.gaussians import density_of, neutralised
+from ..core.gaussians import Sites, density_of, neutralised
 from ..core.scf import SelfConsistency
 from .density_net import atom_graph, density_sites
 from .density_train import first_step_fit
 
 
-def predict_density_coefficients(model: nn.Module, sc: SelfConsistency, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+def predict_density_coefficients(model: nn.Module, sc: SelfConsistency, device: str = "cpu",
+                                 sites: tuple[Sites, torch.Tensor] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(c1, c): the fit of the first step's density change and the network's neutralised Δρ* coefficients
-    (sites, per_atom: ``density_net.density_sites``), on the grid of ``sc``. The model is moved to ``device``
-    and float64 (in place)."""
+    (sites, per_atom), on the grid of ``sc``. ``sites``: ``density_net.density_sites`` of ``sc``'s system when
+    already at hand. The model is moved to ``device`` and float64 (in place)."""
     cfg = model.cfg
-    sites, z = density_sites(sc.system, cfg)
-    c1 = first_step_fit(sc, cfg)
+    sites, z = sites if sites is not None else density_sites(sc.system, cfg)
+    c1 = first_step_fit(sc, cfg, sites)
     src, dst, vec = atom_graph(sites.lattice, sites.positions, cfg.r_max)
     model = model.to(device=device, dtype=torch.float64).eval()
     with torch.no_grad():
@@ -54,9 +55,10 @@ def predict_density(model: nn.Module, system, device: str = "cpu") -> DensityPre
     t0 = time.perf_counter()
     sc = SelfConsistency(system, model.cfg.spacing)
     t1 = time.perf_counter()
-    _c1, c = predict_density_coefficients(model, sc, device)
+    sites = density_sites(system, model.cfg)
+    _c1, c = predict_density_coefficients(model, sc, device, sites)
     t2 = time.perf_counter()
-    rho = sc.rho_atoms + density_of(density_sites(system, model.cfg)[0], sc.shape, sc.origin, c, model.cfg.basis)
+    rho = sc.rho_atoms + density_of(sites[0], sc.shape, sc.origin, c, model.cfg.basis)
     h = sc.hamiltonian(rho)
     t3 = time.perf_counter()
     return DensityPrediction(h, rho, sc, {"grid_setup_s": t1 - t0, "first_step_and_network_s": t2 - t1,

@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..core.gaussians import basis_matrix, fit_density
+from ..core.gaussians import Sites, basis_matrix, fit_density
 from ..core.hxc import hartree_potential
 from ..core.scf import SelfConsistency
 from .density_net import DensityConfig, DensityNet, atom_graph, density_sites, instance_scale
@@ -44,18 +44,20 @@ class DensitySample:
     vec: torch.Tensor
 
 
-def first_step_fit(sc: SelfConsistency, cfg: DensityConfig) -> np.ndarray:
+def first_step_fit(sc: SelfConsistency, cfg: DensityConfig, sites: Sites | None = None) -> np.ndarray:
     """(sites, per_atom) the fit of Δρ1 = ρ_out(H(0)) − ρ_atoms on ``sc``'s grid (one diagonalisation), on
-    the sites of :func:`.density_net.density_sites`."""
+    ``sites`` (default: :func:`.density_net.density_sites` of ``sc``'s system)."""
     rho1, _ = sc.density(sc.h0)
-    sites, _z = density_sites(sc.system, cfg)
+    sites = sites if sites is not None else density_sites(sc.system, cfg)[0]
     return fit_density(sites, sc.shape, sc.origin, sc.dv, rho1 - sc.rho_atoms, cfg.basis)
 
 
-def coefficient_metric(sc: SelfConsistency, cfg: DensityConfig) -> np.ndarray:
-    """(n, n) eV: M = K_C + xc_weight·G of the Gaussians of every site (module docstring); K_C from the
-    Hartree potential of each function (``core.hxc.hartree_potential``, G = 0 left out)."""
-    cols = basis_matrix(density_sites(sc.system, cfg)[0], sc.shape, sc.origin, cfg.basis)
+def coefficient_metric(sc: SelfConsistency, cfg: DensityConfig, sites: Sites | None = None) -> np.ndarray:
+    """(n, n) eV: M = K_C + xc_weight·G of the Gaussians of every site (module docstring; ``sites`` as in
+    :func:`first_step_fit`); K_C from the Hartree potential of each function (``core.hxc.hartree_potential``,
+    G = 0 left out)."""
+    sites = sites if sites is not None else density_sites(sc.system, cfg)[0]
+    cols = basis_matrix(sites, sc.shape, sc.origin, cfg.basis)
     gram = cols.T @ cols * sc.dv
     potentials = np.stack([hartree_potential(c.reshape(sc.shape), sc.lattice).reshape(-1) for c in cols.T], axis=1)
     coulomb = cols.T @ potentials * sc.dv
@@ -70,9 +72,9 @@ def make_sample(system, cfg: DensityConfig, sid: str = "") -> DensitySample:
     cstar = fit_density(sites, sc.shape, sc.origin, sc.dv, rho_star - sc.rho_atoms, cfg.basis)
     src, dst, vec = atom_graph(sites.lattice, sites.positions, cfg.r_max)
     return DensitySample(sid or system.meta.get("id", ""), z,
-                         torch.tensor(first_step_fit(sc, cfg), dtype=torch.float32),
+                         torch.tensor(first_step_fit(sc, cfg, sites), dtype=torch.float32),
                          torch.tensor(cstar, dtype=torch.float32),
-                         torch.tensor(coefficient_metric(sc, cfg), dtype=torch.float32),
+                         torch.tensor(coefficient_metric(sc, cfg, sites), dtype=torch.float32),
                          torch.tensor(src), torch.tensor(dst), torch.tensor(vec, dtype=torch.float32))
 
 

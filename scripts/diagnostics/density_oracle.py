@@ -24,10 +24,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from nextham_dft.core.gaussians import GaussianBasis, Sites, bond_midpoints, density_of, fit_density  # noqa: E402
+from nextham_dft.core.gaussians import density_of, fit_density  # noqa: E402
 from nextham_dft.core.scf import SelfConsistency  # noqa: E402
 from nextham_dft.dataset import iter_dataset  # noqa: E402
 from nextham_dft.evaluation import evaluate  # noqa: E402
+from nextham_dft.model.density_net import DensityConfig, density_sites  # noqa: E402
 
 SPLIT = Path(__file__).resolve().parents[1] / "density_recipe" / "split.json"
 
@@ -41,7 +42,8 @@ def main() -> None:
     ap.add_argument("--sigmas", default="0.25,0.5,1.0", help="Gaussian widths, Å")
     ap.add_argument("--bonds", action="store_true", help="the same functions at the bond midpoints too (DensityConfig.bond_sites)")
     args = ap.parse_args()
-    basis = GaussianBasis(tuple(float(x) for x in args.sigmas.split(",")), args.lmax)
+    cfg = DensityConfig(sigmas=tuple(float(x) for x in args.sigmas.split(",")), lmax=args.lmax, bond_sites=args.bonds)
+    basis = cfg.basis
     split = json.loads(SPLIT.read_text())
     ids = args.ids.split(",") if args.ids else split[args.split]
     held = set(split.get("held_out_elements", [])) if not args.ids else set()
@@ -52,7 +54,7 @@ def main() -> None:
         sc = SelfConsistency(s, 0.15)
         rho, _ = sc.density(s.matrices["H"])
         target = rho - sc.rho_atoms
-        sites = Sites(s.lattice, np.vstack([s.positions, bond_midpoints(s.lattice, s.positions)]) if args.bonds else s.positions)
+        sites, _z = density_sites(s, cfg)
         fit = density_of(sites, sc.shape, sc.origin, fit_density(sites, sc.shape, sc.origin, sc.dv, target, basis), basis)
         misfit = np.abs(fit - target).sum() * sc.dv / sc.nelec
         ev = evaluate(s, sc.hamiltonian(sc.rho_atoms + fit))
