@@ -94,8 +94,10 @@ def _with_bonds(lat, pos, z, c1, seed):
     return np.vstack([pos, mids]), torch.cat([z, torch.full((len(mids),), BOND)]), torch.cat([c1, extra])
 
 
-@pytest.mark.parametrize("seed,screening,bonds", [(0, False, False), (1, False, False), (2, True, False), (3, True, True)])
-def test_the_density_network_is_equivariant_under_rotations_inversion_and_permutations(seed, screening, bonds):
+@pytest.mark.parametrize("seed,screening,bonds,linear", [(0, False, False, False), (1, False, False, False),
+                                                         (2, True, False, False), (3, True, True, False),
+                                                         (4, False, True, True)])
+def test_the_density_network_is_equivariant_under_rotations_inversion_and_permutations(seed, screening, bonds, linear):
     """Rotating (and inverting) the crystal and its input coefficients rotates the output with the irreps'
     Wigner-D (a density's parity: l odd changes sign); permuting atoms permutes rows; translating is nothing.
     With bond sites, the midpoints are recomputed from the moved crystal (their order follows fractional
@@ -105,9 +107,11 @@ def test_the_density_network_is_equivariant_under_rotations_inversion_and_permut
     from nextham_dft.testing import irreps_d
 
     torch.manual_seed(seed)
-    net = DensityNet(dataclasses.replace(SMALL, screening=screening, bond_sites=bonds)).double()
-    if screening:  # the screening term starts at zero: give it weights to test
+    net = DensityNet(dataclasses.replace(SMALL, screening=screening, bond_sites=bonds, linear_response=linear)).double()
+    if screening or linear:  # the screening (and neighbour response) terms start at zero: give them weights to test
         torch.nn.init.normal_(net.screen[-1].weight, std=0.3)
+    if linear:
+        torch.nn.init.normal_(net.response.radial[-1].weight, std=0.3)
     lat, pos, z, c1 = _random_input(5, seed)
 
     def sites(lat_, pos_, z_, c1_):
@@ -123,7 +127,8 @@ def test_the_density_network_is_equivariant_under_rotations_inversion_and_permut
     r_pos, r_z, _ = sites(lat @ q.T, pos @ q.T, z, c1)
     assert np.abs(r_pos - s_pos @ q.T).max() < 1e-9  # the midpoints rotate with the crystal
     rot = _run(net, lat @ q.T, r_pos, r_z, s_c1 @ torch.tensor(d).T).detach().numpy()
-    assert np.abs(rot - base @ d.T).max() < 1e-9 * np.abs(base).max()
+    # 2e-8: the float64 limit of e3nn's tensor-product constants (the issue asks ≤ 1e-5)
+    assert np.abs(rot - base @ d.T).max() < 2e-8 * np.abs(base).max()
     perm = np.random.default_rng(seed).permutation(5)
     p_pos, p_z, _ = sites(lat, pos[perm], z[perm], c1[perm])
     order = np.concatenate([perm, np.arange(5, len(s_pos))])
@@ -132,6 +137,26 @@ def test_the_density_network_is_equivariant_under_rotations_inversion_and_permut
     assert np.abs(perm_out - base[order]).max() < 1e-12
     moved = _run(net, lat, s_pos + np.array([0.3, -1.1, 2.0]), s_z, s_c1).detach().numpy()
     assert np.abs(moved - base).max() < 1e-12
+
+
+def test_the_linear_response_network_is_linear_in_the_first_step_and_sees_its_neighbours():
+    """linear_response: Δρ* = K(geometry, elements) Δρ1 exactly: a·Δρ1 + b·Δρ1' gives a·Δρ* + b·Δρ*', zero gives
+    zero; and an atom's output depends on its neighbours' inputs (the neighbour term), not only its own."""
+    torch.manual_seed(5)
+    net = DensityNet(dataclasses.replace(SMALL, linear_response=True)).double()
+    torch.nn.init.normal_(net.screen[-1].weight, std=0.3)
+    torch.nn.init.normal_(net.response.radial[-1].weight, std=0.3)
+    lat, pos, z, c1 = _random_input(5, 5)
+    c2 = torch.randn_like(c1)
+    out = lambda c: _run(net, lat, pos, z, c).detach().numpy()  # noqa: E731
+    both = out(0.7 * c1 - 2.5 * c2)
+    assert np.abs(both).max() > 1e-3
+    assert np.abs(both - (0.7 * out(c1) - 2.5 * out(c2))).max() < 1e-10 * np.abs(both).max()
+    assert np.abs(out(torch.zeros_like(c1))).max() == 0.0
+    alone = torch.zeros_like(c1)
+    alone[1] = c1[1]  # only atom 1 has a first-step change
+    others = out(alone)[[0, 2, 3, 4]]
+    assert np.abs(others).max() > 1e-6
 
 
 def test_bond_midpoints_of_diamond_and_fcc_and_their_symmetry():
@@ -387,7 +412,8 @@ def test_bad_density_options_are_one_line_errors_and_write_nothing(tmp_path):
 def test_the_density_recipe_makes_samples_and_trains_on_any_gaussian_widths_and_refuses_a_mismatch(tmp_path, si2):
     """scripts/density_recipe end to end on the shipped example: samples and a network with other widths
     (--sigmas, --lmax), a model file whose config holds them; training on samples of another basis is a
-    one-line error."""
+    one-line error; --linear-response and a cut graph (--r-max) reach the model's config, a cutoff beyond the
+    samples' graph is a one-line error."""
     import json
     import subprocess
     import sys
@@ -409,10 +435,14 @@ def test_the_density_recipe_makes_samples_and_trains_on_any_gaussian_widths_and_
     made = run("make_samples.py", str(tmp_path / "data.h5"), str(tmp_path / "samples"), *basis)
     assert made.returncode == 0, made.stderr
     trained = run("train.py", str(tmp_path / "samples"), str(tmp_path / "split.json"), str(tmp_path / "m.pt"), *basis,
-                  "--epochs", "2")
+                  "--epochs", "2", "--linear-response", "--r-max", "4")
     assert trained.returncode == 0, trained.stderr
     model, card = load_model(tmp_path / "m.pt")
     assert card["kind"] == "density" and tuple(model.cfg.sigmas) == (0.3, 0.6) and model.cfg.lmax == 1
+    assert model.cfg.linear_response and model.cfg.r_max == 4.0
+    far = run("train.py", str(tmp_path / "samples"), str(tmp_path / "split.json"), str(tmp_path / "w.pt"), *basis,
+              "--r-max", "7")
+    assert far.returncode != 0 and "--r-max" in far.stderr and len(far.stderr.strip().splitlines()) == 1
     wrong = run("train.py", str(tmp_path / "samples"), str(tmp_path / "split.json"), str(tmp_path / "w.pt"), "--epochs", "2")
     assert wrong.returncode != 0 and not (tmp_path / "w.pt").exists()
     assert "coefficients per atom" in wrong.stderr and len(wrong.stderr.strip().splitlines()) == 1

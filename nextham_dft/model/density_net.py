@@ -72,6 +72,11 @@ class DensityConfig:
     bond_sites: bool = False
     #: a bond joins atoms closer than this times the shorter of their nearest-neighbour distances
     bond_factor: float = 1.2
+    #: the output is linear in Δρ1, as linear response is (Δρ* = (1 − χ0 K)⁻¹ Δρ1): the hidden features see
+    #: only the elements and the geometry, and they set the on-site screening matrices (as ``screening``) and
+    #: the kernels of a neighbour term Σ_j TP(Δρ1_j, Y(r̂_ij)); no term independent of Δρ1, so Δρ1 = 0 gives
+    #: Δρ* = 0 and twice Δρ1 gives twice Δρ*
+    linear_response: bool = False
 
     @property
     def basis(self) -> GaussianBasis:
@@ -146,6 +151,26 @@ class Interaction(nn.Module):
         return h + self.gate(self.mix(agg / math.sqrt(self.avg_neighbours)) + self.self_connection(h))
 
 
+class NeighbourResponse(nn.Module):
+    """Σ_j TP(x_j, Y(r̂_ij); w(r_ij, f_i, f_j)) / √n̄: linear in the coefficients x, with kernels from the
+    radial basis and both sites' invariant features f."""
+
+    def __init__(self, irreps: o3.Irreps, sh: o3.Irreps, num_rbf: int, feat_dim: int, avg_neighbours: float) -> None:
+        super().__init__()
+        self.avg_neighbours = avg_neighbours
+        self.tp = o3.FullyConnectedTensorProduct(irreps, sh, irreps, shared_weights=False, internal_weights=False)
+        self.radial = nn.Sequential(nn.Linear(num_rbf + 2 * feat_dim, 64), nn.SiLU(), nn.Linear(64, self.tp.weight_numel))
+        with torch.no_grad():  # start at "no neighbour response"
+            self.radial[-1].weight.zero_()
+            self.radial[-1].bias.zero_()
+
+    def forward(self, x, f, src, dst, sh, rbf):
+        w = self.radial(torch.cat([rbf, f[src], f[dst]], 1))
+        m = self.tp(x[src], sh, w)
+        return torch.zeros(len(x), m.shape[1], dtype=m.dtype, device=m.device).index_add(0, dst, m) / math.sqrt(
+            self.avg_neighbours)
+
+
 class DensityNet(nn.Module):
     """(sites, per_atom) coefficients of Δρ* from the sites' labels z (sites,: Z, or ``BOND`` for a bond
     midpoint; :func:`density_sites`), the coefficients of Δρ1 (sites, per_atom) and the graph (src, dst,
@@ -166,15 +191,18 @@ class DensityNet(nn.Module):
         if cfg.bond_sites:
             self.bond_embed = nn.Parameter(torch.randn(cfg.embed_dim) / math.sqrt(cfg.embed_dim))
         self.register_buffer("scale", torch.ones(self.irreps.dim))
-        self.inp = o3.Linear(o3.Irreps(f"{cfg.embed_dim}x0e") + self.irreps, hidden)
+        features = o3.Irreps(f"{cfg.embed_dim}x0e")
+        self.inp = o3.Linear(features if cfg.linear_response else features + self.irreps, hidden)
         self.layers = nn.ModuleList([Interaction(hidden, self.sh, cfg.num_rbf, cfg.embed_dim, cfg.avg_neighbours)
                                      for _ in range(cfg.layers)])
-        self.out = o3.Linear(hidden, self.irreps)
+        if not cfg.linear_response:  # linear response has no term independent of Δρ1
+            self.out = o3.Linear(hidden, self.irreps)
         self.skip = o3.Linear(self.irreps, self.irreps)
         with torch.no_grad():  # start near "no change": the first steps do not fling the densities
-            self.out.weight.mul_(0.1)
+            if not cfg.linear_response:
+                self.out.weight.mul_(0.1)
             self.skip.weight.mul_(0.1)
-        if cfg.screening:
+        if cfg.screening or cfg.linear_response:
             start = 0
             for mul, ir in hidden:  # the hidden features' invariant (0e) block
                 if ir == o3.Irrep("0e"):
@@ -187,6 +215,9 @@ class DensityNet(nn.Module):
             with torch.no_grad():
                 self.screen[-1].weight.zero_()
                 self.screen[-1].bias.zero_()
+        if cfg.linear_response:
+            self.response = NeighbourResponse(self.irreps, self.sh, cfg.num_rbf,
+                                              cfg.embed_dim + self._scalars[1] - self._scalars[0], cfg.avg_neighbours)
 
     def _screened(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Per atom and l: M_l(h's invariants) (widths × widths) applied to the widths of x's l-block, the
@@ -207,14 +238,18 @@ class DensityNet(nn.Module):
         if self.cfg.bond_sites:
             e = torch.where((z == BOND)[:, None], self.bond_embed.to(e.dtype).expand_as(e), e)
         x = c1 / self.scale
-        h = self.inp(torch.cat([e, x], 1))
+        h = self.inp(e if self.cfg.linear_response else torch.cat([e, x], 1))
         sh = o3.spherical_harmonics(self.sh, vec, normalize=True, normalization="component")
         rbf = bessel(vec.norm(dim=1), self.cfg.num_rbf, self.cfg.r_max)
         for layer in self.layers:
             h = layer(h, e, src, dst, sh, rbf)
-        out = self.out(h) + self.skip(x)
-        if self.cfg.screening:
-            out = out + self._screened(h, x)
+        if self.cfg.linear_response:
+            f = torch.cat([e, h[:, self._scalars[0]:self._scalars[1]]], 1)
+            out = self.skip(x) + self._screened(h, x) + self.response(x, f, src, dst, sh, rbf)
+        else:
+            out = self.out(h) + self.skip(x)
+            if self.cfg.screening:
+                out = out + self._screened(h, x)
         return out * self.scale
 
 

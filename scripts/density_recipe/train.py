@@ -26,8 +26,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_samples import widths  # noqa: E402
 
 
-def load_samples(folder: Path, ids: list[str]) -> list[DensitySample]:
-    return [DensitySample(**torch.load(folder / f"{i}.pt")) for i in ids if (folder / f"{i}.pt").exists()]
+def load_samples(folder: Path, ids: list[str], r_max: float | None = None) -> list[DensitySample]:
+    """The samples of ``ids`` found in ``folder``; with ``r_max`` (Å), their graphs cut to that radius."""
+    out = []
+    for i in ids:
+        if not (folder / f"{i}.pt").exists():
+            continue
+        d = torch.load(folder / f"{i}.pt")
+        if r_max is not None:
+            keep = d["vec"].norm(dim=1) < r_max
+            d["src"], d["dst"], d["vec"] = d["src"][keep], d["dst"][keep], d["vec"][keep]
+        out.append(DensitySample(**d))
+    return out
 
 
 def main() -> None:
@@ -46,13 +56,20 @@ def main() -> None:
     ap.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's decay (0: Adam)")
     ap.add_argument("--ema", type=float, default=0.0, help="validate and keep the weights' moving average with this decay per step")
     ap.add_argument("--screening", action="store_true", help="DensityConfig.screening")
+    ap.add_argument("--linear-response", action="store_true", help="DensityConfig.linear_response")
+    ap.add_argument("--r-max", type=float, default=DensityConfig.r_max,
+                    help="the network's cutoff (Å); the samples' graphs (made at 6 Å) are cut to it")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     split = json.loads(Path(args.split).read_text())
     folder = Path(args.samples)
-    train, val = load_samples(folder, split["train"]), load_samples(folder, split["val"])
+    if not 0 < args.r_max <= DensityConfig.r_max:
+        sys.exit(f"error: --r-max {args.r_max}: the samples' graphs reach {DensityConfig.r_max} Å; give a cutoff in (0, "
+                 f"{DensityConfig.r_max}]")
+    train, val = load_samples(folder, split["train"], args.r_max), load_samples(folder, split["val"], args.r_max)
     print(f"{len(train)} training and {len(val)} validation structures", flush=True)
-    cfg = DensityConfig(lmax=args.lmax, sigmas=args.sigmas, screening=args.screening, bond_sites=args.bond_sites)
+    cfg = DensityConfig(lmax=args.lmax, sigmas=args.sigmas, screening=args.screening, bond_sites=args.bond_sites,
+                        linear_response=args.linear_response, r_max=args.r_max)
     made = {tuple(s.c1.shape[1:]) for s in train + val}
     bonds = {bool((s.z < 0).any()) for s in train + val}
     if bonds != {args.bond_sites}:
