@@ -77,6 +77,15 @@ class DensityConfig:
     #: the kernels of a neighbour term Σ_j TP(Δρ1_j, Y(r̂_ij)); no term independent of Δρ1, so Δρ1 = 0 gives
     #: Δρ* = 0 and twice Δρ1 gives twice Δρ*
     linear_response: bool = False
+    #: > 0: a probe step from ρ_atoms + probe·Δρ1 (one more diagonalisation) measures the crystal's own response
+    #: J·Δρ1; the inputs become a secant density built from the two steps and that response
+    #: (``density_train.first_step_inputs``), and the network predicts the correction to the secant density
+    probe: float = 0.0
+
+    @property
+    def inputs(self) -> int:
+        """How many coefficient sets enter the network per site: Δρ1, and with ``probe`` the probe's output."""
+        return 2 if self.probe > 0 else 1
 
     @property
     def basis(self) -> GaussianBasis:
@@ -155,10 +164,11 @@ class NeighbourResponse(nn.Module):
     """Σ_j TP(x_j, Y(r̂_ij); w(r_ij, f_i, f_j)) / √n̄: linear in the coefficients x, with kernels from the
     radial basis and both sites' invariant features f."""
 
-    def __init__(self, irreps: o3.Irreps, sh: o3.Irreps, num_rbf: int, feat_dim: int, avg_neighbours: float) -> None:
+    def __init__(self, irreps_in: o3.Irreps, irreps_out: o3.Irreps, sh: o3.Irreps, num_rbf: int, feat_dim: int,
+                 avg_neighbours: float) -> None:
         super().__init__()
         self.avg_neighbours = avg_neighbours
-        self.tp = o3.FullyConnectedTensorProduct(irreps, sh, irreps, shared_weights=False, internal_weights=False)
+        self.tp = o3.FullyConnectedTensorProduct(irreps_in, sh, irreps_out, shared_weights=False, internal_weights=False)
         self.radial = nn.Sequential(nn.Linear(num_rbf + 2 * feat_dim, 64), nn.SiLU(), nn.Linear(64, self.tp.weight_numel))
         with torch.no_grad():  # start at "no neighbour response"
             self.radial[-1].weight.zero_()
@@ -173,9 +183,11 @@ class NeighbourResponse(nn.Module):
 
 class DensityNet(nn.Module):
     """(sites, per_atom) coefficients of Δρ* from the sites' labels z (sites,: Z, or ``BOND`` for a bond
-    midpoint; :func:`density_sites`), the coefficients of Δρ1 (sites, per_atom) and the graph (src, dst,
-    vec Å) of :func:`atom_graph` over the sites; per_atom in the order of
-    ``cfg.basis.irreps``. ``scale`` (per_atom,): the inputs' typical size per irrep instance."""
+    midpoint; :func:`density_sites`), the input coefficients (sites, inputs·per_atom: Δρ1's, or with
+    ``cfg.probe`` the secant density's, which the output corrects, and the probe's response;
+    :func:`.density_train.first_step_inputs`) and the graph (src, dst, vec Å)
+    of :func:`atom_graph` over the sites; per_atom in the order of ``cfg.basis.irreps``. ``scale``
+    (inputs·per_atom,): the inputs' typical size per irrep instance."""
 
     def __init__(self, cfg: DensityConfig) -> None:
         super().__init__()
@@ -185,23 +197,24 @@ class DensityNet(nn.Module):
     def _build(self, cfg: DensityConfig) -> None:
         self.cfg = cfg
         self.irreps = o3.Irreps(cfg.basis.irreps)
+        self.irreps_in = o3.Irreps("+".join([str(self.irreps)] * cfg.inputs))  # Δρ1's, then the probe's
         hidden = o3.Irreps(cfg.hidden_irreps).sort().irreps.simplify()  # the gate's output order
         self.sh = o3.Irreps.spherical_harmonics(2)
         self.embed = DescriptorEmbedding(cfg.embed_dim, cfg.embed_hidden)
         if cfg.bond_sites:
             self.bond_embed = nn.Parameter(torch.randn(cfg.embed_dim) / math.sqrt(cfg.embed_dim))
-        self.register_buffer("scale", torch.ones(self.irreps.dim))
+        self.register_buffer("scale", torch.ones(self.irreps_in.dim))
         features = o3.Irreps(f"{cfg.embed_dim}x0e")
-        self.inp = o3.Linear(features if cfg.linear_response else features + self.irreps, hidden)
+        self.inp = o3.Linear(features if cfg.linear_response else features + self.irreps_in, hidden)
         self.layers = nn.ModuleList([Interaction(hidden, self.sh, cfg.num_rbf, cfg.embed_dim, cfg.avg_neighbours)
                                      for _ in range(cfg.layers)])
         if not cfg.linear_response:  # linear response has no term independent of Δρ1
             self.out = o3.Linear(hidden, self.irreps)
-        self.skip = o3.Linear(self.irreps, self.irreps)
+        self.skip = o3.Linear(self.irreps_in, self.irreps)
         with torch.no_grad():  # start near "no change": the first steps do not fling the densities
             if not cfg.linear_response:
                 self.out.weight.mul_(0.1)
-            self.skip.weight.mul_(0.1)
+            self.skip.weight.mul_(0.0 if cfg.probe > 0 else 0.1)  # with a probe: start at the secant density
         if cfg.screening or cfg.linear_response:
             start = 0
             for mul, ir in hidden:  # the hidden features' invariant (0e) block
@@ -211,26 +224,29 @@ class DensityNet(nn.Module):
                 start += mul * ir.dim
             nw = len(cfg.sigmas)
             self.screen = nn.Sequential(nn.Linear(self._scalars[1] - self._scalars[0], 64), nn.SiLU(),
-                                        nn.Linear(64, (cfg.lmax + 1) * nw * nw))
+                                        nn.Linear(64, cfg.inputs * (cfg.lmax + 1) * nw * nw))
             with torch.no_grad():
                 self.screen[-1].weight.zero_()
                 self.screen[-1].bias.zero_()
         if cfg.linear_response:
-            self.response = NeighbourResponse(self.irreps, self.sh, cfg.num_rbf,
+            self.response = NeighbourResponse(self.irreps_in, self.irreps, self.sh, cfg.num_rbf,
                                               cfg.embed_dim + self._scalars[1] - self._scalars[0], cfg.avg_neighbours)
 
     def _screened(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Per atom and l: M_l(h's invariants) (widths × widths) applied to the widths of x's l-block, the
-        same for every m (so it commutes with rotations)."""
-        nw, n = len(self.cfg.sigmas), len(x)
-        m = self.screen(h[:, self._scalars[0]:self._scalars[1]]).view(n, self.cfg.lmax + 1, nw, nw)
-        parts, off = [], 0
-        for l in range(self.cfg.lmax + 1):
-            width = nw * (2 * l + 1)
-            block = x[:, off:off + width].view(n, nw, 2 * l + 1)
-            parts.append(torch.einsum("nab,nbm->nam", m[:, l], block).reshape(n, width))
-            off += width
-        return torch.cat(parts, 1)
+        """Per atom, input set and l: M_l(h's invariants) (widths × widths) applied to the widths of that set's
+        l-block of x, the same for every m (so it commutes with rotations); summed over the input sets."""
+        nw, n, nl = len(self.cfg.sigmas), len(x), self.cfg.lmax + 1
+        m = self.screen(h[:, self._scalars[0]:self._scalars[1]]).view(n, self.cfg.inputs, nl, nw, nw)
+        out, off = 0, 0
+        for k in range(self.cfg.inputs):
+            parts = []
+            for l in range(nl):
+                width = nw * (2 * l + 1)
+                block = x[:, off:off + width].view(n, nw, 2 * l + 1)
+                parts.append(torch.einsum("nab,nbm->nam", m[:, k, l], block).reshape(n, width))
+                off += width
+            out = out + torch.cat(parts, 1)
+        return out
 
     def forward(self, z: torch.Tensor, c1: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
                 vec: torch.Tensor) -> torch.Tensor:
@@ -250,7 +266,8 @@ class DensityNet(nn.Module):
             out = self.out(h) + self.skip(x)
             if self.cfg.screening:
                 out = out + self._screened(h, x)
-        return out * self.scale
+        out = out * self.scale[:self.irreps.dim]  # in the first input's units
+        return c1[:, :self.irreps.dim] + out if self.cfg.probe > 0 else out
 
 
 def instance_scale(irreps: o3.Irreps, coefficients: torch.Tensor) -> torch.Tensor:

@@ -18,17 +18,18 @@ from ..core.blocks import BlockSparse
 from ..core.gaussians import Sites, density_of, neutralised
 from ..core.scf import SelfConsistency
 from .density_net import atom_graph, density_sites
-from .density_train import first_step_fit
+from .density_train import first_step_inputs
 
 
 def predict_density_coefficients(model: nn.Module, sc: SelfConsistency, device: str = "cpu",
                                  sites: tuple[Sites, torch.Tensor] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(c1, c): the fit of the first step's density change and the network's neutralised Δρ* coefficients
-    (sites, per_atom), on the grid of ``sc``. ``sites``: ``density_net.density_sites`` of ``sc``'s system when
+    """(c1, c): the network's inputs (the fit of the first step's density change, and with ``cfg.probe`` the
+    probe step's: ``density_train.first_step_inputs``) and its neutralised Δρ* coefficients (sites, per_atom),
+    on the grid of ``sc``. ``sites``: ``density_net.density_sites`` of ``sc``'s system when
     already at hand. The model is moved to ``device`` and float64 (in place)."""
     cfg = model.cfg
     sites, z = sites if sites is not None else density_sites(sc.system, cfg)
-    c1 = first_step_fit(sc, cfg, sites)
+    c1 = first_step_inputs(sc, cfg, sites)
     src, dst, vec = atom_graph(sites.lattice, sites.positions, cfg.r_max)
     model = model.to(device=device, dtype=torch.float64).eval()
     with torch.no_grad():

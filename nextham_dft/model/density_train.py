@@ -2,7 +2,9 @@
 
 Per structure (a System with H0, H, S and the pseudopotentials' atomic densities):
 
-- c1: the Gaussian fit of Δρ1 = ρ_out(H(0)) − ρ_atoms, the network's input;
+- c1: the network's input: the Gaussian fit of Δρ1 = ρ_out(H(0)) − ρ_atoms; with ``DensityConfig.probe``,
+  the fits of a secant density built from Δρ1 and a probe step's output, and of the probe's response
+  (:func:`first_step_inputs`);
 - c*: the fit of Δρ* = ρ_out(H) − ρ_atoms, the density of the converged H, its target;
 - the metric M = K_C + w·G of coefficient errors: K_C the Coulomb (Hartree) energy matrix
   4π e²/(4πε0) Σ_G≠0 ĝ_i(G)* ĝ_j(G)/G² / V, G the L2 overlap, w (eV Å³, ``xc_weight``) standing in for the
@@ -44,17 +46,40 @@ class DensitySample:
     vec: torch.Tensor
 
 
-def first_step_fit(sc: SelfConsistency, cfg: DensityConfig, sites: Sites | None = None) -> np.ndarray:
-    """(sites, per_atom) the fit of Δρ1 = ρ_out(H(0)) − ρ_atoms on ``sc``'s grid (one diagonalisation), on
-    ``sites`` (default: :func:`.density_net.density_sites` of ``sc``'s system)."""
-    rho1, _ = sc.density(sc.h0)
+def secant_factor(sc: SelfConsistency, d1: np.ndarray, u: np.ndarray, beta: float, xc_weight: float) -> float:
+    """b of the secant density Δρ1 + b·u (module docstring): u = Δρ2 − Δρ1 is β·J·Δρ1, the response to the probe
+    step βΔρ1. Modelling J as one screening constant −γ, u = −βγΔρ1 and the fixed point is Δρ1/(1 + γ) =
+    Δρ1 + u/(β(1 + γ)); γ from least squares in the metric of :func:`coefficient_metric` (Hartree + xc_weight·L2,
+    on the grid), and γ ≥ 0 (a density change is screened, never amplified), so 0 < b ≤ 1/β."""
+    def inner(a, b_):
+        return float((a * hartree_potential(b_, sc.lattice)).sum() * sc.dv + xc_weight * (a * b_).sum() * sc.dv)
+    norm = inner(d1, d1)
+    beta_gamma = max(0.0, -inner(d1, u) / norm) if norm > 0 else 0.0
+    return 1.0 / (beta + beta_gamma)
+
+
+def first_step_inputs(sc: SelfConsistency, cfg: DensityConfig, sites: Sites | None = None) -> np.ndarray:
+    """(sites, inputs·per_atom) the network's input coefficients on ``sites`` (default:
+    :func:`.density_net.density_sites` of ``sc``'s system). Without ``cfg.probe``: the fit of
+    Δρ1 = ρ_out(H(0)) − ρ_atoms (one diagonalisation). With ``cfg.probe`` = β > 0, a probe step gives
+    Δρ2 = ρ_out(H[ρ_atoms + β Δρ1]) − ρ_atoms (one H[ρ] and a second diagonalisation), and the inputs are the
+    fits of the secant density Δρ1 + b(Δρ2 − Δρ1) (:func:`secant_factor`; the network corrects it) and of
+    Δρ2 − Δρ1 = β J Δρ1, the crystal's own response."""
     sites = sites if sites is not None else density_sites(sc.system, cfg)[0]
-    return fit_density(sites, sc.shape, sc.origin, sc.dv, rho1 - sc.rho_atoms, cfg.basis)
+    rho1, _ = sc.density(sc.h0)
+    d1 = rho1 - sc.rho_atoms
+    if cfg.probe <= 0:
+        return fit_density(sites, sc.shape, sc.origin, sc.dv, d1, cfg.basis)
+    rho2, _ = sc.density(sc.hamiltonian(sc.rho_atoms + cfg.probe * d1))
+    u = rho2 - sc.rho_atoms - d1
+    b = secant_factor(sc, d1, u, cfg.probe, cfg.xc_weight)
+    return np.concatenate([fit_density(sites, sc.shape, sc.origin, sc.dv, d, cfg.basis) for d in (d1 + b * u, u)],
+                          axis=1)
 
 
 def coefficient_metric(sc: SelfConsistency, cfg: DensityConfig, sites: Sites | None = None) -> np.ndarray:
     """(n, n) eV: M = K_C + xc_weight·G of the Gaussians of every site (module docstring; ``sites`` as in
-    :func:`first_step_fit`); K_C from the Hartree potential of each function (``core.hxc.hartree_potential``,
+    :func:`first_step_inputs`); K_C from the Hartree potential of each function (``core.hxc.hartree_potential``,
     G = 0 left out)."""
     sites = sites if sites is not None else density_sites(sc.system, cfg)[0]
     cols = basis_matrix(sites, sc.shape, sc.origin, cfg.basis)
@@ -72,7 +97,7 @@ def make_sample(system, cfg: DensityConfig, sid: str = "") -> DensitySample:
     cstar = fit_density(sites, sc.shape, sc.origin, sc.dv, rho_star - sc.rho_atoms, cfg.basis)
     src, dst, vec = atom_graph(sites.lattice, sites.positions, cfg.r_max)
     return DensitySample(sid or system.meta.get("id", ""), z,
-                         torch.tensor(first_step_fit(sc, cfg, sites), dtype=torch.float32),
+                         torch.tensor(first_step_inputs(sc, cfg, sites), dtype=torch.float32),
                          torch.tensor(cstar, dtype=torch.float32),
                          torch.tensor(coefficient_metric(sc, cfg, sites), dtype=torch.float32),
                          torch.tensor(src), torch.tensor(dst), torch.tensor(vec, dtype=torch.float32))
@@ -137,7 +162,7 @@ def train_density(cfg: DensityConfig, train: list[DensitySample], val: list[Dens
     avg = float(np.mean([len(s.src) / len(s.z) for s in train]))
     cfg = DensityConfig.from_dict({**cfg.to_dict(), "avg_neighbours": avg})
     model = DensityNet(cfg)
-    model.scale.copy_(instance_scale(model.irreps, torch.cat([s.c1 for s in train])))
+    model.scale.copy_(instance_scale(model.irreps_in, torch.cat([s.c1 for s in train])))
     charges = torch.tensor(cfg.basis.charges(), dtype=torch.float32)
     norm = float(np.mean([float(s.cstar.reshape(-1) @ s.metric @ s.cstar.reshape(-1)) / len(s.z) for s in train]))
     opt = (torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)

@@ -41,11 +41,16 @@ def main() -> None:
     ap.add_argument("--lmax", type=int, default=2)
     ap.add_argument("--bond-sites", action="store_true",
                     help="Gaussians at the bond midpoints too (DensityConfig.bond_sites); samples and network must agree")
+    ap.add_argument("--probe", type=float, default=0.0,
+                    help="DensityConfig.probe: a second input from a probe step at ρ_atoms + PROBE·Δρ1 (0: none); "
+                         "samples and network must agree")
     ap.add_argument("--sigmas", type=widths, default=DensityConfig.sigmas,
                     help="Gaussian widths (Å), comma-separated; the samples' and the network's must match")
     args = ap.parse_args()
     k, n = (int(x) for x in args.part.split("/"))
-    cfg = DensityConfig(lmax=args.lmax, sigmas=args.sigmas, bond_sites=args.bond_sites)
+    if args.probe < 0:
+        sys.exit(f"error: --probe {args.probe}: give a step fraction > 0, or 0 for none")
+    cfg = DensityConfig(lmax=args.lmax, sigmas=args.sigmas, bond_sites=args.bond_sites, probe=args.probe)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ids = [i for i in list_ids(args.data)[k::n] if not (out / f"{i}.pt").exists()]

@@ -51,6 +51,9 @@ def main() -> None:
     ap.add_argument("--lmax", type=int, default=2)
     ap.add_argument("--bond-sites", action="store_true",
                     help="Gaussians at the bond midpoints too (DensityConfig.bond_sites); samples and network must agree")
+    ap.add_argument("--probe", type=float, default=0.0,
+                    help="DensityConfig.probe: a second input from a probe step at ρ_atoms + PROBE·Δρ1 (0: none); "
+                         "samples and network must agree")
     ap.add_argument("--sigmas", type=widths, default=DensityConfig.sigmas,
                     help="Gaussian widths (Å), comma-separated; the samples' and the network's must match")
     ap.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's decay (0: Adam)")
@@ -69,15 +72,16 @@ def main() -> None:
     train, val = load_samples(folder, split["train"], args.r_max), load_samples(folder, split["val"], args.r_max)
     print(f"{len(train)} training and {len(val)} validation structures", flush=True)
     cfg = DensityConfig(lmax=args.lmax, sigmas=args.sigmas, screening=args.screening, bond_sites=args.bond_sites,
-                        linear_response=args.linear_response, r_max=args.r_max)
+                        linear_response=args.linear_response, r_max=args.r_max, probe=args.probe)
     made = {tuple(s.c1.shape[1:]) for s in train + val}
     bonds = {bool((s.z < 0).any()) for s in train + val}
     if bonds != {args.bond_sites}:
         sys.exit("error: the samples were made " + ("with" if True in bonds else "without") + " bond sites; pass "
                  "make_samples.py's --bond-sites to both or to neither")
-    if made != {(cfg.basis.per_atom,)}:
+    if made != {(cfg.inputs * cfg.basis.per_atom,)}:
         sys.exit(f"error: the samples hold {sorted(made)} coefficients per atom; --lmax {args.lmax} --sigmas "
-                 f"{','.join(map(str, cfg.sigmas))} gives {cfg.basis.per_atom}: pass make_samples.py's --lmax and --sigmas")
+                 f"{','.join(map(str, cfg.sigmas))} --probe {args.probe} gives {cfg.inputs * cfg.basis.per_atom}: pass "
+                 "make_samples.py's --lmax, --sigmas and --probe")
     settings = DensityTraining(epochs=args.epochs, lr=args.lr, seed=args.seed, weight_decay=args.weight_decay,
                                ema_decay=args.ema)
     t0 = time.perf_counter()
