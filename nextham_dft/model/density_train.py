@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..core.gaussians import Sites, basis_matrix, fit_density
+from ..core.gaussians import Sites, basis_matrix, density_of, fit_density
 from ..core.hxc import hartree_potential
 from ..core.scf import SelfConsistency
 from .density_net import DensityConfig, DensityNet, atom_graph, density_sites, instance_scale
@@ -63,18 +63,20 @@ def first_step_inputs(sc: SelfConsistency, cfg: DensityConfig, sites: Sites | No
     :func:`.density_net.density_sites` of ``sc``'s system). Without ``cfg.probe``: the fit of
     Δρ1 = ρ_out(H(0)) − ρ_atoms (one diagonalisation). With ``cfg.probe`` = β > 0, a probe step gives
     Δρ2 = ρ_out(H[ρ_atoms + β Δρ1]) − ρ_atoms (one H[ρ] and a second diagonalisation), and the inputs are the
-    fits of the secant density Δρ1 + b(Δρ2 − Δρ1) (:func:`secant_factor`; the network corrects it) and of
-    Δρ2 − Δρ1 = β J Δρ1, the crystal's own response."""
+    fit of the secant density Δρ1 + b(Δρ2 − Δρ1) (:func:`secant_factor` of the fits; the network corrects it)
+    and the fit of Δρ2 − Δρ1 = β J Δρ1, the crystal's own response."""
     sites = sites if sites is not None else density_sites(sc.system, cfg)[0]
     rho1, _ = sc.density(sc.h0)
     d1 = rho1 - sc.rho_atoms
     if cfg.probe <= 0:
         return fit_density(sites, sc.shape, sc.origin, sc.dv, d1, cfg.basis)
     rho2, _ = sc.density(sc.hamiltonian(sc.rho_atoms + cfg.probe * d1))
-    u = rho2 - sc.rho_atoms - d1
-    b = secant_factor(sc, d1, u, cfg.probe, cfg.xc_weight)
-    return np.concatenate([fit_density(sites, sc.shape, sc.origin, sc.dv, d, cfg.basis) for d in (d1 + b * u, u)],
-                          axis=1)
+    f1, fu = (fit_density(sites, sc.shape, sc.origin, sc.dv, d, cfg.basis) for d in (d1, rho2 - sc.rho_atoms - d1))
+    # γ from the fitted densities: the smooth part the network sees, and the metric it is trained in (the raw
+    # densities' sharp core-region parts would weigh in the L2 term)
+    b = secant_factor(sc, *(density_of(sites, sc.shape, sc.origin, f, cfg.basis) for f in (f1, fu)), cfg.probe,
+                      cfg.xc_weight)
+    return np.concatenate([f1 + b * fu, fu], axis=1)
 
 
 def coefficient_metric(sc: SelfConsistency, cfg: DensityConfig, sites: Sites | None = None) -> np.ndarray:
