@@ -378,9 +378,10 @@ def test_the_completion_starts_from_a_given_density(si2):
 
 def test_the_bundled_density_model_card_and_prediction(tmp_path):
     """`--model density`: its card (training inputs with checksums, the bundled split, under 2 h of
-    training), and on the shipped example it beats H(0). Not by far: Si's bond charge is an l = 3
-    function of its atoms' site symmetry, beyond the model's l ≤ 2 Gaussians (their fit of the
-    converged density itself gives 99 meV bands here, H(0) 138)."""
+    training), and on the shipped example it beats H(0) by far (3.0 against 138 meV bands, H after μS 0.09
+    against 3.0 meV). Si's bond charge is an l = 3 function of its atoms' site symmetry, beyond the l ≤ 2
+    Gaussians (their fit of the converged density itself gives 99 meV bands here): the model's probe step
+    keeps the secant density's part they cannot hold, and the network corrects the rest."""
     import json
 
     from click.testing import CliRunner
@@ -401,8 +402,9 @@ def test_the_bundled_density_model_card_and_prediction(tmp_path):
     res = CliRunner().invoke(main, ["predict", str(need(EXAMPLE)), "--out", str(tmp_path / "o"), "--model", "density"])
     assert res.exit_code == 0, res.output
     ev = json.loads((tmp_path / "o" / "report.json").read_text())["eval"]
-    assert ev["predicted"]["band_mae_shifted_mev"] < 0.8 * ev["h0"]["band_mae_shifted_mev"]
-    assert ev["predicted"]["h_mae_shifted_mev"] < 0.8 * ev["h0"]["h_mae_shifted_mev"]
+    assert ev["predicted"]["band_mae_shifted_mev"] < 0.1 * ev["h0"]["band_mae_shifted_mev"]
+    assert ev["predicted"]["h_mae_shifted_mev"] < 0.1 * ev["h0"]["h_mae_shifted_mev"]
+    assert ev["predicted"]["ghost_states"] == 0
     assert (tmp_path / "o" / "abacus").is_dir()
     # two Kohn–Sham steps from the predicted density, no convergence test and no warning about one
     res = CliRunner().invoke(main, ["predict", str(need(EXAMPLE)), "--out", str(tmp_path / "k"), "--model", "density",
@@ -411,7 +413,7 @@ def test_the_bundled_density_model_card_and_prediction(tmp_path):
     report = json.loads((tmp_path / "k" / "report.json").read_text())
     assert report["scf"]["iterations"] == 2 and report["scf"]["steps_only"] and not report["warnings"]
     assert report["scf"]["start"] == "predicted density"
-    assert report["eval"]["predicted"]["band_mae_shifted_mev"] < 0.2 * ev["predicted"]["band_mae_shifted_mev"]
+    assert report["eval"]["predicted"]["band_mae_shifted_mev"] < 0.5 * ev["predicted"]["band_mae_shifted_mev"]
 
 
 def test_density_models_combine_into_an_ensemble_and_not_with_correction_networks(tmp_path):

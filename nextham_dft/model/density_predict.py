@@ -2,7 +2,9 @@
 
 Cost: setting up the density grid, one diagonalisation of H(0) on the run's k-mesh (the input Δρ1), the
 two Gaussian fits' worth of grid work, the network (milliseconds) and one H[ρ] — about two iterations of
-the self-consistent completion, which needs seven or eight to converge.
+the self-consistent completion, which needs seven or eight to converge. A model with a probe step
+(``DensityConfig.probe``) adds one H[ρ] and one diagonalisation, and keeps the part of its secant density
+that the Gaussians cannot hold.
 """
 
 from __future__ import annotations
@@ -18,25 +20,25 @@ from ..core.blocks import BlockSparse
 from ..core.gaussians import Sites, density_of, neutralised
 from ..core.scf import SelfConsistency
 from .density_net import atom_graph, density_sites
-from .density_train import first_step_inputs
+from .density_train import FirstStep, first_step
 
 
 def predict_density_coefficients(model: nn.Module, sc: SelfConsistency, device: str = "cpu",
-                                 sites: tuple[Sites, torch.Tensor] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(c1, c): the network's inputs (the fit of the first step's density change, and with ``cfg.probe`` the
-    probe step's: ``density_train.first_step_inputs``) and its neutralised Δρ* coefficients (sites, per_atom),
-    on the grid of ``sc``. ``sites``: ``density_net.density_sites`` of ``sc``'s system when
+                                 sites: tuple[Sites, torch.Tensor] | None = None) -> tuple[FirstStep, np.ndarray]:
+    """(step, c): the first step (``density_train.first_step``: the network's inputs and, with ``cfg.probe``, the
+    secant density's part the Gaussians cannot hold) and the network's neutralised Δρ* coefficients
+    (sites, per_atom), on the grid of ``sc``. ``sites``: ``density_net.density_sites`` of ``sc``'s system when
     already at hand. The model is moved to ``device`` and float64 (in place)."""
     cfg = model.cfg
     sites, z = sites if sites is not None else density_sites(sc.system, cfg)
-    c1 = first_step_inputs(sc, cfg, sites)
+    step = first_step(sc, cfg, sites)
     src, dst, vec = atom_graph(sites.lattice, sites.positions, cfg.r_max)
     model = model.to(device=device, dtype=torch.float64).eval()
     with torch.no_grad():
-        c = model(z.to(device), torch.tensor(c1, device=device),
+        c = model(z.to(device), torch.tensor(step.inputs, device=device),
                    torch.tensor(src, device=device), torch.tensor(dst, device=device),
                    torch.tensor(vec, device=device))
-    return c1, neutralised(c.cpu().numpy(), cfg.basis)
+    return step, neutralised(c.cpu().numpy(), cfg.basis)
 
 
 @dataclass
@@ -57,9 +59,11 @@ def predict_density(model: nn.Module, system, device: str = "cpu") -> DensityPre
     sc = SelfConsistency(system, model.cfg.spacing)
     t1 = time.perf_counter()
     sites = density_sites(system, model.cfg)
-    _c1, c = predict_density_coefficients(model, sc, device, sites)
+    step, c = predict_density_coefficients(model, sc, device, sites)
     t2 = time.perf_counter()
     rho = sc.rho_atoms + density_of(sites[0], sc.shape, sc.origin, c, model.cfg.basis)
+    if step.unresolved is not None:
+        rho = rho + step.unresolved
     h = sc.hamiltonian(rho)
     t3 = time.perf_counter()
     return DensityPrediction(h, rho, sc, {"grid_setup_s": t1 - t0, "first_step_and_network_s": t2 - t1,

@@ -58,25 +58,42 @@ def secant_factor(sc: SelfConsistency, d1: np.ndarray, u: np.ndarray, beta: floa
     return 1.0 / (beta + beta_gamma)
 
 
-def first_step_inputs(sc: SelfConsistency, cfg: DensityConfig, sites: Sites | None = None) -> np.ndarray:
-    """(sites, inputs·per_atom) the network's input coefficients on ``sites`` (default:
-    :func:`.density_net.density_sites` of ``sc``'s system). Without ``cfg.probe``: the fit of
-    Δρ1 = ρ_out(H(0)) − ρ_atoms (one diagonalisation). With ``cfg.probe`` = β > 0, a probe step gives
-    Δρ2 = ρ_out(H[ρ_atoms + β Δρ1]) − ρ_atoms (one H[ρ] and a second diagonalisation), and the inputs are the
-    fit of the secant density Δρ1 + b(Δρ2 − Δρ1) (:func:`secant_factor` of the fits; the network corrects it)
-    and the fit of Δρ2 − Δρ1 = β J Δρ1, the crystal's own response."""
+@dataclass
+class FirstStep:
+    """inputs: (sites, inputs·per_atom) the network's input coefficients (:func:`first_step`); unresolved: with a
+    probe, the part of the secant density (e/Å³, on the grid) that its Gaussian fit cannot hold, else None."""
+
+    inputs: np.ndarray
+    unresolved: np.ndarray | None = None
+
+
+def first_step(sc: SelfConsistency, cfg: DensityConfig, sites: Sites | None = None) -> FirstStep:
+    """The network's inputs on ``sites`` (default: :func:`.density_net.density_sites` of ``sc``'s system).
+    Without ``cfg.probe``: the fit of Δρ1 = ρ_out(H(0)) − ρ_atoms (one diagonalisation). With ``cfg.probe`` = β > 0,
+    a probe step gives Δρ2 = ρ_out(H[ρ_atoms + β Δρ1]) − ρ_atoms (one H[ρ] and a second diagonalisation), and the
+    inputs are the fit of the secant density Δρ_S = Δρ1 + b(Δρ2 − Δρ1) (:func:`secant_factor` of the fits; the
+    network corrects it) and the fit of Δρ2 − Δρ1 = β J Δρ1, the crystal's own response. The part of Δρ_S the
+    Gaussians cannot hold (sharp and l > lmax parts, such as tetrahedral bond charge) is kept on the grid: the
+    converged density's is close to it."""
     sites = sites if sites is not None else density_sites(sc.system, cfg)[0]
     rho1, _ = sc.density(sc.h0)
     d1 = rho1 - sc.rho_atoms
     if cfg.probe <= 0:
-        return fit_density(sites, sc.shape, sc.origin, sc.dv, d1, cfg.basis)
+        return FirstStep(fit_density(sites, sc.shape, sc.origin, sc.dv, d1, cfg.basis))
     rho2, _ = sc.density(sc.hamiltonian(sc.rho_atoms + cfg.probe * d1))
-    f1, fu = (fit_density(sites, sc.shape, sc.origin, sc.dv, d, cfg.basis) for d in (d1, rho2 - sc.rho_atoms - d1))
-    # γ from the fitted densities: the smooth part the network sees, and the metric it is trained in (the raw
+    u = rho2 - sc.rho_atoms - d1
+    f1, fu = (fit_density(sites, sc.shape, sc.origin, sc.dv, d, cfg.basis) for d in (d1, u))
+    g1, gu = (density_of(sites, sc.shape, sc.origin, f, cfg.basis) for f in (f1, fu))
+    # γ from the fitted densities: the smooth part the network sees, in the metric it is trained in (the raw
     # densities' sharp core-region parts would weigh in the L2 term)
-    b = secant_factor(sc, *(density_of(sites, sc.shape, sc.origin, f, cfg.basis) for f in (f1, fu)), cfg.probe,
-                      cfg.xc_weight)
-    return np.concatenate([f1 + b * fu, fu], axis=1)
+    b = secant_factor(sc, g1, gu, cfg.probe, cfg.xc_weight)
+    unresolved = d1 + b * u - (g1 + b * gu)
+    return FirstStep(np.concatenate([f1 + b * fu, fu], axis=1), unresolved - unresolved.mean())
+
+
+def first_step_inputs(sc: SelfConsistency, cfg: DensityConfig, sites: Sites | None = None) -> np.ndarray:
+    """(sites, inputs·per_atom): :func:`first_step`'s network inputs."""
+    return first_step(sc, cfg, sites).inputs
 
 
 def coefficient_metric(sc: SelfConsistency, cfg: DensityConfig, sites: Sites | None = None) -> np.ndarray:

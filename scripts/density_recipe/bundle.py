@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--val", default=None, help="benchmarks/accuracy.py --split val JSON")
     ap.add_argument("--test", default=None, help="benchmarks/accuracy.py or density_model.py --split test JSON")
     ap.add_argument("--samples-minutes", type=float, default=0.0, help="wall-clock minutes of make_samples.py")
-    ap.add_argument("--name", default="nextham-dojo-density2")
+    ap.add_argument("--name", default="nextham-dojo-density3")
     ap.add_argument("--out", default=str(PRETRAINED / "density" / "model.pt"))
     args = ap.parse_args()
     *paths, args.data = args.models
@@ -57,6 +57,7 @@ def main() -> None:
     basis = f"--lmax {cfg.lmax}" + ("" if tuple(cfg.sigmas) == DensityConfig.sigmas else
                                     " --sigmas " + ",".join(f"{s:g}" for s in cfg.sigmas))
     basis += " --bond-sites" if cfg.bond_sites else ""
+    basis += f" --probe {cfg.probe:g}" if cfg.probe > 0 else ""
     samples_cmd = " & ".join(f"python scripts/density_recipe/make_samples.py dataset.h5 samples {basis} --part {k}/2"
                              for k in (0, 1))
     train_cmds = []
