@@ -464,7 +464,7 @@ def test_the_density_recipe_makes_samples_and_trains_on_any_gaussian_widths_and_
     """scripts/density_recipe end to end on the shipped example: samples and a network with other widths
     (--sigmas, --lmax), a model file whose config holds them; training on samples of another basis is a
     one-line error; --linear-response and a cut graph (--r-max) reach the model's config, a cutoff beyond the
-    samples' graph is a one-line error."""
+    samples' graph, a probe step the samples were made without and a negative probe are one-line errors."""
     import json
     import subprocess
     import sys
@@ -499,3 +499,9 @@ def test_the_density_recipe_makes_samples_and_trains_on_any_gaussian_widths_and_
     assert "coefficients per atom" in wrong.stderr and len(wrong.stderr.strip().splitlines()) == 1
     bad = run("train.py", str(tmp_path / "samples"), str(tmp_path / "split.json"), str(tmp_path / "w.pt"), "--sigmas", "0.6,0.3")
     assert bad.returncode != 0 and "increasing" in bad.stderr
+    probe = run("train.py", str(tmp_path / "samples"), str(tmp_path / "split.json"), str(tmp_path / "w.pt"), *basis,
+                "--probe", "0.3")  # samples made without the probe step
+    assert probe.returncode != 0 and "--probe" in probe.stderr and len(probe.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "w.pt").exists()
+    negative = run("make_samples.py", str(tmp_path / "data.h5"), str(tmp_path / "s2"), "--probe", "-1")
+    assert negative.returncode != 0 and "--probe" in negative.stderr and not (tmp_path / "s2").exists()

@@ -7,7 +7,9 @@ H from :meth:`core.scf.SelfConsistency.hamiltonian`, a valid Kohn–Sham H of a 
 
 What it maps. H(0)'s own occupied states give ρ_out(H(0)) = ρ_atoms + Δρ1, the first SCF step's output.
 In linear response the converged change is the screened first one, Δρ* = (1 − χ0 K)⁻¹ Δρ1: the network
-learns that screening, environment by environment. Both densities are represented by atom-centred
+learns that screening, environment by environment. With ``DensityConfig.probe`` (the bundled model) a probe
+step measures the crystal's own screening, a secant density follows from it with no network
+(``density_train.first_step``), and the network learns only its correction. Both densities are represented by atom-centred
 Gaussians (:mod:`nextham_dft.core.gaussians`, per atom the irreps 3x0e+3x1o+3x2e for three widths;
 ``lmax`` 3 adds 3x3o: the bond charge of a tetrahedral crystal is an l = 3 function of its atoms' site
 symmetry, and the l ≤ 2 fit of Si's converged density misses most of it — yet trained networks with l ≤ 3
@@ -79,12 +81,13 @@ class DensityConfig:
     linear_response: bool = False
     #: > 0: a probe step from ρ_atoms + probe·Δρ1 (one more diagonalisation) measures the crystal's own response
     #: J·Δρ1; the inputs become a secant density built from the two steps and that response
-    #: (``density_train.first_step_inputs``), and the network predicts the correction to the secant density
+    #: (``density_train.first_step``), and the network predicts the correction to the secant density
     probe: float = 0.0
 
     @property
     def inputs(self) -> int:
-        """How many coefficient sets enter the network per site: Δρ1, and with ``probe`` the probe's output."""
+        """How many coefficient sets enter the network per site: Δρ1's; or, with ``probe``, the secant density's
+        and the probe's response."""
         return 2 if self.probe > 0 else 1
 
     @property
@@ -185,7 +188,7 @@ class DensityNet(nn.Module):
     """(sites, per_atom) coefficients of Δρ* from the sites' labels z (sites,: Z, or ``BOND`` for a bond
     midpoint; :func:`density_sites`), the input coefficients (sites, inputs·per_atom: Δρ1's, or with
     ``cfg.probe`` the secant density's, which the output corrects, and the probe's response;
-    :func:`.density_train.first_step_inputs`) and the graph (src, dst, vec Å)
+    :func:`.density_train.first_step`) and the graph (src, dst, vec Å)
     of :func:`atom_graph` over the sites; per_atom in the order of ``cfg.basis.irreps``. ``scale``
     (inputs·per_atom,): the inputs' typical size per irrep instance."""
 
@@ -197,7 +200,7 @@ class DensityNet(nn.Module):
     def _build(self, cfg: DensityConfig) -> None:
         self.cfg = cfg
         self.irreps = o3.Irreps(cfg.basis.irreps)
-        self.irreps_in = o3.Irreps("+".join([str(self.irreps)] * cfg.inputs))  # Δρ1's, then the probe's
+        self.irreps_in = o3.Irreps("+".join([str(self.irreps)] * cfg.inputs))  # one copy per input set
         hidden = o3.Irreps(cfg.hidden_irreps).sort().irreps.simplify()  # the gate's output order
         self.sh = o3.Irreps.spherical_harmonics(2)
         self.embed = DescriptorEmbedding(cfg.embed_dim, cfg.embed_hidden)
