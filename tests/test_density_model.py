@@ -12,7 +12,7 @@ from scipy.spatial.transform import Rotation
 from nextham_dft.core.gaussians import GaussianBasis, density_of, fit_density, neutralised
 from nextham_dft.model.density_net import DensityConfig, DensityNet, atom_graph, density_sites
 
-from .conftest import EXAMPLE, need
+from .conftest import DATA, EXAMPLE, need
 
 SMALL = DensityConfig(lmax=3, hidden_irreps="8x0e+4x1o+4x2e+2x0o+2x1e+2x2o+2x3o+2x3e", layers=2, r_max=4.0)
 
@@ -414,6 +414,24 @@ def test_the_bundled_density_model_card_and_prediction(tmp_path):
     assert report["scf"]["iterations"] == 2 and report["scf"]["steps_only"] and not report["warnings"]
     assert report["scf"]["start"] == "predicted density"
     assert report["eval"]["predicted"]["band_mae_shifted_mev"] < 0.5 * ev["predicted"]["band_mae_shifted_mev"]
+
+
+def test_the_bundled_density_model_keeps_the_spin_orbit_part_of_a_soc_run(tmp_path):
+    """An nspin 4 run (Bi₂ A7 with SOC, a raw ABACUS directory): the probe step and H[ρ] add a spin-independent
+    potential, so the predicted H's spin–orbit part is H(0)'s exactly, and its bands beat H(0)'s."""
+    import json
+
+    from click.testing import CliRunner
+
+    from nextham_dft.cli import main
+
+    res = CliRunner().invoke(main, ["predict", str(need(DATA / "runs" / "s0089")), "--out", str(tmp_path / "o"),
+                                    "--model", "density", "--no-native"])
+    assert res.exit_code == 0, res.output
+    ev = json.loads((tmp_path / "o" / "report.json").read_text())["eval"]
+    assert ev["predicted"]["soc_mae_uev"] == pytest.approx(ev["h0"]["soc_mae_uev"], abs=1e-9)
+    assert ev["predicted"]["band_mae_shifted_mev"] < 0.2 * ev["h0"]["band_mae_shifted_mev"]
+    assert ev["predicted"]["h_mae_shifted_mev"] < 0.5 * ev["h0"]["h_mae_shifted_mev"]
 
 
 def test_density_models_combine_into_an_ensemble_and_not_with_correction_networks(tmp_path):
