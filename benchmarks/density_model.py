@@ -46,6 +46,8 @@ def main() -> None:
     ap.add_argument("--scf", action="store_true",
                     help="also complete the SCF from the predicted density (iterations and seconds; as predict --scf)")
     ap.add_argument("--scf-tol", type=float, default=ScfSettings.tol, help="--scf: the completion's tolerance")
+    ap.add_argument("--mix-last", action=argparse.BooleanOptionalAction, default=ScfSettings.mix_last,
+                    help="--scf: mix the last diagonalisation's output in on convergence (ScfSettings.mix_last)")
     ap.add_argument("--steps", type=int, default=0,
                     help="also score H after this many completion steps from the predicted density (predict --scf-steps)")
     ap.add_argument("--json", default=None)
@@ -64,7 +66,7 @@ def main() -> None:
         pred = predict_density(model, s)
         h, stages = pred.hamiltonian, pred.timings
         seconds = time.perf_counter() - t
-        scf = (complete_scf(s, settings=ScfSettings(tol=args.scf_tol), start_density=pred.density,
+        scf = (complete_scf(s, settings=ScfSettings(tol=args.scf_tol, mix_last=args.mix_last), start_density=pred.density,
                             consistency=pred.consistency) if args.scf else None)
         if scf is not None:
             rows["scf"].append({"id": sid, "formula": s.formula, "spin": s.spin_mode, **evaluate(s, scf.hamiltonian)})

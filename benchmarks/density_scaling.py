@@ -3,8 +3,8 @@
 The supercells are exact re-indexings of the run's H(0) and S (``core.supercell``); each keeps the run's
 pseudopotentials, and its Γ-centred k-mesh is the run's divided by n (at least 1 per axis), so every cell
 samples the same density of k-points. Each size runs in a fresh subprocess (peak RSS per size), one
-thread. Stages as ``model.density_predict``: grid set-up, first step (one diagonalisation) with the
-Gaussian fit and the network, and H[ρ].
+thread. Stages as ``model.density_predict``: grid set-up, first step (one diagonalisation; with a probe step,
+one more H[ρ] and diagonalisation) with the Gaussian fits and the network, and H[ρ].
 
     OMP_NUM_THREADS=1 python benchmarks/density_scaling.py [--run examples/abacus-si2] [--n 1 2 3 4] [--model density]
 """

@@ -161,6 +161,23 @@ def test_the_scf_from_h0_reaches_abacus_converged_hamiltonian(si2):
     assert ev["predicted"]["ghost_states"] == 0
 
 
+def test_mixing_the_last_output_in_takes_no_more_diagonalisations_and_moves_h_closer(si2):
+    """ScfSettings.mix_last: at a loose tolerance the same iterations (diagonalisations) run, and the returned H,
+    which mixes in the last diagonalisation's output, is closer to ABACUS's converged H than the last input's."""
+    from dataclasses import replace
+
+    from nextham_dft.core.scf import ScfSettings, complete_scf
+
+    loose = ScfSettings(tol=3e-2)
+    assert loose.mix_last  # the default
+    plain, mixed = complete_scf(si2, settings=replace(loose, mix_last=False)), complete_scf(si2, settings=loose)
+    assert plain.converged and mixed.converged and plain.iterations == mixed.iterations
+    s = si2.matrices["S"]
+    ref = si2.matrices["H"].aligned_to(s).data
+    err = {k: _shifted_mae(r.hamiltonian.aligned_to(s).data, ref, s.data) for k, r in (("plain", plain), ("mixed", mixed))}
+    assert err["mixed"] < 0.8 * err["plain"]
+
+
 def test_the_scf_started_from_the_converged_hamiltonian_stops_at_once(si2):
     from nextham_dft.core.scf import ScfSettings, complete_scf
 

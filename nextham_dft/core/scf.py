@@ -41,7 +41,8 @@ from .potential import _grid_integrals, _grid_shape, origin_atoms
 class ScfSettings:
     """spacing: grid step (Å, at most); tol: convergence threshold on ∫|ρ_out − ρ_in| / N_e; max_iter:
     iterations at most; beta: mixing fraction; kerker_q0: Kerker wavevector (1/Å; 0 turns it off);
-    history: residuals Pulay mixing keeps."""
+    history: residuals Pulay mixing keeps; mix_last: on convergence, mix the last diagonalisation's output in
+    too (one more Pulay step and H[ρ], no diagonalisation) rather than return the H it was computed from."""
 
     spacing: float = 0.15
     tol: float = 1e-5
@@ -49,6 +50,7 @@ class ScfSettings:
     beta: float = 0.4
     kerker_q0: float = 0.8
     history: int = 8
+    mix_last: bool = True
 
 
 @dataclass
@@ -229,12 +231,14 @@ def complete_scf(system, start: BlockSparse | None = None, settings: ScfSettings
         norms.append(sc.residual_norm(r))
         if progress is not None:
             progress(it + 1, norms[-1])
-        if norms[-1] < cfg.tol:
-            converged = True
+        converged = norms[-1] < cfg.tol
+        if converged and not cfg.mix_last:
             break
         rhos, res = (rhos + [rho_in])[-cfg.history:], (res + [r])[-cfg.history:]
         rho_in = _pulay(rhos, res, sc.lattice, cfg)
         h = sc.hamiltonian(rho_in)
+        if converged:
+            break
     return ScfResult(h, converged, norms, ef, time.perf_counter() - t0)
 
 
