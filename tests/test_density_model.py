@@ -401,7 +401,12 @@ def test_the_bundled_density_model_card_and_prediction(tmp_path):
     assert json.loads((root / "scripts" / "density_recipe" / "split.json").read_text()) == card["split"]
     res = CliRunner().invoke(main, ["predict", str(need(EXAMPLE)), "--out", str(tmp_path / "o"), "--model", "density"])
     assert res.exit_code == 0, res.output
-    ev = json.loads((tmp_path / "o" / "report.json").read_text())["eval"]
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    ev = report["eval"]
+    # what the probe step measured: a screening, b = 1/(β(1 + γ)) with γ ≥ 0; Si screens its first step by ~1/(1 + γ)
+    probe = report["probe"]
+    assert probe["probe"] == 0.3 and probe["screening_gamma"] >= 0
+    assert probe["secant_factor"] == pytest.approx(1 / (0.3 * (1 + probe["screening_gamma"])))
     assert ev["predicted"]["band_mae_shifted_mev"] < 0.1 * ev["h0"]["band_mae_shifted_mev"]
     assert ev["predicted"]["h_mae_shifted_mev"] < 0.1 * ev["h0"]["h_mae_shifted_mev"]
     assert ev["predicted"]["ghost_states"] == 0

@@ -45,12 +45,14 @@ def predict_density_coefficients(model: nn.Module, sc: SelfConsistency, device: 
 class DensityPrediction:
     """hamiltonian: H[ρ] (eV) on H(0)'s and S's blocks; density: ρ = ρ_atoms + Δρ_pred (e/Å³) on the grid of
     ``consistency`` (which a completion can reuse: ``core.scf.complete_scf(start_density=...)``);
-    timings: seconds per stage."""
+    timings: seconds per stage; probe: with a probe step, what it measured ({probe: β, secant_factor: b,
+    screening_gamma: γ, the one-constant screening Δρ* ≈ Δρ1/(1 + γ)}), else None."""
 
     hamiltonian: BlockSparse
     density: np.ndarray
     consistency: SelfConsistency
     timings: dict
+    probe: dict | None = None
 
 
 def predict_density(model: nn.Module, system, device: str = "cpu") -> DensityPrediction:
@@ -66,8 +68,12 @@ def predict_density(model: nn.Module, system, device: str = "cpu") -> DensityPre
         rho = rho + step.unresolved
     h = sc.hamiltonian(rho)
     t3 = time.perf_counter()
+    probe = None
+    if step.secant is not None:
+        beta = model.cfg.probe
+        probe = {"probe": beta, "secant_factor": step.secant, "screening_gamma": 1.0 / (beta * step.secant) - 1.0}
     return DensityPrediction(h, rho, sc, {"grid_setup_s": t1 - t0, "first_step_and_network_s": t2 - t1,
-                                          "hamiltonian_s": t3 - t2})
+                                          "hamiltonian_s": t3 - t2}, probe)
 
 
 def predict_density_hamiltonian(model: nn.Module, system, device: str = "cpu") -> tuple[BlockSparse, dict]:

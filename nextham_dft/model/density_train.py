@@ -61,10 +61,12 @@ def secant_factor(sc: SelfConsistency, d1: np.ndarray, u: np.ndarray, beta: floa
 @dataclass
 class FirstStep:
     """inputs: (sites, inputs·per_atom) the network's input coefficients (:func:`first_step`); unresolved: with a
-    probe, the part of the secant density (e/Å³, on the grid) that its Gaussian fit cannot hold, else None."""
+    probe, the part of the secant density (e/Å³, on the grid) that its Gaussian fit cannot hold, else None;
+    secant: with a probe, b of :func:`secant_factor`, else None."""
 
     inputs: np.ndarray
     unresolved: np.ndarray | None = None
+    secant: float | None = None
 
 
 def first_step(sc: SelfConsistency, cfg: DensityConfig, sites: Sites | None = None) -> FirstStep:
@@ -88,7 +90,7 @@ def first_step(sc: SelfConsistency, cfg: DensityConfig, sites: Sites | None = No
     # densities' sharp core-region parts would weigh in the L2 term)
     b = secant_factor(sc, g1, gu, cfg.probe, cfg.xc_weight)
     unresolved = d1 + b * u - (g1 + b * gu)
-    return FirstStep(np.concatenate([f1 + b * fu, fu], axis=1), unresolved - unresolved.mean())
+    return FirstStep(np.concatenate([f1 + b * fu, fu], axis=1), unresolved - unresolved.mean(), b)
 
 
 def first_step_inputs(sc: SelfConsistency, cfg: DensityConfig, sites: Sites | None = None) -> np.ndarray:
