@@ -567,7 +567,7 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
               "run_dir": str(run_dir), "warnings": warnings, "timings": timings}
     if scf_report is not None:
         report["scf"] = scf_report
-    if not without_model and density and dens_pred.probe is not None:  # what the probe step measured
+    if density and dens_pred.probe is not None:  # what the probe step measured
         report["probe"] = dens_pred.probe
     if spread:  # an ensemble: how far its networks disagree on this run
         report["ensemble"] = spread
