@@ -264,7 +264,7 @@ def test_a_probe_step_measures_the_screening_of_si2(si2):
     in the coefficient metric."""
     from nextham_dft.core.scf import SelfConsistency
     from nextham_dft.evaluation import evaluate
-    from nextham_dft.model.density_train import coefficient_metric, first_step_inputs, secant_factor
+    from nextham_dft.model.density_train import coefficient_metric, first_step, secant_factor
 
     cfg = dataclasses.replace(SMALL, lmax=2, probe=0.3)
     sc = SelfConsistency(si2, cfg.spacing)
@@ -275,13 +275,13 @@ def test_a_probe_step_measures_the_screening_of_si2(si2):
     ev = evaluate(si2, sc.hamiltonian(sc.rho_atoms + d1 + b * u))
     assert ev["predicted"]["band_mae_shifted_mev"] < 0.2 * ev["h0"]["band_mae_shifted_mev"]
     sites = density_sites(si2, cfg)[0]
-    inputs = first_step_inputs(sc, cfg, sites)
+    inputs = first_step(sc, cfg, sites).inputs
     per = cfg.basis.per_atom
     assert inputs.shape == (2, 2 * per)
     assert np.allclose(inputs[:, per:], fit_density(sites, sc.shape, sc.origin, sc.dv, u, cfg.basis))
     rho_star, _ = sc.density(si2.matrices["H"])
     cstar = fit_density(sites, sc.shape, sc.origin, sc.dv, rho_star - sc.rho_atoms, cfg.basis).reshape(-1)
-    c1 = first_step_inputs(sc, dataclasses.replace(cfg, probe=0.0), sites).reshape(-1)
+    c1 = first_step(sc, dataclasses.replace(cfg, probe=0.0), sites).inputs.reshape(-1)
     m = coefficient_metric(sc, cfg, sites)
     err = lambda c: float((c - cstar) @ m @ (c - cstar))  # noqa: E731
     assert err(inputs[:, :per].reshape(-1)) < 0.2 * err(c1)

@@ -16,6 +16,7 @@ Units: DM dimensionless (electrons); ρ in e/Å³ with φ from the radial tables
 from __future__ import annotations
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from .blocks import BlockSparse
 from .kspace import KAssembler, Smearing, fermi_level, solve_generalized
@@ -113,6 +114,17 @@ def periodic_images(lattice: np.ndarray, centres: np.ndarray, reach: float,
     owner = np.repeat(np.arange(len(centres)), len(T))
     TT = np.tile(T, (len(centres), 1))
     return owner, TT, centres[owner] + TT @ lattice
+
+
+def periodic_pairs(lattice: np.ndarray, positions: np.ndarray, r_max: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(src, dst, vec Å) of every pair of positions (periodic images included, a position and itself excluded)
+    closer than ``r_max`` Å, vec = r_src + T − r_dst; pairs from a k-d tree of the images (:func:`periodic_images`)."""
+    pos = np.asarray(positions, dtype=float)
+    owner, _t, images = periodic_images(np.asarray(lattice, dtype=float), pos, r_max, margin=1)
+    pairs = cKDTree(pos).sparse_distance_matrix(cKDTree(images), r_max, output_type="ndarray")
+    pairs = pairs[pairs["v"] > 1e-8]
+    dst, img = pairs["i"].astype(np.int64), pairs["j"].astype(np.int64)
+    return owner[img], dst, (images[img] - pos[dst]).reshape(-1, 3)
 
 
 def _orbital_values(basis, d: np.ndarray) -> np.ndarray:

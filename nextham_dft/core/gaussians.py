@@ -24,12 +24,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from math import gamma, pi, sqrt
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .density import grid_boxes, grid_points, periodic_images
+from .density import grid_boxes, grid_points, periodic_images, periodic_pairs
 from .sph import e3nn_harmonics
 
 #: each function reaches this many of its widths (exp(−4.5²/2) = 4e-5 of the peak), and is zero beyond
@@ -56,18 +56,15 @@ def bond_midpoints(lattice: np.ndarray, positions: np.ndarray, factor: float = 1
     pos = np.asarray(positions, dtype=float)
     reach = 1.0
     while True:  # the nearest neighbours of every atom lie within reach
-        owner, _t, images = periodic_images(lat, pos, reach, margin=1)
-        pairs = cKDTree(pos).sparse_distance_matrix(cKDTree(images), reach, output_type="ndarray")
-        pairs = pairs[pairs["v"] > 1e-8]
+        src, dst, vec = periodic_pairs(lat, pos, reach)
+        d = np.linalg.norm(vec, axis=1)
         nearest = np.full(len(pos), np.inf)
-        np.minimum.at(nearest, pairs["i"], pairs["v"])
+        np.minimum.at(nearest, dst, d)
         if np.isfinite(nearest).all() and factor * nearest.max() <= reach:
             break
         reach *= 2.0
-    i, k, d = pairs["i"], pairs["j"], pairs["v"]
-    j = owner[k]
-    keep = d < factor * np.minimum(nearest[i], nearest[j])
-    mid = 0.5 * (pos[i[keep]] + images[k[keep]])
+    keep = d < factor * np.minimum(nearest[src], nearest[dst])
+    mid = pos[dst[keep]] + 0.5 * vec[keep]
     frac = np.round(np.round(np.linalg.solve(lat.T, mid.T).T, 6) % 1.0, 6) % 1.0 + 0.0  # + 0.0: no −0.0
     frac = np.unique(frac, axis=0)  # both directions of a bond land on one midpoint
     return frac @ lat
@@ -150,28 +147,43 @@ def _columns_of(atoms: np.ndarray, nf: int) -> np.ndarray:
     return (atoms[:, None] * nf + np.arange(nf)[None, :]).reshape(-1)
 
 
-def fit_density(system, shape, origin, dv: float, delta_rho: np.ndarray, basis: GaussianBasis) -> np.ndarray:
-    """(sites, per_atom) ridge-fit coefficients of ``delta_rho`` (e/Å³ on the grid ``shape``, cell volume
-    element ``dv`` Å³)."""
+def fit_densities(system, shape, origin, dv: float, deltas: Sequence[np.ndarray],
+                  basis: GaussianBasis) -> list[np.ndarray]:
+    """:func:`fit_density` of several densities on one grid: the functions' values and their Gram matrix are
+    computed once, and one solve takes every right-hand side."""
     n = len(system.positions) * basis.per_atom
-    gram, rhs = np.zeros((n, n)), np.zeros(n)
-    rho = np.asarray(delta_rho, dtype=float).reshape(shape)
+    rhos = [np.asarray(d, dtype=float).reshape(shape) for d in deltas]
+    gram, rhs = np.zeros((n, n)), np.zeros((n, len(rhos)))
     for index, atoms, b in basis_blocks(system, shape, origin, basis):
         live = np.flatnonzero(np.abs(b).max(axis=0) > 0)  # a far atom reaches a box with its wide functions only
         b = b[:, live]
         cols = _columns_of(atoms, basis.per_atom)[live]
         gram[np.ix_(cols, cols)] += b.T @ b * dv
-        rhs[cols] += b.T @ rho[index].reshape(-1) * dv
-    return np.linalg.solve(gram + basis.ridge * np.eye(n), rhs).reshape(len(system.positions), basis.per_atom)
+        rhs[cols] += b.T @ np.stack([r[index].reshape(-1) for r in rhos], axis=1) * dv
+    sol = np.linalg.solve(gram + basis.ridge * np.eye(n), rhs)
+    return [sol[:, k].reshape(len(system.positions), basis.per_atom) for k in range(len(rhos))]
+
+
+def fit_density(system, shape, origin, dv: float, delta_rho: np.ndarray, basis: GaussianBasis) -> np.ndarray:
+    """(sites, per_atom) ridge-fit coefficients of ``delta_rho`` (e/Å³ on the grid ``shape``, cell volume
+    element ``dv`` Å³)."""
+    return fit_densities(system, shape, origin, dv, [delta_rho], basis)[0]
+
+
+def densities_of(system, shape, origin, coefs: Sequence[np.ndarray], basis: GaussianBasis) -> list[np.ndarray]:
+    """:func:`density_of` of several coefficient sets, the functions' values computed once."""
+    outs = [np.zeros(tuple(shape)) for _ in coefs]
+    cs = np.stack([np.asarray(c, dtype=float).reshape(-1) for c in coefs], axis=1)
+    for index, atoms, b in basis_blocks(system, shape, origin, basis):
+        vals = b @ cs[_columns_of(atoms, basis.per_atom)]
+        for k, out in enumerate(outs):
+            out[index] = vals[:, k].reshape(out[index].shape)
+    return outs
 
 
 def density_of(system, shape, origin, coef: np.ndarray, basis: GaussianBasis) -> np.ndarray:
     """Σ c g on the grid (e/Å³ for c in the units of :func:`fit_density`), shape ``shape``."""
-    out = np.zeros(tuple(shape))
-    c = np.asarray(coef, dtype=float).reshape(-1)
-    for index, atoms, b in basis_blocks(system, shape, origin, basis):
-        out[index] = (b @ c[_columns_of(atoms, basis.per_atom)]).reshape(out[index].shape)
-    return out
+    return densities_of(system, shape, origin, [coef], basis)[0]
 
 
 def basis_matrix(system, shape, origin, basis: GaussianBasis) -> np.ndarray:

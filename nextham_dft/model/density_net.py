@@ -32,11 +32,10 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
-from scipy.spatial import cKDTree
 from e3nn import o3
 from torch import nn
 
-from ..core.density import periodic_images
+from ..core.density import periodic_pairs
 from ..core.gaussians import GaussianBasis, Sites, bond_midpoints
 from .elements import DescriptorEmbedding, atomic_numbers
 from .network import _gate_for, bessel, plain_einsum_codegen
@@ -124,15 +123,9 @@ def density_sites(system, cfg: DensityConfig) -> tuple[Sites, torch.Tensor]:
 
 
 def atom_graph(lattice: np.ndarray, positions: np.ndarray, r_max: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(src, dst, vec Å) of every pair of atoms (periodic images included, an atom and itself excluded)
-    closer than ``r_max`` Å: the message from src reaches dst along vec = r_src + T − r_dst. Pairs from a
-    k-d tree of the images (``core.density.periodic_images``)."""
-    pos = np.asarray(positions, dtype=float)
-    owner, _t, images = periodic_images(np.asarray(lattice, dtype=float), pos, r_max, margin=1)
-    pairs = cKDTree(pos).sparse_distance_matrix(cKDTree(images), r_max, output_type="ndarray")
-    pairs = pairs[pairs["v"] > 1e-8]
-    dst, img = pairs["i"].astype(np.int64), pairs["j"].astype(np.int64)
-    return owner[img], dst, (images[img] - pos[dst]).reshape(-1, 3)
+    """(src, dst, vec Å) of every pair of sites closer than ``r_max`` Å (``core.density.periodic_pairs``): the
+    message from src reaches dst along vec = r_src + T − r_dst."""
+    return periodic_pairs(lattice, positions, r_max)
 
 
 class Interaction(nn.Module):

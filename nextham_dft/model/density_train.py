@@ -4,7 +4,7 @@ Per structure (a System with H0, H, S and the pseudopotentials' atomic densities
 
 - c1: the network's input: the Gaussian fit of Δρ1 = ρ_out(H(0)) − ρ_atoms; with ``DensityConfig.probe``,
   the fits of a secant density built from Δρ1 and a probe step's output, and of the probe's response
-  (:func:`first_step_inputs`);
+  (:func:`first_step`);
 - c*: the fit of Δρ* = ρ_out(H) − ρ_atoms, the density of the converged H, its target;
 - the metric M = K_C + w·G of coefficient errors: K_C the Coulomb (Hartree) energy matrix
   4π e²/(4πε0) Σ_G≠0 ĝ_i(G)* ĝ_j(G)/G² / V, G the L2 overlap, w (eV Å³, ``xc_weight``) standing in for the
@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..core.gaussians import Sites, basis_matrix, density_of, fit_density
+from ..core.gaussians import Sites, basis_matrix, densities_of, fit_densities, fit_density
 from ..core.hxc import hartree_potential
 from ..core.scf import SelfConsistency
 from .density_net import DensityConfig, DensityNet, atom_graph, density_sites, instance_scale
@@ -51,10 +51,9 @@ def secant_factor(sc: SelfConsistency, d1: np.ndarray, u: np.ndarray, beta: floa
     step βΔρ1. Modelling J as one screening constant −γ, u = −βγΔρ1 and the fixed point is Δρ1/(1 + γ) =
     Δρ1 + u/(β(1 + γ)); γ from least squares in the metric of :func:`coefficient_metric` (Hartree + xc_weight·L2,
     on the grid), and γ ≥ 0 (a density change is screened, never amplified), so 0 < b ≤ 1/β."""
-    def inner(a, b_):
-        return float((a * hartree_potential(b_, sc.lattice)).sum() * sc.dv + xc_weight * (a * b_).sum() * sc.dv)
-    norm = inner(d1, d1)
-    beta_gamma = max(0.0, -inner(d1, u) / norm) if norm > 0 else 0.0
+    kernel_d1 = hartree_potential(d1, sc.lattice) + xc_weight * d1  # the metric applied to Δρ1 (one Poisson solve)
+    norm = float((d1 * kernel_d1).sum() * sc.dv)
+    beta_gamma = max(0.0, -float((u * kernel_d1).sum() * sc.dv) / norm) if norm > 0 else 0.0  # the metric is symmetric
     return 1.0 / (beta + beta_gamma)
 
 
@@ -84,8 +83,8 @@ def first_step(sc: SelfConsistency, cfg: DensityConfig, sites: Sites | None = No
         return FirstStep(fit_density(sites, sc.shape, sc.origin, sc.dv, d1, cfg.basis))
     rho2, _ = sc.density(sc.hamiltonian(sc.rho_atoms + cfg.probe * d1))
     u = rho2 - sc.rho_atoms - d1
-    f1, fu = (fit_density(sites, sc.shape, sc.origin, sc.dv, d, cfg.basis) for d in (d1, u))
-    g1, gu = (density_of(sites, sc.shape, sc.origin, f, cfg.basis) for f in (f1, fu))
+    f1, fu = fit_densities(sites, sc.shape, sc.origin, sc.dv, [d1, u], cfg.basis)
+    g1, gu = densities_of(sites, sc.shape, sc.origin, [f1, fu], cfg.basis)
     # γ from the fitted densities: the smooth part the network sees, in the metric it is trained in (the raw
     # densities' sharp core-region parts would weigh in the L2 term)
     b = secant_factor(sc, g1, gu, cfg.probe, cfg.xc_weight)
@@ -93,14 +92,9 @@ def first_step(sc: SelfConsistency, cfg: DensityConfig, sites: Sites | None = No
     return FirstStep(np.concatenate([f1 + b * fu, fu], axis=1), unresolved - unresolved.mean(), b)
 
 
-def first_step_inputs(sc: SelfConsistency, cfg: DensityConfig, sites: Sites | None = None) -> np.ndarray:
-    """(sites, inputs·per_atom): :func:`first_step`'s network inputs."""
-    return first_step(sc, cfg, sites).inputs
-
-
 def coefficient_metric(sc: SelfConsistency, cfg: DensityConfig, sites: Sites | None = None) -> np.ndarray:
     """(n, n) eV: M = K_C + xc_weight·G of the Gaussians of every site (module docstring; ``sites`` as in
-    :func:`first_step_inputs`); K_C from the Hartree potential of each function (``core.hxc.hartree_potential``,
+    :func:`first_step`); K_C from the Hartree potential of each function (``core.hxc.hartree_potential``,
     G = 0 left out)."""
     sites = sites if sites is not None else density_sites(sc.system, cfg)[0]
     cols = basis_matrix(sites, sc.shape, sc.origin, cfg.basis)
@@ -118,7 +112,7 @@ def make_sample(system, cfg: DensityConfig, sid: str = "") -> DensitySample:
     cstar = fit_density(sites, sc.shape, sc.origin, sc.dv, rho_star - sc.rho_atoms, cfg.basis)
     src, dst, vec = atom_graph(sites.lattice, sites.positions, cfg.r_max)
     return DensitySample(sid or system.meta.get("id", ""), z,
-                         torch.tensor(first_step_inputs(sc, cfg, sites), dtype=torch.float32),
+                         torch.tensor(first_step(sc, cfg, sites).inputs, dtype=torch.float32),
                          torch.tensor(cstar, dtype=torch.float32),
                          torch.tensor(coefficient_metric(sc, cfg, sites), dtype=torch.float32),
                          torch.tensor(src), torch.tensor(dst), torch.tensor(vec, dtype=torch.float32))
