@@ -528,3 +528,7 @@ def test_the_density_recipe_makes_samples_and_trains_on_any_gaussian_widths_and_
     assert not (tmp_path / "w.pt").exists()
     negative = run("make_samples.py", str(tmp_path / "data.h5"), str(tmp_path / "s2"), "--probe", "-1")
     assert negative.returncode != 0 and "--probe" in negative.stderr and not (tmp_path / "s2").exists()
+    negative = run("train.py", str(tmp_path / "samples"), str(tmp_path / "split.json"), str(tmp_path / "w.pt"), *basis,
+                   "--probe", "-0.3")  # not silently a model without the probe
+    assert negative.returncode != 0 and "--probe" in negative.stderr and len(negative.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "w.pt").exists()

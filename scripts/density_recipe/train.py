@@ -66,6 +66,8 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     split = json.loads(Path(args.split).read_text())
     folder = Path(args.samples)
+    if args.probe < 0:
+        sys.exit(f"error: --probe {args.probe}: give a step fraction > 0, or 0 for none")
     if not 0 < args.r_max <= DensityConfig.r_max:
         sys.exit(f"error: --r-max {args.r_max}: the samples' graphs reach {DensityConfig.r_max} Å; give a cutoff in (0, "
                  f"{DensityConfig.r_max}]")
