@@ -423,7 +423,7 @@ def test_the_bundled_density_model_card_and_prediction(tmp_path):
 
 def test_the_bundled_density_model_keeps_the_spin_orbit_part_of_a_soc_run(tmp_path):
     """An nspin 4 run (Bi₂ A7 with SOC, a raw ABACUS directory): the probe step and H[ρ] add a spin-independent
-    potential, so the predicted H's spin–orbit part is H(0)'s exactly, and its bands beat H(0)'s."""
+    potential, so the predicted H is hermitian, its spin–orbit part is H(0)'s exactly, and its bands beat H(0)'s."""
     import json
 
     from click.testing import CliRunner
@@ -435,6 +435,13 @@ def test_the_bundled_density_model_keeps_the_spin_orbit_part_of_a_soc_run(tmp_pa
     assert res.exit_code == 0, res.output
     ev = json.loads((tmp_path / "o" / "report.json").read_text())["eval"]
     assert ev["predicted"]["soc_mae_uev"] == pytest.approx(ev["h0"]["soc_mae_uev"], abs=1e-9)
+    import h5py
+
+    from nextham_dft.dataset import read_system
+
+    with h5py.File(tmp_path / "o" / "hamiltonian.h5") as f:
+        h = read_system(f[next(iter(f))]).matrices["H"]
+    assert h.spin == "spinor" and h.hermiticity_error < 1e-10  # H(R) = H(−R)†, spinor blocks included
     assert ev["predicted"]["band_mae_shifted_mev"] < 0.2 * ev["h0"]["band_mae_shifted_mev"]
     assert ev["predicted"]["h_mae_shifted_mev"] < 0.5 * ev["h0"]["h_mae_shifted_mev"]
 
