@@ -287,6 +287,36 @@ def test_a_probe_step_measures_the_screening_of_si2(si2):
     assert err(inputs[:, :per].reshape(-1)) < 0.2 * err(c1)
 
 
+def test_screened_probe_inputs_are_the_secant_part_beyond_uniform_screening(si2):
+    """probe_inputs="screened": the first input is the secant density's fit (as with "response"), the second is
+    Δρ_S − Δρ1/(1 + γ) = b·u⊥, whose density is orthogonal to Δρ1's fit in the metric γ was fitted in (the
+    uniform-screening part is all in the first, Δρ1/(1 + γ)), so the secant density splits into the two
+    orthogonally (Si2 screens: γ > 0)."""
+    from nextham_dft.core.gaussians import densities_of
+    from nextham_dft.core.hxc import hartree_potential
+    from nextham_dft.core.scf import SelfConsistency
+    from nextham_dft.model.density_train import first_step
+
+    cfg = dataclasses.replace(SMALL, lmax=2, probe=0.3)
+    screened = dataclasses.replace(cfg, probe_inputs="screened")
+    sc = SelfConsistency(si2, cfg.spacing)
+    sites = density_sites(si2, cfg)[0]
+    per = cfg.basis.per_atom
+    raw, new = first_step(sc, cfg, sites), first_step(sc, screened, sites)
+    assert new.secant == pytest.approx(raw.secant) and 1 / (0.3 * new.secant) - 1 > 0.05  # γ > 0
+    assert np.allclose(new.inputs[:, :per], raw.inputs[:, :per]) and np.allclose(new.unresolved, raw.unresolved)
+    b = raw.secant
+    f1 = raw.inputs[:, :per] - b * raw.inputs[:, per:]  # the fit of Δρ1
+    g1, gs, gsec = densities_of(sites, sc.shape, sc.origin, [f1, new.inputs[:, per:], new.inputs[:, :per]], cfg.basis)
+    dot = lambda a, c: float((a * (hartree_potential(c, sc.lattice) + cfg.xc_weight * c)).sum() * sc.dv)  # noqa: E731
+    assert abs(dot(g1, gs)) < 1e-8 * dot(g1, g1)
+    screened_part = (0.3 * b) ** 2 * dot(g1, g1)  # ‖Δρ1/(1 + γ)‖²
+    assert dot(gsec, gsec) == pytest.approx(screened_part + dot(gs, gs), rel=1e-8)
+    assert 0 < dot(gs, gs) < 0.2 * dot(gsec, gsec)
+    with pytest.raises(ValueError, match="probe_inputs"):
+        dataclasses.replace(cfg, probe_inputs="raw")
+
+
 def test_training_fits_a_structure_and_keeps_the_best_validation_state(si2_sample):
     from nextham_dft.model.density_train import DensityTraining, relative_error, train_density
 
@@ -494,7 +524,8 @@ def test_the_density_recipe_makes_samples_and_trains_on_any_gaussian_widths_and_
     """scripts/density_recipe end to end on the shipped example: samples and a network with other widths
     (--sigmas, --lmax), a model file whose config holds them; training on samples of another basis is a
     one-line error; --linear-response and a cut graph (--r-max) reach the model's config, a cutoff beyond the
-    samples' graph, a probe step the samples were made without and a negative probe are one-line errors."""
+    samples' graph, a probe step the samples were made without, a negative probe and other probe inputs than the
+    samples' are one-line errors."""
     import json
     import subprocess
     import sys
@@ -539,3 +570,13 @@ def test_the_density_recipe_makes_samples_and_trains_on_any_gaussian_widths_and_
                    "--probe", "-0.3")  # not silently a model without the probe
     assert negative.returncode != 0 and "--probe" in negative.stderr and len(negative.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "w.pt").exists()
+    probe = [*basis, "--probe", "0.3"]
+    made = run("make_samples.py", str(tmp_path / "data.h5"), str(tmp_path / "ps"), *probe, "--probe-inputs", "screened")
+    assert made.returncode == 0, made.stderr
+    other = run("train.py", str(tmp_path / "ps"), str(tmp_path / "split.json"), str(tmp_path / "w.pt"), *probe)
+    assert other.returncode != 0 and "--probe-inputs" in other.stderr and len(other.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "w.pt").exists()
+    trained = run("train.py", str(tmp_path / "ps"), str(tmp_path / "split.json"), str(tmp_path / "q.pt"), *probe,
+                  "--probe-inputs", "screened", "--epochs", "2")
+    assert trained.returncode == 0, trained.stderr
+    assert load_model(tmp_path / "q.pt")[0].cfg.probe_inputs == "screened"

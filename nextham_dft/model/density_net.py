@@ -43,6 +43,8 @@ from .network import _gate_for, bessel, plain_einsum_codegen
 #: the node label of a bond midpoint (atoms carry their Z; 0 is the unknown element)
 BOND = -1
 
+#: the second input of a model with a probe step (``DensityConfig.probe_inputs``)
+PROBE_INPUTS = ("response", "screened")
 
 @dataclass(frozen=True)
 class DensityConfig:
@@ -82,6 +84,14 @@ class DensityConfig:
     #: J·Δρ1; the inputs become a secant density built from the two steps and that response
     #: (``density_train.first_step``), and the network predicts the correction to the secant density
     probe: float = 0.0
+    #: with ``probe``, the second input: "response", the probe's response u = Δρ2 − Δρ1 = β·J·Δρ1 itself, which
+    #: grows with the crystal's screening (γ); or "screened", b·u⊥ = Δρ_S − Δρ1/(1 + γ), the part of the secant
+    #: density beyond one uniform screening constant, at the scale of the converged density change whatever γ
+    probe_inputs: str = "response"
+
+    def __post_init__(self) -> None:
+        if self.probe_inputs not in PROBE_INPUTS:
+            raise ValueError(f"probe_inputs {self.probe_inputs!r}: one of {', '.join(PROBE_INPUTS)}")
 
     @property
     def inputs(self) -> int:

@@ -44,6 +44,8 @@ class DensitySample:
     src: torch.Tensor
     dst: torch.Tensor
     vec: torch.Tensor
+    #: ``DensityConfig.probe_inputs`` of the inputs c1 (with a probe step)
+    probe_inputs: str = "response"
 
 
 def secant_factor(sc: SelfConsistency, d1: np.ndarray, u: np.ndarray, beta: float, xc_weight: float) -> float:
@@ -73,7 +75,8 @@ def first_step(sc: SelfConsistency, cfg: DensityConfig, sites: Sites | None = No
     Without ``cfg.probe``: the fit of Δρ1 = ρ_out(H(0)) − ρ_atoms (one diagonalisation). With ``cfg.probe`` = β > 0,
     a probe step gives Δρ2 = ρ_out(H[ρ_atoms + β Δρ1]) − ρ_atoms (one H[ρ] and a second diagonalisation), and the
     inputs are the fit of the secant density Δρ_S = Δρ1 + b(Δρ2 − Δρ1) (:func:`secant_factor` of the fits; the
-    network corrects it) and the fit of Δρ2 − Δρ1 = β J Δρ1, the crystal's own response. The part of Δρ_S the
+    network corrects it) and the fit of Δρ2 − Δρ1 = β J Δρ1, the crystal's own response (``probe_inputs``
+    "response"), or of Δρ_S − Δρ1/(1 + γ), the secant density's part beyond uniform screening ("screened"). The part of Δρ_S the
     Gaussians cannot hold (sharp and l > lmax parts, such as tetrahedral bond charge) is kept on the grid: the
     converged density's is close to it."""
     sites = sites if sites is not None else density_sites(sc.system, cfg)[0]
@@ -89,7 +92,9 @@ def first_step(sc: SelfConsistency, cfg: DensityConfig, sites: Sites | None = No
     # densities' sharp core-region parts would weigh in the L2 term)
     b = secant_factor(sc, g1, gu, cfg.probe, cfg.xc_weight)
     unresolved = d1 + b * u - (g1 + b * gu)
-    return FirstStep(np.concatenate([f1 + b * fu, fu], axis=1), unresolved - unresolved.mean(), b)
+    # "screened": Δρ_S − Δρ1/(1 + γ) = b·u⊥ with 1/(1 + γ) = β·b, at the converged density's scale
+    second = fu if cfg.probe_inputs == "response" else (1.0 - cfg.probe * b) * f1 + b * fu
+    return FirstStep(np.concatenate([f1 + b * fu, second], axis=1), unresolved - unresolved.mean(), b)
 
 
 def coefficient_metric(sc: SelfConsistency, cfg: DensityConfig, sites: Sites | None = None) -> np.ndarray:
@@ -115,7 +120,8 @@ def make_sample(system, cfg: DensityConfig, sid: str = "") -> DensitySample:
                          torch.tensor(first_step(sc, cfg, sites).inputs, dtype=torch.float32),
                          torch.tensor(cstar, dtype=torch.float32),
                          torch.tensor(coefficient_metric(sc, cfg, sites), dtype=torch.float32),
-                         torch.tensor(src), torch.tensor(dst), torch.tensor(vec, dtype=torch.float32))
+                         torch.tensor(src), torch.tensor(dst), torch.tensor(vec, dtype=torch.float32),
+                         cfg.probe_inputs)
 
 
 def neutralise_torch(c: torch.Tensor, charges: torch.Tensor) -> torch.Tensor:

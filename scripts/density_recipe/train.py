@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from nextham_dft.model.density_net import DensityConfig  # noqa: E402
+from nextham_dft.model.density_net import PROBE_INPUTS, DensityConfig  # noqa: E402
 from nextham_dft.model.density_train import DensitySample, DensityTraining, train_density  # noqa: E402
 from nextham_dft.model.store import save_model  # noqa: E402
 
@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--probe", type=float, default=0.0,
                     help="DensityConfig.probe: a second input from a probe step at ρ_atoms + PROBE·Δρ1 (0: none); "
                          "samples and network must agree")
+    ap.add_argument("--probe-inputs", choices=PROBE_INPUTS, default="response",
+                    help="DensityConfig.probe_inputs; the samples' (make_samples.py --probe-inputs) must match")
     ap.add_argument("--sigmas", type=widths, default=DensityConfig.sigmas,
                     help="Gaussian widths (Å), comma-separated; the samples' and the network's must match")
     ap.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's decay (0: Adam)")
@@ -74,7 +76,8 @@ def main() -> None:
     train, val = load_samples(folder, split["train"], args.r_max), load_samples(folder, split["val"], args.r_max)
     print(f"{len(train)} training and {len(val)} validation structures", flush=True)
     cfg = DensityConfig(lmax=args.lmax, sigmas=args.sigmas, screening=args.screening, bond_sites=args.bond_sites,
-                        linear_response=args.linear_response, r_max=args.r_max, probe=args.probe)
+                        linear_response=args.linear_response, r_max=args.r_max, probe=args.probe,
+                        probe_inputs=args.probe_inputs)
     made = {tuple(s.c1.shape[1:]) for s in train + val}
     bonds = {bool((s.z < 0).any()) for s in train + val}
     if bonds != {args.bond_sites}:
@@ -84,6 +87,10 @@ def main() -> None:
         sys.exit(f"error: the samples hold {sorted(made)} coefficients per atom; --lmax {args.lmax} --sigmas "
                  f"{','.join(map(str, cfg.sigmas))} --probe {args.probe} gives {cfg.inputs * cfg.basis.per_atom}: pass "
                  "make_samples.py's --lmax, --sigmas and --probe")
+    kinds = {s.probe_inputs for s in train + val}
+    if args.probe > 0 and kinds != {args.probe_inputs}:
+        sys.exit(f"error: the samples' probe inputs are {', '.join(sorted(kinds))}, not {args.probe_inputs}: pass the same "
+                 "--probe-inputs to make_samples.py and train.py")
     settings = DensityTraining(epochs=args.epochs, lr=args.lr, seed=args.seed, weight_decay=args.weight_decay,
                                ema_decay=args.ema)
     t0 = time.perf_counter()
