@@ -48,6 +48,9 @@ def main() -> None:
     ap.add_argument("--scf-tol", type=float, default=ScfSettings.tol, help="--scf: the completion's tolerance")
     ap.add_argument("--mix-last", action=argparse.BooleanOptionalAction, default=ScfSettings.mix_last,
                     help="--scf: mix the last diagonalisation's output in on convergence (ScfSettings.mix_last)")
+    ap.add_argument("--prior-history", action=argparse.BooleanOptionalAction, default=ScfSettings.prior_history,
+                    help="--scf / --steps: start Pulay's history with the prediction's own steps "
+                         "(ScfSettings.prior_history)")
     ap.add_argument("--steps", type=int, default=0,
                     help="also score H after this many completion steps from the predicted density (predict --scf-steps)")
     ap.add_argument("--json", default=None)
@@ -66,14 +69,16 @@ def main() -> None:
         pred = predict_density(model, s)
         h, stages = pred.hamiltonian, pred.timings
         seconds = time.perf_counter() - t
-        scf = (complete_scf(s, settings=ScfSettings(tol=args.scf_tol, mix_last=args.mix_last), start_density=pred.density,
-                            consistency=pred.consistency) if args.scf else None)
+        scf = (complete_scf(s, settings=ScfSettings(tol=args.scf_tol, mix_last=args.mix_last,
+                                                    prior_history=args.prior_history),
+                            start_density=pred.density, consistency=pred.consistency, prior=pred.steps)
+               if args.scf else None)
         if scf is not None:
             rows["scf"].append({"id": sid, "formula": s.formula, "spin": s.spin_mode, **evaluate(s, scf.hamiltonian)})
         steps = None
         if args.steps:
-            steps = complete_scf(s, settings=ScfSettings(tol=0.0, max_iter=args.steps), start_density=pred.density,
-                                 consistency=pred.consistency)
+            steps = complete_scf(s, settings=ScfSettings(tol=0.0, max_iter=args.steps, prior_history=args.prior_history),
+                                 start_density=pred.density, consistency=pred.consistency, prior=pred.steps)
             rows["steps"].append({"id": sid, "formula": s.formula, "spin": s.spin_mode, **evaluate(s, steps.hamiltonian)})
         rows["density"].append({"id": sid, "formula": s.formula, "spin": s.spin_mode, **evaluate(s, h)})
         if other is not None:

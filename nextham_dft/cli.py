@@ -546,6 +546,11 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
         if density:  # H[ρ_atoms + Δρ_pred]: one evaluation of core.scf's H[ρ]
             dens_pred = predict_density(model, system, dev)
             h_pred = dens_pred.hamiltonian
+            if dens_pred.probe is not None and not dens_pred.probe["network_used"]:
+                warnings.append(f"the probe step's inputs are further apart (ratio {dens_pred.probe['input_ratio']:.2f}) "
+                                f"than in any training crystal ({dens_pred.probe['input_ratio_max']:.2f}): the network "
+                                "would extrapolate, so H is that of the secant density, without its correction")
+                click.echo(f"warning: {warnings[-1]}", err=True)
             timings.update(dens_pred.timings)
         else:
             delta, spread = predict_correction_and_spread(model, system, dev, torch.float32)
@@ -558,7 +563,8 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
                     ScfSettings(spacing=scf_spacing, tol=0.0, max_iter=scf_steps))  # steps: no convergence test
         if density and dens_pred.consistency.spacing == settings.spacing:  # from the predicted density itself
             h_pred, scf_report = _complete_scf(system, h_pred, settings, "predicted density", warnings,
-                                               start_density=dens_pred.density, consistency=dens_pred.consistency)
+                                               start_density=dens_pred.density, consistency=dens_pred.consistency,
+                                               prior=dens_pred.steps)
         else:
             h_pred, scf_report = _complete_scf(system, h_pred, settings, scf_from, warnings)
         timings["scf_s"] = scf_report["seconds"]
@@ -607,24 +613,24 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
 
 
 def _complete_scf(system, h_pred, settings: ScfSettings, start: str, warnings: list[str], start_density=None,
-                  consistency=None):
+                  consistency=None, prior=()):
     """(self-consistent H, report) from ``h_pred`` (None: the atoms' density), or from ``start_density`` on
-    the grid of ``consistency`` (a density model's), by ``core.scf``; ``start`` names the start in the
-    report; progress and warnings on stderr."""
+    the grid of ``consistency`` (a density model's, with ``prior`` the steps it took: ``complete_scf``), by
+    ``core.scf``; ``start`` names the start in the report; progress and warnings on stderr."""
     from .core.scf import complete_scf
 
     def progress(it: int, res: float) -> None:
         click.echo(f"scf iteration {it}: ∫|ρ_out − ρ_in|/N_e = {res:.2e}", err=True)
 
     res = complete_scf(system, start=h_pred, settings=settings, progress=progress, start_density=start_density,
-                       consistency=consistency)
+                       consistency=consistency, prior=prior)
     if not res.converged and settings.tol > 0:  # tol 0: a fixed number of steps was asked for
         warnings.append(f"the SCF completion did not converge in {settings.max_iter} iterations (residual "
                         f"{res.residuals[-1]:.1e} > {settings.tol:.0e}); the last H is written")
         click.echo(f"warning: {warnings[-1]}", err=True)
     return res.hamiltonian, {"converged": res.converged, "iterations": res.iterations, "residuals": res.residuals,
                              "tol": settings.tol, "steps_only": settings.tol == 0, "spacing_ang": settings.spacing,
-                             "start": start,
+                             "start": start, "prior_steps": len(prior) if settings.prior_history else 0,
                              "seconds": res.seconds, "fermi_ev": res.fermi_ev}
 
 

@@ -392,6 +392,50 @@ def test_a_density_model_refuses_a_run_without_pseudopotentials(tmp_path, si2_sa
     assert not (tmp_path / "o").exists()
 
 
+def test_a_crystal_beyond_the_training_inputs_gets_the_secant_density_and_a_warning(tmp_path, si2):
+    """A probe model leaves its correction out where the inputs' ratio exceeds its training set's largest
+    (``input_ratio_max``): there the density is the secant density's (fit, neutralised, plus the unresolved
+    part) exactly, and `predict` says so in report.json and on stderr; within it, the network's correction
+    is used. The grid ratio is the coefficient ratio the training script takes its maximum of."""
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from nextham_dft.cli import main
+    from nextham_dft.core.scf import SelfConsistency
+    from nextham_dft.model.density_predict import predict_density
+    from nextham_dft.model.density_train import coefficient_input_ratio, first_step, make_sample
+    from nextham_dft.model.store import save_model
+
+    cfg = dataclasses.replace(SMALL, lmax=2, probe=0.3)
+    ratio = coefficient_input_ratio(make_sample(si2, cfg, "si2"))
+    torch.manual_seed(0)
+    net = DensityNet(cfg)
+    with torch.no_grad():  # a network whose correction is not zero
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    sc = SelfConsistency(si2, cfg.spacing)
+    sites = density_sites(si2, cfg)[0]
+    step = first_step(sc, cfg, sites)
+    assert step.ratio == pytest.approx(ratio, rel=1e-4)
+    fit = neutralised(step.inputs[:, :cfg.basis.per_atom], cfg.basis)
+    secant = sc.rho_atoms + step.unresolved + density_of(sites, sc.shape, sc.origin, fit, cfg.basis)
+    for limit, used in [(0.0, True), (2 * ratio, True), (0.5 * ratio, False)]:
+        net.cfg = dataclasses.replace(cfg, input_ratio_max=limit)
+        pred = predict_density(net, si2)
+        assert pred.probe["network_used"] is used and pred.probe["input_ratio"] == pytest.approx(ratio, rel=1e-4)
+        assert np.allclose(pred.density, secant, atol=1e-12) is not used
+    save_model(tmp_path / "d.pt", net, {"name": "narrow"})
+    run = tmp_path / "run"
+    shutil.copytree(need(EXAMPLE), run)
+    res = CliRunner().invoke(main, ["predict", str(run), "--out", str(tmp_path / "o"), "--model", str(tmp_path / "d.pt")])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["probe"]["network_used"] is False and "extrapolate" in res.output
+    assert any("secant density" in w for w in report["warnings"])
+
+
 def test_the_completion_starts_from_a_given_density(si2):
     """complete_scf(start_density=...): from the density of the converged H it is done at once; a density
     on another grid is refused."""
@@ -404,6 +448,25 @@ def test_the_completion_starts_from_a_given_density(si2):
     assert again.converged and again.iterations <= 2 < first.iterations
     with pytest.raises(ValueError, match="grid"):
         complete_scf(si2, start_density=rho[:-1], consistency=sc)
+
+
+def test_prior_steps_start_the_pulay_history(si2):
+    """complete_scf(prior=...) with ScfSettings.prior_history: a step already taken at the self-consistent
+    density (its residual is zero) makes one Pulay step from the atoms' density land there; without
+    prior_history the same call ignores it, and a prior step on another grid is refused."""
+    from nextham_dft.core.scf import ScfSettings, SelfConsistency, complete_scf
+
+    sc = SelfConsistency(si2, 0.15)
+    done = complete_scf(si2, settings=ScfSettings(tol=1e-7), consistency=sc)
+    rho_star, _ = sc.density(done.hamiltonian)
+    pair = [(rho_star, sc.density(sc.hamiltonian(rho_star))[0])]
+    step = lambda use, prior: complete_scf(si2, settings=ScfSettings(tol=0.0, max_iter=1, prior_history=use),  # noqa: E731
+                                           start_density=sc.rho_atoms, consistency=sc, prior=prior).hamiltonian
+    gap = lambda h: np.abs(h.data - done.hamiltonian.data).max()  # noqa: E731
+    assert gap(step(True, pair)) < 1e-3 * gap(step(False, pair))
+    assert np.array_equal(step(False, pair).data, step(False, []).data)
+    with pytest.raises(ValueError, match="grid"):
+        step(True, [(rho_star[:-1], rho_star[:-1])])
 
 
 def test_the_bundled_density_model_card_and_prediction(tmp_path):

@@ -42,7 +42,9 @@ class ScfSettings:
     """spacing: grid step (Å, at most); tol: convergence threshold on ∫|ρ_out − ρ_in| / N_e; max_iter:
     iterations at most; beta: mixing fraction; kerker_q0: Kerker wavevector (1/Å; 0 turns it off);
     history: residuals Pulay mixing keeps; mix_last: on convergence, mix the last diagonalisation's output in
-    too (one more Pulay step and H[ρ], no diagonalisation) rather than return the H it was computed from."""
+    too (one more Pulay step and H[ρ], no diagonalisation) rather than return the H it was computed from;
+    prior_history: start Pulay's history with the steps a density model already took (``complete_scf``'s
+    ``prior``)."""
 
     spacing: float = 0.15
     tol: float = 1e-5
@@ -51,6 +53,7 @@ class ScfSettings:
     kerker_q0: float = 0.8
     history: int = 8
     mix_last: bool = True
+    prior_history: bool = False
 
 
 @dataclass
@@ -199,13 +202,17 @@ def _kerker(residual: np.ndarray, lattice: np.ndarray, beta: float, q0: float) -
 
 def complete_scf(system, start: BlockSparse | None = None, settings: ScfSettings | None = None,
                  progress=None, start_density: np.ndarray | None = None,
-                 consistency: SelfConsistency | None = None) -> ScfResult:
+                 consistency: SelfConsistency | None = None,
+                 prior: list[tuple[np.ndarray, np.ndarray]] = ()) -> ScfResult:
     """The self-consistent H of ``system`` (which holds H0, S, its k-mesh, electron count, smearing and
     atomic densities), starting from the atoms' density, from the density of ``start`` (a predicted H),
     or from ``start_density`` itself (e/Å³ on the grid of ``consistency``, e.g. a density model's).
 
     ``progress(iteration, residual)`` is called after every iteration when given. ``consistency``: the
     SelfConsistency of ``system`` at ``settings.spacing`` when one is already set up (its grid is reused).
+    ``prior``: (ρ_in, ρ_out) pairs of Kohn–Sham steps already taken on that grid (a density model's), which
+    start the Pulay history with ``settings.prior_history`` (they cost nothing more: their diagonalisations
+    are done).
     """
     cfg = settings or ScfSettings()
     t0 = time.perf_counter()
@@ -220,8 +227,11 @@ def complete_scf(system, start: BlockSparse | None = None, settings: ScfSettings
     else:
         rho_in, _ = sc.density(start)
         h = sc.hamiltonian(rho_in)
-    rhos: list[np.ndarray] = []
-    res: list[np.ndarray] = []
+    prior = list(prior) if cfg.prior_history else []
+    if any(x.shape != tuple(sc.shape) or y.shape != tuple(sc.shape) for x, y in prior):
+        raise ValueError(f"a prior step's densities are not on the completion's grid {sc.shape}")
+    rhos: list[np.ndarray] = [np.asarray(x, dtype=float) for x, _ in prior][-cfg.history:]
+    res: list[np.ndarray] = [np.asarray(y - x, dtype=float) for x, y in prior][-cfg.history:]
     norms: list[float] = []
     ef = float("nan")
     converged = False

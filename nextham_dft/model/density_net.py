@@ -88,6 +88,11 @@ class DensityConfig:
     #: grows with the crystal's screening (γ); or "screened", b·u⊥ = Δρ_S − Δρ1/(1 + γ), the part of the secant
     #: density beyond one uniform screening constant, at the scale of the converged density change whatever γ
     probe_inputs: str = "response"
+    #: with ``probe``: the largest ratio of the two inputs' sizes (``density_train.input_ratio``; with "response"
+    #: inputs ‖u‖/‖Δρ_S‖, which grows with the screening) over the training set, set by the training script; a
+    #: crystal beyond it gets the secant density without the network's correction (the network would
+    #: extrapolate), and the prediction says so. 0: no limit
+    input_ratio_max: float = 0.0
 
     def __post_init__(self) -> None:
         if self.probe_inputs not in PROBE_INPUTS:

@@ -10,7 +10,7 @@ that the Gaussians cannot hold.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,15 +23,24 @@ from .density_net import atom_graph, density_sites
 from .density_train import FirstStep, first_step
 
 
+def beyond_training(cfg, step: FirstStep) -> bool:
+    """Whether the crystal's inputs are larger, relative to each other, than any of the training set's
+    (``DensityConfig.input_ratio_max``, with 1e-4 relative to spare the training crystals themselves: their grid
+    and coefficient ratios agree to about 1e-6): then the network's correction is left out."""
+    return step.ratio is not None and cfg.input_ratio_max > 0 and step.ratio > cfg.input_ratio_max * (1 + 1e-4)
+
+
 def predict_density_coefficients(model: nn.Module, sc: SelfConsistency, device: str = "cpu",
                                  sites: tuple[Sites, torch.Tensor] | None = None) -> tuple[FirstStep, np.ndarray]:
     """(step, c): the first step (``density_train.first_step``: the network's inputs and, with ``cfg.probe``, the
     secant density's part the Gaussians cannot hold) and the network's neutralised Δρ* coefficients
-    (sites, per_atom), on the grid of ``sc``. ``sites``: ``density_net.density_sites`` of ``sc``'s system when
+    (sites, per_atom), on the grid of ``sc``; for a crystal :func:`beyond_training`, the secant density's. ``sites``: ``density_net.density_sites`` of ``sc``'s system when
     already at hand. The model is moved to ``device`` and float64 (in place)."""
     cfg = model.cfg
     sites, z = sites if sites is not None else density_sites(sc.system, cfg)
     step = first_step(sc, cfg, sites)
+    if beyond_training(cfg, step):  # the secant density alone: the network would extrapolate
+        return step, neutralised(step.inputs[:, :cfg.basis.per_atom], cfg.basis)
     src, dst, vec = atom_graph(sites.lattice, sites.positions, cfg.r_max)
     model = model.to(device=device, dtype=torch.float64).eval()
     with torch.no_grad():
@@ -46,13 +55,17 @@ class DensityPrediction:
     """hamiltonian: H[ρ] (eV) on H(0)'s and S's blocks; density: ρ = ρ_atoms + Δρ_pred (e/Å³) on the grid of
     ``consistency`` (which a completion can reuse: ``core.scf.complete_scf(start_density=...)``);
     timings: seconds per stage; probe: with a probe step, what it measured ({probe: β, secant_factor: b,
-    screening_gamma: γ, the one-constant screening Δρ* ≈ Δρ1/(1 + γ)}), else None."""
+    screening_gamma: γ, the one-constant screening Δρ* ≈ Δρ1/(1 + γ); input_ratio, input_ratio_max: the inputs'
+    ratio and the training set's largest; network_used: false beyond it, where ρ is the secant density}), else
+    None; steps: the (input, output) densities of the Kohn–Sham steps the prediction took (ρ_atoms's, and with a
+    probe ρ_atoms + βΔρ1's), which a completion can start its Pulay history with (``complete_scf(prior=...)``)."""
 
     hamiltonian: BlockSparse
     density: np.ndarray
     consistency: SelfConsistency
     timings: dict
     probe: dict | None = None
+    steps: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
 
 def predict_density(model: nn.Module, system, device: str = "cpu") -> DensityPrediction:
@@ -71,9 +84,13 @@ def predict_density(model: nn.Module, system, device: str = "cpu") -> DensityPre
     probe = None
     if step.secant is not None:
         beta = model.cfg.probe
-        probe = {"probe": beta, "secant_factor": step.secant, "screening_gamma": 1.0 / (beta * step.secant) - 1.0}
+        probe = {"probe": beta, "secant_factor": step.secant, "screening_gamma": 1.0 / (beta * step.secant) - 1.0,
+                 "input_ratio": step.ratio, "input_ratio_max": model.cfg.input_ratio_max or None,
+                 "network_used": not beyond_training(model.cfg, step)}
+    inputs = [sc.rho_atoms, sc.rho_atoms + model.cfg.probe * step.outputs[0]][:len(step.outputs)]
+    steps = [(x, sc.rho_atoms + d) for x, d in zip(inputs, step.outputs)]
     return DensityPrediction(h, rho, sc, {"grid_setup_s": t1 - t0, "first_step_and_network_s": t2 - t1,
-                                          "hamiltonian_s": t3 - t2}, probe)
+                                          "hamiltonian_s": t3 - t2}, probe, steps)
 
 
 def predict_density_hamiltonian(model: nn.Module, system, device: str = "cpu") -> tuple[BlockSparse, dict]:

@@ -59,15 +59,37 @@ def secant_factor(sc: SelfConsistency, d1: np.ndarray, u: np.ndarray, beta: floa
     return 1.0 / (beta + beta_gamma)
 
 
+def input_ratio(sc: SelfConsistency, first: np.ndarray, second: np.ndarray, xc_weight: float) -> float:
+    """‖second‖/‖first‖ of a probe model's two input densities (e/Å³ on the grid: the secant density Δρ_S and the
+    response u, or b·u⊥ with "screened" inputs) in the metric of :func:`secant_factor`. With "response" inputs it
+    grows with the crystal's screening γ (metals, ionic oxides); a network has seen it only up to its training
+    set's largest (``DensityConfig.input_ratio_max``)."""
+    norm = lambda x: float((x * (hartree_potential(x, sc.lattice) + xc_weight * x)).sum())  # noqa: E731
+    den = norm(first)
+    return math.sqrt(norm(second) / den) if den > 0 else math.inf
+
+
+def coefficient_input_ratio(sample: DensitySample) -> float:
+    """:func:`input_ratio` of a training sample with a probe step, from its fitted coefficients and metric (the
+    same quantity up to the grid's discretisation)."""
+    per = sample.c1.shape[1] // 2
+    m = sample.metric.double()
+    first, second = (sample.c1[:, sl].double().reshape(-1) for sl in (slice(0, per), slice(per, None)))
+    return math.sqrt(float(second @ m @ second) / float(first @ m @ first))
+
+
 @dataclass
 class FirstStep:
     """inputs: (sites, inputs·per_atom) the network's input coefficients (:func:`first_step`); unresolved: with a
     probe, the part of the secant density (e/Å³, on the grid) that its Gaussian fit cannot hold, else None;
-    secant: with a probe, b of :func:`secant_factor`, else None."""
+    secant: with a probe, b of :func:`secant_factor`, else None; ratio: with a probe, :func:`input_ratio`;
+    outputs: the steps' output densities minus ρ_atoms (e/Å³ on the grid): (Δρ1,), with a probe (Δρ1, Δρ2)."""
 
     inputs: np.ndarray
     unresolved: np.ndarray | None = None
     secant: float | None = None
+    ratio: float | None = None
+    outputs: tuple[np.ndarray, ...] = ()
 
 
 def first_step(sc: SelfConsistency, cfg: DensityConfig, sites: Sites | None = None) -> FirstStep:
@@ -83,7 +105,7 @@ def first_step(sc: SelfConsistency, cfg: DensityConfig, sites: Sites | None = No
     rho1, _ = sc.density(sc.h0)
     d1 = rho1 - sc.rho_atoms
     if cfg.probe <= 0:
-        return FirstStep(fit_density(sites, sc.shape, sc.origin, sc.dv, d1, cfg.basis))
+        return FirstStep(fit_density(sites, sc.shape, sc.origin, sc.dv, d1, cfg.basis), outputs=(d1,))
     rho2, _ = sc.density(sc.hamiltonian(sc.rho_atoms + cfg.probe * d1))
     u = rho2 - sc.rho_atoms - d1
     f1, fu = fit_densities(sites, sc.shape, sc.origin, sc.dv, [d1, u], cfg.basis)
@@ -94,7 +116,9 @@ def first_step(sc: SelfConsistency, cfg: DensityConfig, sites: Sites | None = No
     unresolved = d1 + b * u - (g1 + b * gu)
     # "screened": Δρ_S − Δρ1/(1 + γ) = b·u⊥ with 1/(1 + γ) = β·b, at the converged density's scale
     second = fu if cfg.probe_inputs == "response" else (1.0 - cfg.probe * b) * f1 + b * fu
-    return FirstStep(np.concatenate([f1 + b * fu, second], axis=1), unresolved - unresolved.mean(), b)
+    inputs = [g1 + b * gu, gu if cfg.probe_inputs == "response" else (1.0 - cfg.probe * b) * g1 + b * gu]
+    return FirstStep(np.concatenate([f1 + b * fu, second], axis=1), unresolved - unresolved.mean(), b,
+                     input_ratio(sc, *inputs, cfg.xc_weight), (d1, rho2 - sc.rho_atoms))
 
 
 def coefficient_metric(sc: SelfConsistency, cfg: DensityConfig, sites: Sites | None = None) -> np.ndarray:

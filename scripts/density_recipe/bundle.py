@@ -3,12 +3,13 @@ pseudopotential files (checksums) and spin modes of its training structures, the
 validation and test metrics.
 
     python scripts/density_recipe/bundle.py density0.pt [density1.pt ...] dataset.h5 [--val acc_val.json] [--test acc_test.json]
-        [--samples-minutes 4] [--out nextham_dft/model/pretrained/density/model.pt]
+        [--samples-minutes 4] [--samples DIR] [--out nextham_dft/model/pretrained/density/model.pt]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -17,8 +18,12 @@ import h5py
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from nextham_dft.model.density_net import DensityConfig  # noqa: E402
+from nextham_dft.model.density_net import DensityConfig, density_members  # noqa: E402
+from nextham_dft.model.density_train import coefficient_input_ratio  # noqa: E402
 from nextham_dft.model.store import PRETRAINED, combine_models, load_model, save_model  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train import load_samples  # noqa: E402
 
 
 def training_inputs(data: str, ids: list[str]) -> tuple[dict, list[str]]:
@@ -41,6 +46,9 @@ def main() -> None:
     ap.add_argument("--val", default=None, help="benchmarks/accuracy.py --split val JSON")
     ap.add_argument("--test", default=None, help="benchmarks/accuracy.py or density_model.py --split test JSON")
     ap.add_argument("--samples-minutes", type=float, default=0.0, help="wall-clock minutes of make_samples.py")
+    ap.add_argument("--samples", default=None,
+                    help="make_samples.py's folder: set the domain (DensityConfig.input_ratio_max) of members trained "
+                         "before train.py recorded it, from the training split's samples")
     ap.add_argument("--name", default="nextham-dojo-density3")
     ap.add_argument("--out", default=str(PRETRAINED / "density" / "model.pt"))
     args = ap.parse_args()
@@ -54,6 +62,12 @@ def main() -> None:
     pps, spins = training_inputs(args.data, train_ids)
     minutes = sum(c.get("training_minutes", 0.0) for c in cards) + args.samples_minutes
     cfg = model.cfg
+    if args.samples and cfg.probe > 0 and not cfg.input_ratio_max:
+        samples = load_samples(Path(args.samples), train_ids)
+        cfg = dataclasses.replace(cfg, input_ratio_max=max(coefficient_input_ratio(s) for s in samples))
+        for m in density_members(model):
+            m.cfg = cfg
+        model.cfg = cfg
     basis = f"--lmax {cfg.lmax}" + ("" if tuple(cfg.sigmas) == DensityConfig.sigmas else
                                     " --sigmas " + ",".join(f"{s:g}" for s in cfg.sigmas))
     basis += " --bond-sites" if cfg.bond_sites else ""

@@ -8,6 +8,7 @@ Writes OUT.pt (+ OUT.json model card: elements, split, recipe, history, training
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -19,7 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from nextham_dft.model.density_net import PROBE_INPUTS, DensityConfig  # noqa: E402
-from nextham_dft.model.density_train import DensitySample, DensityTraining, train_density  # noqa: E402
+from nextham_dft.model.density_train import (  # noqa: E402
+    DensitySample, DensityTraining, coefficient_input_ratio, train_density)
 from nextham_dft.model.store import save_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -91,6 +93,8 @@ def main() -> None:
     if args.probe > 0 and kinds != {args.probe_inputs}:
         sys.exit(f"error: the samples' probe inputs are {', '.join(sorted(kinds))}, not {args.probe_inputs}: pass the same "
                  "--probe-inputs to make_samples.py and train.py")
+    if cfg.probe > 0:  # the network's domain: beyond its training set's largest input ratio it is left out
+        cfg = dataclasses.replace(cfg, input_ratio_max=max(coefficient_input_ratio(s) for s in train))
     settings = DensityTraining(epochs=args.epochs, lr=args.lr, seed=args.seed, weight_decay=args.weight_decay,
                                ema_decay=args.ema)
     t0 = time.perf_counter()
