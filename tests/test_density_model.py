@@ -317,6 +317,30 @@ def test_screened_probe_inputs_are_the_secant_part_beyond_uniform_screening(si2)
         dataclasses.replace(cfg, probe_inputs="raw")
 
 
+def test_the_training_losses_weigh_structures_as_documented(si2):
+    """DensityTraining.loss: "energy" is the error energy per atom over the training norm, "norm" its square root,
+    and "secant-log" log(error / the secant density's error): 0 for a probe network that returns its secant
+    density (a fresh one whose output layer is zeroed), negative when closer to c*."""
+    from nextham_dft.model.density_train import DensityTraining, error_energies, make_sample, structure_losses
+
+    cfg = dataclasses.replace(SMALL, lmax=2, probe=0.3)
+    sample = make_sample(si2, cfg, "si2")
+    charges = torch.tensor(cfg.basis.charges(), dtype=torch.float32)
+    net = DensityNet(cfg)
+    with torch.no_grad():
+        net.out.weight.zero_()  # skip and screening start at zero: the output is the secant density
+        energies = error_energies(net, [sample], charges)
+        energy, norm_, log = (structure_losses(energies, [sample], charges, loss, 2.0)
+                              for loss in ("energy", "norm", "secant-log"))
+        assert float(energy) == pytest.approx(float(energies[0]) / len(sample.z) / 2.0, rel=1e-6)
+        assert float(norm_) == pytest.approx(float(energy) ** 0.5, rel=1e-5)
+        assert abs(float(log)) < 1e-4
+        closer = [0.5 * energies[0]]
+        assert float(structure_losses(closer, [sample], charges, "secant-log", 2.0)) == pytest.approx(np.log(0.5), abs=1e-4)
+    with pytest.raises(ValueError, match="loss"):
+        DensityTraining(loss="l1")
+
+
 def test_training_fits_a_structure_and_keeps_the_best_validation_state(si2_sample):
     from nextham_dft.model.density_train import DensityTraining, relative_error, train_density
 
@@ -587,8 +611,8 @@ def test_the_density_recipe_makes_samples_and_trains_on_any_gaussian_widths_and_
     """scripts/density_recipe end to end on the shipped example: samples and a network with other widths
     (--sigmas, --lmax), a model file whose config holds them; training on samples of another basis is a
     one-line error; --linear-response and a cut graph (--r-max) reach the model's config, a cutoff beyond the
-    samples' graph, a probe step the samples were made without, a negative probe and other probe inputs than the
-    samples' are one-line errors."""
+    samples' graph, a probe step the samples were made without, a negative probe, other probe inputs than the
+    samples' and a loss against the secant density without a probe are one-line errors."""
     import json
     import subprocess
     import sys
@@ -643,3 +667,7 @@ def test_the_density_recipe_makes_samples_and_trains_on_any_gaussian_widths_and_
                   "--probe-inputs", "screened", "--epochs", "2")
     assert trained.returncode == 0, trained.stderr
     assert load_model(tmp_path / "q.pt")[0].cfg.probe_inputs == "screened"
+    log = run("train.py", str(tmp_path / "samples"), str(tmp_path / "split.json"), str(tmp_path / "w.pt"), *basis,
+              "--loss", "secant-log")  # no probe step: no secant density to compare with
+    assert log.returncode != 0 and "--loss" in log.stderr and len(log.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "w.pt").exists()

@@ -183,10 +183,30 @@ def relative_error(model: DensityNet, samples: list[DensitySample], charges: tor
     return num / den
 
 
+#: the training losses of :class:`DensityTraining`
+LOSSES = ("energy", "norm", "secant-log")
+
+
+def structure_losses(energies: list[torch.Tensor], samples: list[DensitySample], charges: torch.Tensor, loss: str,
+                     norm: float) -> torch.Tensor:
+    """Each structure's term of :class:`DensityTraining`'s ``loss`` from its error energy δcᵀMδc (eV); ``norm``:
+    the training set's mean c*ᵀMc* per atom."""
+    per_atom = torch.stack([e / len(s.z) for e, s in zip(energies, samples)]) / norm
+    if loss == "energy":
+        return per_atom
+    if loss == "norm":
+        return torch.sqrt(per_atom + 1e-12)
+    reference = []
+    for s in samples:  # the secant density's own error, the first input (neutralised as the output is)
+        d = (neutralise_torch(s.c1[:, :s.cstar.shape[1]], charges) - s.cstar).reshape(-1)
+        reference.append(d @ s.metric @ d)
+    return torch.log((torch.stack(energies) + 1e-12) / (torch.stack(reference) + 1e-12))
+
+
 @dataclass
 class DensityTraining:
     """epochs, batch (structures), lr (peak of a one-cycle schedule), clip (gradient norm), seed,
-    eval_every (epochs between validations), weight_decay (AdamW's decoupled decay; 0: Adam), ema_decay."""
+    eval_every (epochs between validations), weight_decay (AdamW's decoupled decay; 0: Adam), ema_decay, loss."""
 
     epochs: int = 300
     batch: int = 8
@@ -197,6 +217,15 @@ class DensityTraining:
     weight_decay: float = 0.0
     #: > 0: validate (and return) the exponential moving average of the weights with this decay per step
     ema_decay: float = 0.0
+    #: what is minimised (and validated, to keep the best epoch), over structures: "energy", the mean of the error
+    #: energies δcᵀMδc per atom (the squares: the largest errors dominate); "norm", the mean of their square roots
+    #: (the band error is about linear in the norm); "secant-log", the mean of log(δcᵀMδc / δc_SᵀMδc_S), each
+    #: structure's error against its secant density's (probe models: every structure weighs the same)
+    loss: str = "energy"
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss {self.loss!r}: one of {', '.join(LOSSES)}")
 
 
 def train_density(cfg: DensityConfig, train: list[DensitySample], val: list[DensitySample],
@@ -222,8 +251,7 @@ def train_density(cfg: DensityConfig, train: list[DensitySample], val: list[Dens
         total = 0.0
         for i in range(0, len(train), settings.batch):
             batch = [train[j] for j in perm[i:i + settings.batch]]
-            energies = error_energies(model, batch, charges)
-            loss = sum(e / len(s.z) for e, s in zip(energies, batch)) / len(batch) / norm
+            loss = structure_losses(error_energies(model, batch, charges), batch, charges, settings.loss, norm).mean()
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip)
@@ -236,7 +264,12 @@ def train_density(cfg: DensityConfig, train: list[DensitySample], val: list[Dens
             total += float(loss.detach()) * len(batch)
         if epoch % settings.eval_every == 0 or epoch == settings.epochs:
             shadow.eval()
-            v = relative_error(shadow, val, charges)
+            if settings.loss == "energy":
+                v = relative_error(shadow, val, charges)
+            else:
+                with torch.no_grad():
+                    v = float(structure_losses(error_energies(shadow, val, charges), val, charges, settings.loss,
+                                               norm).mean())
             if v < best:
                 best, best_state = v, {k: x.clone() for k, x in shadow.state_dict().items()}
             history.append({"epoch": epoch, "train": total / len(train), "val": v,

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from nextham_dft.model.density_net import PROBE_INPUTS, DensityConfig  # noqa: E402
 from nextham_dft.model.density_train import (  # noqa: E402
-    DensitySample, DensityTraining, coefficient_input_ratio, train_density)
+    LOSSES, DensitySample, DensityTraining, coefficient_input_ratio, train_density)
 from nextham_dft.model.store import save_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -62,6 +62,7 @@ def main() -> None:
                     help="Gaussian widths (Å), comma-separated; the samples' and the network's must match")
     ap.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's decay (0: Adam)")
     ap.add_argument("--ema", type=float, default=0.0, help="validate and keep the weights' moving average with this decay per step")
+    ap.add_argument("--loss", choices=LOSSES, default="energy", help="DensityTraining.loss")
     ap.add_argument("--screening", action="store_true", help="DensityConfig.screening")
     ap.add_argument("--linear-response", action="store_true", help="DensityConfig.linear_response")
     ap.add_argument("--r-max", type=float, default=DensityConfig.r_max,
@@ -72,6 +73,8 @@ def main() -> None:
     folder = Path(args.samples)
     if args.probe < 0:
         sys.exit(f"error: --probe {args.probe}: give a step fraction > 0, or 0 for none")
+    if args.loss == "secant-log" and args.probe <= 0:
+        sys.exit("error: --loss secant-log compares with the secant density: it needs --probe")
     if not 0 < args.r_max <= DensityConfig.r_max:
         sys.exit(f"error: --r-max {args.r_max}: the samples' graphs reach {DensityConfig.r_max} Å; give a cutoff in (0, "
                  f"{DensityConfig.r_max}]")
@@ -96,7 +99,7 @@ def main() -> None:
     if cfg.probe > 0:  # the network's domain: beyond its training set's largest input ratio it is left out
         cfg = dataclasses.replace(cfg, input_ratio_max=max(coefficient_input_ratio(s) for s in train))
     settings = DensityTraining(epochs=args.epochs, lr=args.lr, seed=args.seed, weight_decay=args.weight_decay,
-                               ema_decay=args.ema)
+                               ema_decay=args.ema, loss=args.loss)
     t0 = time.perf_counter()
     model, info = train_density(cfg, train, val, settings, log=lambda m: print(m, flush=True))
     minutes = (time.perf_counter() - t0) / 60
