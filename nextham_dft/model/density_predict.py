@@ -19,11 +19,11 @@ from torch import nn
 from ..core.blocks import BlockSparse
 from ..core.gaussians import Sites, density_of, neutralised
 from ..core.scf import SelfConsistency
-from .density_net import atom_graph, density_sites
+from .density_net import DensityConfig, atom_graph, density_sites
 from .density_train import FirstStep, first_step
 
 
-def beyond_training(cfg, step: FirstStep) -> bool:
+def beyond_training(cfg: DensityConfig, step: FirstStep) -> bool:
     """Whether the crystal's inputs are larger, relative to each other, than any of the training set's
     (``DensityConfig.input_ratio_max``, with 1e-4 relative to spare the training crystals themselves: their grid
     and coefficient ratios agree to about 1e-6): then the network's correction is left out."""
@@ -34,8 +34,9 @@ def predict_density_coefficients(model: nn.Module, sc: SelfConsistency, device: 
                                  sites: tuple[Sites, torch.Tensor] | None = None) -> tuple[FirstStep, np.ndarray]:
     """(step, c): the first step (``density_train.first_step``: the network's inputs and, with ``cfg.probe``, the
     secant density's part the Gaussians cannot hold) and the network's neutralised Δρ* coefficients
-    (sites, per_atom), on the grid of ``sc``; for a crystal :func:`beyond_training`, the secant density's. ``sites``: ``density_net.density_sites`` of ``sc``'s system when
-    already at hand. The model is moved to ``device`` and float64 (in place)."""
+    (sites, per_atom), on the grid of ``sc``; for a crystal :func:`beyond_training`, the secant density's.
+    ``sites``: ``density_net.density_sites`` of ``sc``'s system when already at hand. The model is moved to
+    ``device`` and float64 (in place)."""
     cfg = model.cfg
     sites, z = sites if sites is not None else density_sites(sc.system, cfg)
     step = first_step(sc, cfg, sites)
