@@ -106,13 +106,14 @@ def main() -> None:
     from pymatgen.core.periodic_table import Element
 
     elements = sorted({Element.from_Z(int(z)).symbol for s in train for z in s.z if int(z) > 0})
+    what = "relative error" if args.loss == "energy" else f"{args.loss} loss"  # what the best epoch was kept by
     card = {"name": Path(args.out).stem, "kind": "density", "elements": elements, "split": split,
             "recipe": " ".join(["python"] + sys.argv), "training_minutes": round(minutes, 1),
             "hardware": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, CPU",
-            "best_val_relative_error": info["best_val"], "history": info["history"],
+            f"best_val_{what.replace(' ', '_').replace('-', '_')}": info["best_val"], "history": info["history"],
             "training": settings.__dict__}
     save_model(args.out, model, card)
-    print(f"wrote {args.out}: best validation relative error {info['best_val']:.4f}, {minutes:.1f} min", flush=True)
+    print(f"wrote {args.out}: best validation {what} {info['best_val']:.4f}, {minutes:.1f} min", flush=True)
 
 
 if __name__ == "__main__":
