@@ -493,6 +493,65 @@ def test_prior_steps_start_the_pulay_history(si2):
         step(True, [(rho_star[:-1], rho_star[:-1])])
 
 
+def test_cross_validation_folds_partition_the_split_and_score_each_structure_once(tmp_path, si2):
+    """scripts/density_recipe/cross_validate.py: the folds' held-out parts partition train + val (never the test
+    ids) and each fold trains on the rest; `eval` scores every NAME=MODEL on a fold's structures (H(0) beside),
+    the domain guard applied (a model whose domain excludes Si2 scores its secant density, not the network's);
+    `summary` prints a line per name; bad arguments are one-line errors."""
+    import json
+    import subprocess
+    import sys
+
+    import h5py
+
+    from nextham_dft.dataset import write_system
+    from nextham_dft.model.store import save_model
+
+    recipe = EXAMPLE.parents[1] / "scripts" / "density_recipe"
+    sys.path.insert(0, str(recipe))
+    try:
+        from cross_validate import make_folds
+    finally:
+        sys.path.remove(str(recipe))
+    split = {"train": [f"a{i}" for i in range(7)], "val": ["b0", "b1"], "test": ["c0"]}
+    folds = make_folds(split, 3)
+    held = [x for f in folds for x in f["val"]]
+    assert sorted(held) == sorted(split["train"] + split["val"]) and len(set(held)) == len(held)
+    assert all(set(f["train"]) | set(f["val"]) == set(held) and not set(f["train"]) & set(f["val"]) for f in folds)
+    assert make_folds(split, 3) == folds
+
+    def run(*args):
+        return subprocess.run([sys.executable, str(recipe / "cross_validate.py"), *args], capture_output=True, text=True,
+                              timeout=600)
+
+    with h5py.File(tmp_path / "data.h5", "w") as f:
+        write_system(f.create_group("si2"), si2)
+    (tmp_path / "fold.json").write_text(json.dumps({"train": [], "val": ["si2"], "test": []}))
+    cfg = dataclasses.replace(SMALL, lmax=2, probe=0.3)
+    torch.manual_seed(0)
+    net = DensityNet(cfg)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_model(tmp_path / "wide.pt", net, {"name": "wide"})
+    net.cfg = dataclasses.replace(cfg, input_ratio_max=1e-6)  # Si2 lies beyond: the secant density
+    save_model(tmp_path / "narrow.pt", net, {"name": "narrow"})
+    done = run("eval", str(tmp_path / "data.h5"), str(tmp_path / "fold.json"), f"wide={tmp_path / 'wide.pt'}",
+               f"narrow={tmp_path / 'narrow.pt'}", "--json", str(tmp_path / "e.json"))
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((tmp_path / "e.json").read_text())
+    assert set(rows) == {"wide", "narrow"} and all(len(r) == 1 and r[0]["id"] == "si2" for r in rows.values())
+    wide, narrow = (rows[k][0]["predicted"]["band_mae_shifted_mev"] for k in ("wide", "narrow"))
+    assert wide != pytest.approx(narrow) and rows["wide"][0]["h0"] == rows["narrow"][0]["h0"]
+    summary = run("summary", str(tmp_path / "e.json"))
+    assert summary.returncode == 0 and summary.stdout.count("structures, shifted bands") == 2
+    bad = run("eval", str(tmp_path / "data.h5"), str(tmp_path / "fold.json"), str(tmp_path / "wide.pt"),
+              "--json", str(tmp_path / "x.json"))
+    assert bad.returncode != 0 and "NAME=MODEL" in bad.stderr and not (tmp_path / "x.json").exists()
+    few = run("folds", str(tmp_path / "fold.json"), str(tmp_path / "cv"), "--k", "1")
+    assert few.returncode != 0 and "2 folds" in few.stderr and len(few.stderr.strip().splitlines()) == 1
+
+
 def test_the_bundled_density_model_card_and_prediction(tmp_path):
     """`--model density`: its card (training inputs with checksums, the bundled split, under 2 h of
     training), and on the shipped example it beats H(0) by far (3.0 against 138 meV bands, H after μS 0.09

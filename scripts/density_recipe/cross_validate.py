@@ -1,0 +1,139 @@
+"""K-fold cross-validation of density-model recipes over the training and validation structures of a split:
+a larger test of a choice than the validation split's 14 structures (session 27: two losses that validation
+could not tell apart were compared over 120 structures this way).
+
+    python scripts/density_recipe/cross_validate.py folds split.json cv [--k 3]
+    # per fold k and recipe NAME: train.py samples cv/fold{k}.json cv/NAME{k}.pt ... (the recipe's options)
+    python scripts/density_recipe/cross_validate.py eval dataset.h5 cv/fold0.json energy=cv/energy0.pt norm=cv/norm0.pt --json cv/eval0.json
+    python scripts/density_recipe/cross_validate.py summary cv/eval0.json cv/eval1.json cv/eval2.json
+
+``folds``: the split's train + val ids, sorted, fold k = ids[k::K]; cv/fold{k}.json trains on the others and
+validates (keeps the best epoch) on fold k. ``eval``: each structure of the fold's "val" predicted by every
+NAME=MODEL (one first step shared; a model's domain guard applies), scored by ``evaluation.evaluate``.
+``summary``: per NAME over all folds, the mean and median shifted band MAE (meV), H after μS (meV), ghost and
+far states, and the structures worse than H(0) in bands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from nextham_dft.core.gaussians import density_of, neutralised  # noqa: E402
+from nextham_dft.core.scf import SelfConsistency  # noqa: E402
+from nextham_dft.dataset import iter_dataset  # noqa: E402
+from nextham_dft.errors import NexthamError  # noqa: E402
+from nextham_dft.evaluation import evaluate, summarise  # noqa: E402
+from nextham_dft.model.density_net import atom_graph, density_sites  # noqa: E402
+from nextham_dft.model.density_predict import beyond_training  # noqa: E402
+from nextham_dft.model.density_train import first_step  # noqa: E402
+from nextham_dft.model.store import load_model  # noqa: E402
+
+
+def make_folds(split: dict, k: int) -> list[dict]:
+    """K splits {train, val, test: []} whose val parts partition the split's train + val ids (sorted, every k-th)."""
+    ids = sorted(set(split["train"]) | set(split["val"]))
+    folds = []
+    for i in range(k):
+        held = ids[i::k]
+        folds.append({"train": [x for x in ids if x not in set(held)], "val": held, "test": []})
+    return folds
+
+
+def evaluate_fold(data: str, fold: dict, models: dict[str, torch.nn.Module], log=print) -> dict[str, list[dict]]:
+    """{name: rows}: each structure of ``fold["val"]`` predicted by every model (their configs must share the
+    probe step, basis and grid: one first step serves them all)."""
+    first = next(iter(models.values())).cfg
+    if len({(m.cfg.probe, m.cfg.probe_inputs, m.cfg.spacing, m.cfg.sigmas, m.cfg.lmax, m.cfg.r_max)
+            for m in models.values()}) > 1:
+        raise ValueError("the models' probe steps, Gaussians, grids or cutoffs differ: evaluate them apart")
+    rows: dict[str, list[dict]] = {name: [] for name in models}
+    for system in iter_dataset(data, ids=fold["val"]):
+        t = time.perf_counter()
+        sc = SelfConsistency(system, first.spacing)
+        sites, z = density_sites(system, first)
+        step = first_step(sc, first, sites)
+        src, dst, vec = (torch.tensor(a) for a in atom_graph(sites.lattice, sites.positions, first.r_max))
+        scores = []
+        for name, model in models.items():
+            if beyond_training(model.cfg, step):  # the domain guard, as predict applies it
+                c = neutralised(step.inputs[:, :first.basis.per_atom], first.basis)
+            else:
+                with torch.no_grad():
+                    c = neutralised(model(z, torch.tensor(step.inputs), src, dst, vec).numpy(), first.basis)
+            rho = sc.rho_atoms + density_of(sites, sc.shape, sc.origin, c, first.basis)
+            if step.unresolved is not None:
+                rho = rho + step.unresolved
+            row = {"id": system.meta["id"], "formula": system.formula, "spin": system.spin_mode,
+                   **evaluate(system, sc.hamiltonian(rho))}
+            rows[name].append(row)
+            scores.append(f"{name} {row['predicted']['band_mae_shifted_mev']:.2f}")
+        log(f"{system.meta['id']} {system.formula}: {', '.join(scores)} meV; {time.perf_counter() - t:.1f} s")
+    return rows
+
+
+def summary_lines(rows: dict[str, list[dict]]) -> list[str]:
+    """One line per name: the cross-validation metrics over all its rows."""
+    out = []
+    for name, r in rows.items():
+        s = summarise(r)
+        bands = [x["predicted"]["band_mae_shifted_mev"] for x in r]
+        worse = [x["formula"] for x in r if x["predicted"]["band_mae_shifted_mev"] > x["h0"]["band_mae_shifted_mev"]]
+        out.append(f"{name}: {len(r)} structures, shifted bands mean {np.mean(bands):.2f} / median {np.median(bands):.2f} "
+                   f"meV (H(0) {s['h0']['band_mae_shifted_mev']:.1f}), H after μS {s['predicted']['h_mae_shifted_mev']:.3f} "
+                   f"meV (H(0) {s['h0']['h_mae_shifted_mev']:.3f}), ghost states {s['predicted']['ghost_states']:.0f}, "
+                   f"far states {s['predicted']['far_states']:.0f}; worse than H(0): {', '.join(worse) or 'none'}")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    f = sub.add_parser("folds", help="write fold0.json … from a split's train + val")
+    f.add_argument("split")
+    f.add_argument("out")
+    f.add_argument("--k", type=int, default=3)
+    e = sub.add_parser("eval", help="score NAME=MODEL pairs on one fold's held-out structures")
+    e.add_argument("data")
+    e.add_argument("fold")
+    e.add_argument("models", nargs="+", help="NAME=MODEL.pt")
+    e.add_argument("--json", required=True)
+    s = sub.add_parser("summary", help="the metrics over every fold's eval JSON")
+    s.add_argument("evals", nargs="+")
+    args = ap.parse_args()
+    if args.command == "folds":
+        if args.k < 2:
+            sys.exit(f"error: --k {args.k}: cross-validation needs at least 2 folds")
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for i, fold in enumerate(make_folds(json.loads(Path(args.split).read_text()), args.k)):
+            (out / f"fold{i}.json").write_text(json.dumps(fold))
+        print(f"wrote {args.k} folds to {out}")
+    elif args.command == "eval":
+        pairs = [m.split("=", 1) for m in args.models]
+        if any(len(p) != 2 or not p[0] for p in pairs):
+            sys.exit("error: give the models as NAME=MODEL.pt")
+        try:
+            models = {name: load_model(path)[0].double().eval() for name, path in pairs}
+            rows = evaluate_fold(args.data, json.loads(Path(args.fold).read_text()), models)
+        except (ValueError, NexthamError) as exc:
+            sys.exit(f"error: {exc}")
+        Path(args.json).write_text(json.dumps(rows, default=float))
+    else:
+        rows: dict[str, list[dict]] = {}
+        for path in args.evals:
+            for name, r in json.loads(Path(path).read_text()).items():
+                rows.setdefault(name, []).extend(r)
+        print("\n".join(summary_lines(rows)))
+
+
+if __name__ == "__main__":
+    main()
