@@ -46,6 +46,7 @@ BOND = -1
 #: the second input of a model with a probe step (``DensityConfig.probe_inputs``)
 PROBE_INPUTS = ("response", "screened")
 
+
 @dataclass(frozen=True)
 class DensityConfig:
     """sigmas (Å), lmax, ridge: the Gaussians of the densities (``core.gaussians.GaussianBasis``);

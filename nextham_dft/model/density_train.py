@@ -98,9 +98,9 @@ def first_step(sc: SelfConsistency, cfg: DensityConfig, sites: Sites | None = No
     a probe step gives Δρ2 = ρ_out(H[ρ_atoms + β Δρ1]) − ρ_atoms (one H[ρ] and a second diagonalisation), and the
     inputs are the fit of the secant density Δρ_S = Δρ1 + b(Δρ2 − Δρ1) (:func:`secant_factor` of the fits; the
     network corrects it) and the fit of Δρ2 − Δρ1 = β J Δρ1, the crystal's own response (``probe_inputs``
-    "response"), or of Δρ_S − Δρ1/(1 + γ), the secant density's part beyond uniform screening ("screened"). The part of Δρ_S the
-    Gaussians cannot hold (sharp and l > lmax parts, such as tetrahedral bond charge) is kept on the grid: the
-    converged density's is close to it."""
+    "response"), or of Δρ_S − Δρ1/(1 + γ), the secant density's part beyond uniform screening ("screened").
+    The part of Δρ_S the Gaussians cannot hold (sharp and l > lmax parts, such as tetrahedral bond charge) is
+    kept on the grid: the converged density's is close to it."""
     sites = sites if sites is not None else density_sites(sc.system, cfg)[0]
     rho1, _ = sc.density(sc.h0)
     d1 = rho1 - sc.rho_atoms
@@ -114,11 +114,11 @@ def first_step(sc: SelfConsistency, cfg: DensityConfig, sites: Sites | None = No
     # densities' sharp core-region parts would weigh in the L2 term)
     b = secant_factor(sc, g1, gu, cfg.probe, cfg.xc_weight)
     unresolved = d1 + b * u - (g1 + b * gu)
-    # "screened": Δρ_S − Δρ1/(1 + γ) = b·u⊥ with 1/(1 + γ) = β·b, at the converged density's scale
-    second = fu if cfg.probe_inputs == "response" else (1.0 - cfg.probe * b) * f1 + b * fu
-    inputs = [g1 + b * gu, gu if cfg.probe_inputs == "response" else (1.0 - cfg.probe * b) * g1 + b * gu]
-    return FirstStep(np.concatenate([f1 + b * fu, second], axis=1), unresolved - unresolved.mean(), b,
-                     input_ratio(sc, *inputs, cfg.xc_weight), (d1, rho2 - sc.rho_atoms))
+    # the second input w1·Δρ1 + wu·u: u itself, or ("screened") Δρ_S − Δρ1/(1 + γ) = b·u⊥, 1/(1 + γ) = β·b
+    w1, wu = (0.0, 1.0) if cfg.probe_inputs == "response" else (1.0 - cfg.probe * b, b)
+    ratio = input_ratio(sc, g1 + b * gu, w1 * g1 + wu * gu, cfg.xc_weight)
+    return FirstStep(np.concatenate([f1 + b * fu, w1 * f1 + wu * fu], axis=1), unresolved - unresolved.mean(), b,
+                     ratio, (d1, rho2 - sc.rho_atoms))
 
 
 def coefficient_metric(sc: SelfConsistency, cfg: DensityConfig, sites: Sites | None = None) -> np.ndarray:
