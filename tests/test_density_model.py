@@ -243,19 +243,33 @@ def test_the_converged_density_fit_gives_the_dft_bands_and_the_first_step_oversh
 
 def test_the_secant_factor_inverts_a_uniform_screening_and_never_amplifies():
     """If the probe's response is u = −βγΔρ1 (J one screening constant −γ), the secant density Δρ1 + b·u is the
-    fixed point Δρ1/(1 + γ); a response that would amplify (γ < 0) is clamped to b = 1/β."""
+    fixed point Δρ1/(1 + γ), by either method; a response that would amplify (γ < 0) is clamped to b = 1/β.
+    "anderson" minimises the linear model's residual (1 − βb)Δρ1 + b·u over b in (0, 1/β]."""
     from types import SimpleNamespace
 
+    from nextham_dft.core.hxc import hartree_potential
     from nextham_dft.model.density_train import secant_factor
 
     rng = np.random.default_rng(0)
     sc = SimpleNamespace(lattice=np.diag([4.0, 5.0, 6.0]), dv=0.01)
     d1 = rng.normal(size=(12, 15, 18))
     d1 -= d1.mean()
-    for beta, gamma in [(0.3, 2.5), (0.5, 0.4)]:
-        b = secant_factor(sc, d1, -beta * gamma * d1, beta, 20.0)
-        assert np.allclose(d1 + b * (-beta * gamma * d1), d1 / (1 + gamma), rtol=1e-12, atol=1e-12)
-    assert secant_factor(sc, d1, 0.4 * d1, 0.3, 20.0) == pytest.approx(1 / 0.3)
+    for method in ("projection", "anderson"):
+        for beta, gamma in [(0.3, 2.5), (0.5, 0.4)]:
+            b = secant_factor(sc, d1, -beta * gamma * d1, beta, 20.0, method)
+            assert np.allclose(d1 + b * (-beta * gamma * d1), d1 / (1 + gamma), rtol=1e-12, atol=1e-12)
+        assert secant_factor(sc, d1, 0.4 * d1, 0.3, 20.0, method) == pytest.approx(1 / 0.3)
+    # a large response that is not a multiple of Δρ1: the projection follows its Δρ1 part, Anderson takes the
+    # step that minimises the linear model's residual, so its secant residual is no larger
+    other = rng.normal(size=d1.shape)
+    other -= other.mean()
+    u = -0.3 * 0.5 * d1 + 3.0 * other
+    kernel = lambda x: hartree_potential(x, sc.lattice) + 20.0 * x  # noqa: E731
+    residual = lambda b: (lambda r: float((r * kernel(r)).sum()))((1 - 0.3 * b) * d1 + b * u)  # noqa: E731
+    b_p, b_a = (secant_factor(sc, d1, u, 0.3, 20.0, m) for m in ("projection", "anderson"))
+    assert residual(b_a) < residual(b_p) and 0 < b_a <= 1 / 0.3
+    for b in np.linspace(0.01, 1 / 0.3, 21):
+        assert residual(b_a) <= residual(b) + 1e-9
 
 
 def test_a_probe_step_measures_the_screening_of_si2(si2):

@@ -45,6 +45,8 @@ BOND = -1
 
 #: the second input of a model with a probe step (``DensityConfig.probe_inputs``)
 PROBE_INPUTS = ("response", "screened")
+#: how a model with a probe step sets its secant factor (``DensityConfig.secant``, ``density_train.secant_factor``)
+SECANTS = ("projection", "anderson")
 
 
 @dataclass(frozen=True)
@@ -94,10 +96,15 @@ class DensityConfig:
     #: crystal beyond it gets the secant density without the network's correction (the network would
     #: extrapolate), and the prediction says so. 0: no limit
     input_ratio_max: float = 0.0
+    #: with ``probe``: how the secant factor b is set (``density_train.secant_factor``): "projection" (γ from the
+    #: projection of the response on Δρ1) or "anderson" (the two-point residual minimum)
+    secant: str = "projection"
 
     def __post_init__(self) -> None:
         if self.probe_inputs not in PROBE_INPUTS:
             raise ValueError(f"probe_inputs {self.probe_inputs!r}: one of {', '.join(PROBE_INPUTS)}")
+        if self.secant not in SECANTS:
+            raise ValueError(f"secant {self.secant!r}: one of {', '.join(SECANTS)}")
 
     @property
     def inputs(self) -> int:

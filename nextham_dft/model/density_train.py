@@ -46,13 +46,28 @@ class DensitySample:
     vec: torch.Tensor
     #: ``DensityConfig.probe_inputs`` of the inputs c1 (with a probe step)
     probe_inputs: str = "response"
+    #: ``DensityConfig.secant`` of the inputs c1 (with a probe step)
+    secant: str = "projection"
 
 
-def secant_factor(sc: SelfConsistency, d1: np.ndarray, u: np.ndarray, beta: float, xc_weight: float) -> float:
+def secant_factor(sc: SelfConsistency, d1: np.ndarray, u: np.ndarray, beta: float, xc_weight: float,
+                  method: str = "projection") -> float:
     """b of the secant density Δρ1 + b·u (module docstring): u = Δρ2 − Δρ1 is β·J·Δρ1, the response to the probe
     step βΔρ1. Modelling J as one screening constant −γ, u = −βγΔρ1 and the fixed point is Δρ1/(1 + γ) =
-    Δρ1 + u/(β(1 + γ)); γ from least squares in the metric of :func:`coefficient_metric` (Hartree + xc_weight·L2,
-    on the grid), and γ ≥ 0 (a density change is screened, never amplified), so 0 < b ≤ 1/β."""
+    Δρ1 + u/(β(1 + γ)). In the metric of :func:`coefficient_metric` (Hartree + xc_weight·L2, on the grid):
+
+    - "projection": γ by least squares, u ≈ −βγΔρ1, with γ ≥ 0 (a density change is screened, never amplified);
+    - "anderson": b = a/β with a minimising the linear model's residual ‖(1 − a)Δρ1 + (a/β)u‖ at ρ_atoms + aβΔρ1
+      (a two-point Anderson step), a in (0, 1], else 1 (γ < 0: clamped as above). It equals "projection" when u is a multiple of Δρ1, and does not
+      follow a large u that is not (monolayers in vacuum, whose projection secant is worse than Δρ1 itself).
+
+    Either way 0 < b ≤ 1/β."""
+    if method == "anderson":
+        v = d1 - u / beta  # the residual's change per unit a
+        kernel_v = hartree_potential(v, sc.lattice) + xc_weight * v  # one Poisson solve
+        vv = float((v * kernel_v).sum() * sc.dv)
+        a = float((d1 * kernel_v).sum() * sc.dv) / vv if vv > 0 else 1.0
+        return (a if 0.0 < a <= 1.0 else 1.0) / beta  # a ∉ (0, 1]: the response amplifies (γ < 0), as clamped above
     kernel_d1 = hartree_potential(d1, sc.lattice) + xc_weight * d1  # the metric applied to Δρ1 (one Poisson solve)
     norm = float((d1 * kernel_d1).sum() * sc.dv)
     beta_gamma = max(0.0, -float((u * kernel_d1).sum() * sc.dv) / norm) if norm > 0 else 0.0  # the metric is symmetric
@@ -112,7 +127,7 @@ def first_step(sc: SelfConsistency, cfg: DensityConfig, sites: Sites | None = No
     g1, gu = densities_of(sites, sc.shape, sc.origin, [f1, fu], cfg.basis)
     # γ from the fitted densities: the smooth part the network sees, in the metric it is trained in (the raw
     # densities' sharp core-region parts would weigh in the L2 term)
-    b = secant_factor(sc, g1, gu, cfg.probe, cfg.xc_weight)
+    b = secant_factor(sc, g1, gu, cfg.probe, cfg.xc_weight, cfg.secant)
     unresolved = d1 + b * u - (g1 + b * gu)
     # the second input w1·Δρ1 + wu·u: u itself, or ("screened") Δρ_S − Δρ1/(1 + γ) = b·u⊥, 1/(1 + γ) = β·b
     w1, wu = (0.0, 1.0) if cfg.probe_inputs == "response" else (1.0 - cfg.probe * b, b)
@@ -145,7 +160,7 @@ def make_sample(system, cfg: DensityConfig, sid: str = "") -> DensitySample:
                          torch.tensor(cstar, dtype=torch.float32),
                          torch.tensor(coefficient_metric(sc, cfg, sites), dtype=torch.float32),
                          torch.tensor(src), torch.tensor(dst), torch.tensor(vec, dtype=torch.float32),
-                         cfg.probe_inputs)
+                         cfg.probe_inputs, cfg.secant)
 
 
 def neutralise_torch(c: torch.Tensor, charges: torch.Tensor) -> torch.Tensor:

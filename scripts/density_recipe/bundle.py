@@ -73,6 +73,7 @@ def main() -> None:
     basis += " --bond-sites" if cfg.bond_sites else ""
     basis += f" --probe {cfg.probe:g}" if cfg.probe > 0 else ""
     basis += f" --probe-inputs {cfg.probe_inputs}" if cfg.probe > 0 and cfg.probe_inputs != "response" else ""
+    basis += f" --secant {cfg.secant}" if cfg.probe > 0 and cfg.secant != "projection" else ""
     samples_cmd = " & ".join(f"python scripts/density_recipe/make_samples.py dataset.h5 samples {basis} --part {k}/2"
                              for k in (0, 1))
     train_cmds = []

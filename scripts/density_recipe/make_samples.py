@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from nextham_dft.dataset import iter_dataset, list_ids  # noqa: E402
-from nextham_dft.model.density_net import PROBE_INPUTS, DensityConfig  # noqa: E402
+from nextham_dft.model.density_net import PROBE_INPUTS, SECANTS, DensityConfig  # noqa: E402
 from nextham_dft.model.density_train import make_sample  # noqa: E402
 
 
@@ -47,6 +47,8 @@ def main() -> None:
     ap.add_argument("--probe-inputs", choices=PROBE_INPUTS, default="response",
                     help="DensityConfig.probe_inputs: the probe's response itself, or the secant density's part beyond "
                          "uniform screening; samples and network must agree")
+    ap.add_argument("--secant", choices=SECANTS, default="projection",
+                    help="DensityConfig.secant: how the secant factor is set; samples and network must agree")
     ap.add_argument("--sigmas", type=widths, default=DensityConfig.sigmas,
                     help="Gaussian widths (Å), comma-separated; the samples' and the network's must match")
     args = ap.parse_args()
@@ -54,7 +56,7 @@ def main() -> None:
     if args.probe < 0:
         sys.exit(f"error: --probe {args.probe}: give a step fraction > 0, or 0 for none")
     cfg = DensityConfig(lmax=args.lmax, sigmas=args.sigmas, bond_sites=args.bond_sites, probe=args.probe,
-                        probe_inputs=args.probe_inputs)
+                        probe_inputs=args.probe_inputs, secant=args.secant)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ids = [i for i in list_ids(args.data)[k::n] if not (out / f"{i}.pt").exists()]

@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from nextham_dft.model.density_net import PROBE_INPUTS, DensityConfig  # noqa: E402
+from nextham_dft.model.density_net import PROBE_INPUTS, SECANTS, DensityConfig  # noqa: E402
 from nextham_dft.model.density_train import (  # noqa: E402
     LOSSES, DensitySample, DensityTraining, coefficient_input_ratio, train_density)
 from nextham_dft.model.store import save_model  # noqa: E402
@@ -58,6 +58,8 @@ def main() -> None:
                          "samples and network must agree")
     ap.add_argument("--probe-inputs", choices=PROBE_INPUTS, default="response",
                     help="DensityConfig.probe_inputs; the samples' (make_samples.py --probe-inputs) must match")
+    ap.add_argument("--secant", choices=SECANTS, default="projection",
+                    help="DensityConfig.secant: how the secant factor is set; samples and network must agree")
     ap.add_argument("--sigmas", type=widths, default=DensityConfig.sigmas,
                     help="Gaussian widths (Å), comma-separated; the samples' and the network's must match")
     ap.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's decay (0: Adam)")
@@ -82,7 +84,7 @@ def main() -> None:
     print(f"{len(train)} training and {len(val)} validation structures", flush=True)
     cfg = DensityConfig(lmax=args.lmax, sigmas=args.sigmas, screening=args.screening, bond_sites=args.bond_sites,
                         linear_response=args.linear_response, r_max=args.r_max, probe=args.probe,
-                        probe_inputs=args.probe_inputs)
+                        probe_inputs=args.probe_inputs, secant=args.secant)
     made = {tuple(s.c1.shape[1:]) for s in train + val}
     bonds = {bool((s.z < 0).any()) for s in train + val}
     if bonds != {args.bond_sites}:
@@ -96,6 +98,10 @@ def main() -> None:
     if args.probe > 0 and kinds != {args.probe_inputs}:
         sys.exit(f"error: the samples' probe inputs are {', '.join(sorted(kinds))}, not {args.probe_inputs}: pass the same "
                  "--probe-inputs to make_samples.py and train.py")
+    secants = {s.secant for s in train + val}
+    if args.probe > 0 and secants != {args.secant}:
+        sys.exit(f"error: the samples' secant factor is by {', '.join(sorted(secants))}, not {args.secant}: pass the "
+                 "same --secant to make_samples.py and train.py")
     if cfg.probe > 0:  # the network's domain: beyond its training set's largest input ratio it is left out
         cfg = dataclasses.replace(cfg, input_ratio_max=max(coefficient_input_ratio(s) for s in train))
     settings = DensityTraining(epochs=args.epochs, lr=args.lr, seed=args.seed, weight_decay=args.weight_decay,
