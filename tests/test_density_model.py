@@ -511,7 +511,8 @@ def test_cross_validation_folds_partition_the_split_and_score_each_structure_onc
     """scripts/density_recipe/cross_validate.py: the folds' held-out parts partition train + val (never the test
     ids) and each fold trains on the rest; `eval` scores every NAME=MODEL on a fold's structures (H(0) beside),
     the domain guard applied (a model whose domain excludes Si2 scores its secant density, not the network's);
-    `summary` prints a line per name; bad arguments are one-line errors."""
+    `summary` prints a line per name; bad arguments are one-line errors, and existing results are not
+    overwritten."""
     import json
     import subprocess
     import sys
@@ -557,12 +558,25 @@ def test_cross_validation_folds_partition_the_split_and_score_each_structure_onc
     assert set(rows) == {"wide", "narrow"} and all(len(r) == 1 and r[0]["id"] == "si2" for r in rows.values())
     wide, narrow = (rows[k][0]["predicted"]["band_mae_shifted_mev"] for k in ("wide", "narrow"))
     assert wide != pytest.approx(narrow) and rows["wide"][0]["h0"] == rows["narrow"][0]["h0"]
+    before = (tmp_path / "e.json").read_text()
+    again = run("eval", str(tmp_path / "data.h5"), str(tmp_path / "fold.json"), f"wide={tmp_path / 'wide.pt'}",
+                "--json", str(tmp_path / "e.json"))  # an existing result is not overwritten
+    assert again.returncode != 0 and "exists" in again.stderr and (tmp_path / "e.json").read_text() == before
+    assert run("folds", str(tmp_path / "fold.json"), str(tmp_path / "cv")).returncode == 0
+    twice = run("folds", str(tmp_path / "fold.json"), str(tmp_path / "cv"))
+    assert twice.returncode != 0 and "new folder" in twice.stderr and len(twice.stderr.strip().splitlines()) == 1
     summary = run("summary", str(tmp_path / "e.json"))
     assert summary.returncode == 0 and summary.stdout.count("structures, shifted bands") == 2
     bad = run("eval", str(tmp_path / "data.h5"), str(tmp_path / "fold.json"), str(tmp_path / "wide.pt"),
               "--json", str(tmp_path / "x.json"))
     assert bad.returncode != 0 and "NAME=MODEL" in bad.stderr and not (tmp_path / "x.json").exists()
-    few = run("folds", str(tmp_path / "fold.json"), str(tmp_path / "cv"), "--k", "1")
+    net.cfg = dataclasses.replace(cfg, secant="anderson")  # another first step: not evaluated beside the others
+    save_model(tmp_path / "other.pt", net, {"name": "other"})
+    mixed = run("eval", str(tmp_path / "data.h5"), str(tmp_path / "fold.json"), f"wide={tmp_path / 'wide.pt'}",
+                f"other={tmp_path / 'other.pt'}", "--json", str(tmp_path / "x.json"))
+    assert mixed.returncode != 0 and "differ" in mixed.stderr and len(mixed.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.json").exists()
+    few = run("folds", str(tmp_path / "fold.json"), str(tmp_path / "cv1"), "--k", "1")
     assert few.returncode != 0 and "2 folds" in few.stderr and len(few.stderr.strip().splitlines()) == 1
 
 

@@ -30,25 +30,38 @@ def beyond_training(cfg: DensityConfig, step: FirstStep) -> bool:
     return step.ratio is not None and cfg.input_ratio_max > 0 and step.ratio > cfg.input_ratio_max * (1 + 1e-4)
 
 
-def predict_density_coefficients(model: nn.Module, sc: SelfConsistency, device: str = "cpu",
-                                 sites: tuple[Sites, torch.Tensor] | None = None) -> tuple[FirstStep, np.ndarray]:
-    """(step, c): the first step (``density_train.first_step``: the network's inputs and, with ``cfg.probe``, the
-    secant density's part the Gaussians cannot hold) and the network's neutralised Δρ* coefficients
-    (sites, per_atom), on the grid of ``sc``; for a crystal :func:`beyond_training`, the secant density's.
-    ``sites``: ``density_net.density_sites`` of ``sc``'s system when already at hand. The model is moved to
-    ``device`` and float64 (in place)."""
+def network_coefficients(model: nn.Module, step: FirstStep, sites: tuple[Sites, torch.Tensor],
+                         device: str = "cpu") -> np.ndarray:
+    """The neutralised Δρ* coefficients (sites, per_atom) the model gives for the inputs of ``step`` on
+    ``sites`` (``density_net.density_sites``): the network's, or for a crystal :func:`beyond_training` the
+    secant density's. The model is moved to ``device`` and float64 (in place)."""
     cfg = model.cfg
-    sites, z = sites if sites is not None else density_sites(sc.system, cfg)
-    step = first_step(sc, cfg, sites)
     if beyond_training(cfg, step):  # the secant density alone: the network would extrapolate
-        return step, neutralised(step.inputs[:, :cfg.basis.per_atom], cfg.basis)
+        return neutralised(step.inputs[:, :cfg.basis.per_atom], cfg.basis)
+    sites, z = sites
     src, dst, vec = atom_graph(sites.lattice, sites.positions, cfg.r_max)
     model = model.to(device=device, dtype=torch.float64).eval()
     with torch.no_grad():
         c = model(z.to(device), torch.tensor(step.inputs, device=device),
                    torch.tensor(src, device=device), torch.tensor(dst, device=device),
                    torch.tensor(vec, device=device))
-    return step, neutralised(c.cpu().numpy(), cfg.basis)
+    return neutralised(c.cpu().numpy(), cfg.basis)
+
+
+def predicted_density(sc: SelfConsistency, sites: Sites, step: FirstStep, c: np.ndarray, cfg: DensityConfig) -> np.ndarray:
+    """ρ = ρ_atoms + Σ c g (+ the secant density's unresolved part, with a probe), e/Å³ on the grid of ``sc``."""
+    rho = sc.rho_atoms + density_of(sites, sc.shape, sc.origin, c, cfg.basis)
+    return rho + step.unresolved if step.unresolved is not None else rho
+
+
+def predict_density_coefficients(model: nn.Module, sc: SelfConsistency, device: str = "cpu",
+                                 sites: tuple[Sites, torch.Tensor] | None = None) -> tuple[FirstStep, np.ndarray]:
+    """(step, c): the first step (``density_train.first_step``: the network's inputs and, with ``cfg.probe``, the
+    secant density's part the Gaussians cannot hold) and :func:`network_coefficients`, on the grid of ``sc``.
+    ``sites``: ``density_net.density_sites`` of ``sc``'s system when already at hand."""
+    sites = sites if sites is not None else density_sites(sc.system, model.cfg)
+    step = first_step(sc, model.cfg, sites[0])
+    return step, network_coefficients(model, step, sites, device)
 
 
 @dataclass
@@ -77,9 +90,7 @@ def predict_density(model: nn.Module, system, device: str = "cpu") -> DensityPre
     sites = density_sites(system, model.cfg)
     step, c = predict_density_coefficients(model, sc, device, sites)
     t2 = time.perf_counter()
-    rho = sc.rho_atoms + density_of(sites[0], sc.shape, sc.origin, c, model.cfg.basis)
-    if step.unresolved is not None:
-        rho = rho + step.unresolved
+    rho = predicted_density(sc, sites[0], step, c, model.cfg)
     h = sc.hamiltonian(rho)
     t3 = time.perf_counter()
     probe = None
@@ -88,10 +99,8 @@ def predict_density(model: nn.Module, system, device: str = "cpu") -> DensityPre
         probe = {"probe": beta, "secant_factor": step.secant, "screening_gamma": 1.0 / (beta * step.secant) - 1.0,
                  "input_ratio": step.ratio, "input_ratio_max": model.cfg.input_ratio_max or None,
                  "network_used": not beyond_training(model.cfg, step)}
-    inputs = [sc.rho_atoms, sc.rho_atoms + model.cfg.probe * step.outputs[0]][:len(step.outputs)]
-    steps = [(x, sc.rho_atoms + d) for x, d in zip(inputs, step.outputs)]
     return DensityPrediction(h, rho, sc, {"grid_setup_s": t1 - t0, "first_step_and_network_s": t2 - t1,
-                                          "hamiltonian_s": t3 - t2}, probe, steps)
+                                          "hamiltonian_s": t3 - t2}, probe, list(step.steps))
 
 
 def predict_density_hamiltonian(model: nn.Module, system, device: str = "cpu") -> tuple[BlockSparse, dict]:

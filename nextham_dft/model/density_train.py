@@ -98,13 +98,14 @@ class FirstStep:
     """inputs: (sites, inputs·per_atom) the network's input coefficients (:func:`first_step`); unresolved: with a
     probe, the part of the secant density (e/Å³, on the grid) that its Gaussian fit cannot hold, else None;
     secant: with a probe, b of :func:`secant_factor`, else None; ratio: with a probe, :func:`input_ratio`;
-    outputs: the steps' output densities minus ρ_atoms (e/Å³ on the grid): (Δρ1,), with a probe (Δρ1, Δρ2)."""
+    steps: the Kohn–Sham steps taken, (ρ_in, ρ_out) e/Å³ on the grid: ρ_atoms's, and with a probe
+    ρ_atoms + βΔρ1's (what ``core.scf.complete_scf(prior=...)`` takes)."""
 
     inputs: np.ndarray
     unresolved: np.ndarray | None = None
     secant: float | None = None
     ratio: float | None = None
-    outputs: tuple[np.ndarray, ...] = ()
+    steps: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
 
 
 def first_step(sc: SelfConsistency, cfg: DensityConfig, sites: Sites | None = None) -> FirstStep:
@@ -120,8 +121,9 @@ def first_step(sc: SelfConsistency, cfg: DensityConfig, sites: Sites | None = No
     rho1, _ = sc.density(sc.h0)
     d1 = rho1 - sc.rho_atoms
     if cfg.probe <= 0:
-        return FirstStep(fit_density(sites, sc.shape, sc.origin, sc.dv, d1, cfg.basis), outputs=(d1,))
-    rho2, _ = sc.density(sc.hamiltonian(sc.rho_atoms + cfg.probe * d1))
+        return FirstStep(fit_density(sites, sc.shape, sc.origin, sc.dv, d1, cfg.basis), steps=((sc.rho_atoms, rho1),))
+    probe_in = sc.rho_atoms + cfg.probe * d1
+    rho2, _ = sc.density(sc.hamiltonian(probe_in))
     u = rho2 - sc.rho_atoms - d1
     f1, fu = fit_densities(sites, sc.shape, sc.origin, sc.dv, [d1, u], cfg.basis)
     g1, gu = densities_of(sites, sc.shape, sc.origin, [f1, fu], cfg.basis)
@@ -133,7 +135,7 @@ def first_step(sc: SelfConsistency, cfg: DensityConfig, sites: Sites | None = No
     w1, wu = (0.0, 1.0) if cfg.probe_inputs == "response" else (1.0 - cfg.probe * b, b)
     ratio = input_ratio(sc, g1 + b * gu, w1 * g1 + wu * gu, cfg.xc_weight)
     return FirstStep(np.concatenate([f1 + b * fu, w1 * f1 + wu * fu], axis=1), unresolved - unresolved.mean(), b,
-                     ratio, (d1, rho2 - sc.rho_atoms))
+                     ratio, ((sc.rho_atoms, rho1), (probe_in, rho2)))
 
 
 def coefficient_metric(sc: SelfConsistency, cfg: DensityConfig, sites: Sites | None = None) -> np.ndarray:

@@ -10,7 +10,7 @@ could not tell apart were compared over 120 structures this way).
 ``folds``: the split's train + val ids, sorted, fold k = ids[k::K]; cv/fold{k}.json trains on the others and
 validates (keeps the best epoch) on fold k. ``eval``: each structure of the fold's "val" predicted by every
 NAME=MODEL (one first step shared; a model's domain guard applies), scored by ``evaluation.evaluate``.
-``summary``: per NAME over all folds, the mean and median shifted band MAE (meV), H after μS (meV), ghost and
+Existing fold files or an existing --json are refused, not overwritten. ``summary``: per NAME over all folds, the mean and median shifted band MAE (meV), H after μS (meV), ghost and
 far states, and the structures worse than H(0) in bands.
 """
 
@@ -27,13 +27,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from nextham_dft.core.gaussians import density_of, neutralised  # noqa: E402
 from nextham_dft.core.scf import SelfConsistency  # noqa: E402
 from nextham_dft.dataset import iter_dataset  # noqa: E402
 from nextham_dft.errors import NexthamError  # noqa: E402
 from nextham_dft.evaluation import evaluate, summarise  # noqa: E402
-from nextham_dft.model.density_net import atom_graph, density_sites  # noqa: E402
-from nextham_dft.model.density_predict import beyond_training  # noqa: E402
+from nextham_dft.model.density_net import density_sites  # noqa: E402
+from nextham_dft.model.density_predict import network_coefficients, predicted_density  # noqa: E402
 from nextham_dft.model.density_train import first_step  # noqa: E402
 from nextham_dft.model.store import load_model  # noqa: E402
 
@@ -52,26 +51,18 @@ def evaluate_fold(data: str, fold: dict, models: dict[str, torch.nn.Module], log
     """{name: rows}: each structure of ``fold["val"]`` predicted by every model (their configs must share the
     probe step, basis and grid: one first step serves them all)."""
     first = next(iter(models.values())).cfg
-    if len({(m.cfg.probe, m.cfg.probe_inputs, m.cfg.spacing, m.cfg.sigmas, m.cfg.lmax, m.cfg.r_max)
-            for m in models.values()}) > 1:
-        raise ValueError("the models' probe steps, Gaussians, grids or cutoffs differ: evaluate them apart")
+    if len({(m.cfg.probe, m.cfg.probe_inputs, m.cfg.secant, m.cfg.spacing, m.cfg.sigmas, m.cfg.lmax, m.cfg.ridge,
+             m.cfg.bond_sites, m.cfg.bond_factor) for m in models.values()}) > 1:
+        raise ValueError("the models' probe steps, Gaussians, sites or grids differ: evaluate them apart")
     rows: dict[str, list[dict]] = {name: [] for name in models}
     for system in iter_dataset(data, ids=fold["val"]):
         t = time.perf_counter()
         sc = SelfConsistency(system, first.spacing)
         sites, z = density_sites(system, first)
         step = first_step(sc, first, sites)
-        src, dst, vec = (torch.tensor(a) for a in atom_graph(sites.lattice, sites.positions, first.r_max))
         scores = []
         for name, model in models.items():
-            if beyond_training(model.cfg, step):  # the domain guard, as predict applies it
-                c = neutralised(step.inputs[:, :first.basis.per_atom], first.basis)
-            else:
-                with torch.no_grad():
-                    c = neutralised(model(z, torch.tensor(step.inputs), src, dst, vec).numpy(), first.basis)
-            rho = sc.rho_atoms + density_of(sites, sc.shape, sc.origin, c, first.basis)
-            if step.unresolved is not None:
-                rho = rho + step.unresolved
+            rho = predicted_density(sc, sites, step, network_coefficients(model, step, (sites, z)), first)
             row = {"id": system.meta["id"], "formula": system.formula, "spin": system.spin_mode,
                    **evaluate(system, sc.hamiltonian(rho))}
             rows[name].append(row)
@@ -94,6 +85,13 @@ def summary_lines(rows: dict[str, list[dict]]) -> list[str]:
     return out
 
 
+def write_new(path: Path, text: str) -> None:
+    """``text`` to ``path`` atomically (a temporary file beside it, then a rename)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -113,11 +111,15 @@ def main() -> None:
         if args.k < 2:
             sys.exit(f"error: --k {args.k}: cross-validation needs at least 2 folds")
         out = Path(args.out)
+        if any(out.glob("fold*.json")):
+            sys.exit(f"error: {out} already holds fold files; give a new folder")
         out.mkdir(parents=True, exist_ok=True)
         for i, fold in enumerate(make_folds(json.loads(Path(args.split).read_text()), args.k)):
-            (out / f"fold{i}.json").write_text(json.dumps(fold))
+            write_new(out / f"fold{i}.json", json.dumps(fold))
         print(f"wrote {args.k} folds to {out}")
     elif args.command == "eval":
+        if Path(args.json).exists():
+            sys.exit(f"error: {args.json} exists; give a new file")
         pairs = [m.split("=", 1) for m in args.models]
         if any(len(p) != 2 or not p[0] for p in pairs):
             sys.exit("error: give the models as NAME=MODEL.pt")
@@ -126,7 +128,7 @@ def main() -> None:
             rows = evaluate_fold(args.data, json.loads(Path(args.fold).read_text()), models)
         except (ValueError, NexthamError) as exc:
             sys.exit(f"error: {exc}")
-        Path(args.json).write_text(json.dumps(rows, default=float))
+        write_new(Path(args.json), json.dumps(rows, default=float))
     else:
         rows: dict[str, list[dict]] = {}
         for path in args.evals:
