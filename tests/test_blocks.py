@@ -143,3 +143,36 @@ def test_shift_invert_bands_near_energy_equal_dense_ones():
     for a in range(len(k)):
         ref = np.sort(full[a][np.argsort(np.abs(full[a] - ef))[:8]])
         assert np.allclose(near[a], ref, atol=1e-9)
+
+
+def _random_pair(rng, spinor):
+    """A random Hermitian M (spinor or spinless) and a real overlap S, positive definite at every k."""
+    norb = [3, 5, 1]
+    m = BlockSparse.from_coo(norb, *to_coo(random_hermitian_real_space(rng, norb, spinor), spinor),
+                             spin="spinor" if spinor else "none")
+    small = {R: 0.03 * a.real for R, a in random_hermitian_real_space(rng, norb).items()}
+    small[(0, 0, 0)] = small[(0, 0, 0)] + np.eye(9)
+    return m, BlockSparse.from_coo(norb, *to_coo(small, False))
+
+
+@pytest.mark.parametrize("spinor", [False, True])
+def test_dense_by_R_assembly_and_fixed_overlap_factors_match_the_direct_ones(spinor):
+    """M(k) from the dense M(R) product equals the entry-wise sum; S's factors formed once give the eigenpairs
+    of solve_generalized (C^† S C = 1)."""
+    from nextham_dft.core.kspace import FixedOverlap
+
+    rng = np.random.default_rng(3)
+    m, s = _random_pair(rng, spinor)
+    k = rng.random((7, 3))
+    dense, direct = KAssembler(m, spinor=spinor), KAssembler(m, spinor=spinor, dense_bytes=0)
+    assert dense.by_R is not None and direct.by_R is None
+    assert np.abs(dense(k) - direct(k)).max() < 1e-12
+    fixed = FixedOverlap(s, k, spinor=spinor, chunk=3)
+    e, c = fixed.eigensystem(m)
+    sk = KAssembler(s, spinor=spinor)(k)
+    e_ref = solve_generalized(KAssembler(m, spinor=spinor)(k), sk)
+    assert np.abs(e - e_ref).max() < 1e-10
+    eye = np.conj(np.swapaxes(c, -1, -2)) @ sk @ c
+    assert np.abs(eye - np.eye(eye.shape[-1])).max() < 1e-10
+    hk = KAssembler(m, spinor=spinor)(k)
+    assert np.abs(hk @ c - (sk @ c) * e[:, None, :]).max() < 1e-9

@@ -292,3 +292,54 @@ def test_half_the_mesh_by_time_reversal_gives_the_same_density(si2):
     assert np.abs(full.data - half.data).max() < 1e-10
     shape = (10, 10, 10)
     assert np.allclose(density_on_grid(si2, full, shape), density_on_grid(si2, half, shape), atol=1e-10)
+
+
+@pytest.fixture(scope="module")
+def alp_soc():
+    from adapters.abacus import AbacusAdapter
+
+    return AbacusAdapter().read_run(need(DATA / "reference-density" / "alp_soc"))
+
+
+def test_the_charge_only_density_matrix_gives_the_spinor_density_matrix_charge(alp_soc):
+    """A spinor DM's charge part Σ_s DM_ss (and its density) equals the spinless DM formed for the charge alone."""
+    from nextham_dft.core.density import density_matrix, density_on_grid
+
+    mesh = alp_soc.full_kmesh()  # the full mesh: time reversal then cancels the magnetisation
+    k, w = mesh.frac, mesh.weights
+    h, s = alp_soc.matrices["H0"], alp_soc.matrices["S"]
+    full, ef = density_matrix(h, s, k, w, alp_soc.nelec, alp_soc.smearing)
+    charge, ef_c = density_matrix(h, s, k, w, alp_soc.nelec, alp_soc.smearing, charge_only=True)
+    assert charge.spin == "none" and ef_c == ef
+    assert np.abs(charge.data - (full.data[:, 0, 0] + full.data[:, 1, 1]).real).max() < 1e-12
+    shape = (8, 8, 8)
+    rho4 = density_on_grid(alp_soc, full, shape)
+    assert np.abs(density_on_grid(alp_soc, charge, shape) - rho4[0]).max() < 1e-10
+    assert np.abs(rho4[1:]).max() < 1e-6 * rho4[0].max()  # non-magnetic: no magnetisation (to round-off)
+
+
+def test_kept_grid_values_and_entry_positions_change_no_density_or_integral(alp_soc, si2):
+    """The SCF's kept orbital values and pair positions (reused every iteration) give what a fresh grid gives,
+    for a spinor DM's four components too; the potential's matrix is symmetric in each on-site block."""
+    from nextham_dft.core.density import GridOrbitals, density_matrix, density_on_grid
+    from nextham_dft.core.potential import _grid_integrals
+
+    for system in (si2, alp_soc):
+        mesh = system.full_kmesh()
+        s = system.matrices["S"]
+        dm, _ = density_matrix(system.matrices["H0"], s, mesh.frac, mesh.weights, system.nelec, system.smearing)
+        shape, origin = (9, 9, 9), np.array([0.1, 0.2, 0.3])
+        kept = GridOrbitals(system, shape, origin, keep_bytes=1 << 28)
+        assert kept.nbytes > 0
+        fresh = density_on_grid(system, dm, shape, origin=origin)
+        for _ in range(2):  # the second call reuses the kept positions
+            assert np.abs(density_on_grid(system, dm, shape, origin=origin, orbitals=kept) - fresh).max() < 1e-12
+        spacing = float(np.max(np.linalg.norm(system.lattice, axis=1) / np.array(shape))) + 1e-9
+
+        def field(shape_, origin_):
+            x = np.arange(shape_[0])[:, None, None, None] / shape_[0]
+            return np.broadcast_to(1.0 + 0.5 * np.cos(2 * np.pi * x), tuple(shape_) + (1,))
+
+        a = _grid_integrals(system, s, spacing, field, grid_origin=origin)
+        b = _grid_integrals(system, s, spacing, field, grid_origin=origin, orbitals=kept)
+        assert np.abs(a - b).max() < 1e-12

@@ -19,28 +19,39 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from .blocks import BlockSparse
-from .kspace import KAssembler, Smearing, fermi_level, solve_generalized
+from .kspace import FixedOverlap, KAssembler, Smearing, fermi_level, solve_generalized
 from .sph import PAULI, e3nn_harmonics
 
 
 def density_matrix(h: BlockSparse, s: BlockSparse, kfrac: np.ndarray, weights: np.ndarray, nelec: float,
-                   smearing: Smearing, pattern: BlockSparse | None = None) -> tuple[BlockSparse, float]:
+                   smearing: Smearing, pattern: BlockSparse | None = None,
+                   charge_only: bool = False, overlap: FixedOverlap | None = None) -> tuple[BlockSparse, float]:
     """DM(R) of H on a full k-mesh (weights sum to 1) with the run's smearing; returns (DM, E_F in H's units).
 
     The k-points must be the full mesh (not reduced by symmetry). DM is returned on the sparsity
     pattern of ``pattern`` (default: S's), with H's spin layout; the two channels of a collinear H
-    share one Fermi level.
+    share one Fermi level. ``charge_only`` (spinor H): the spinless DM of the charge alone, the real part
+    of Σ_s DM_ss (what ρ needs; a quarter of the entries, and :func:`density_on_grid` then computes one
+    component instead of four). ``overlap``: S's factors at these k-points, formed once (an SCF's).
     """
     kfrac = np.atleast_2d(np.asarray(kfrac, dtype=float))
     w = np.asarray(weights, dtype=float) / np.sum(weights)
     pattern = pattern if pattern is not None else s
     spinor = h.spin == "spinor"
     channels = [h.with_data(h.data[:, c].copy(), "none") for c in (0, 1)] if h.spin == "collinear" else [h]
-    solved = [_eigensystem(ch, s, kfrac, spinor) for ch in channels]
+    if overlap is not None and not (overlap.spinor == spinor and overlap.kfrac.shape == kfrac.shape
+                                    and np.array_equal(overlap.kfrac, kfrac)):
+        raise ValueError("the overlap factors were formed at other k-points or spin layout")
+    solved = [overlap.eigensystem(ch) if overlap is not None else _eigensystem(ch, s, kfrac, spinor) for ch in channels]
     g = 2.0 if h.spin == "none" else 1.0
     eig = np.stack([e for e, _ in solved]) if len(solved) == 2 else solved[0][0]
     ef = fermi_level(eig, w, nelec, smearing, g)
     rows, cols, R, _ = pattern.to_coo(full=False)
+    if spinor and charge_only:
+        parts = [_accumulate(vec, g * smearing.occupation(e, ef) * w[:, None], kfrac, rows, cols, R, spin_trace=True)
+                 for e, vec in solved]
+        return (BlockSparse(pattern.norb, pattern.edge_i, pattern.edge_j, pattern.R, pattern.offsets, parts[0].real,
+                            "none"), float(ef))
     if spinor:  # the four spin components of every stored entry, spin-interleaved indices 2μ + s
         rows = (2 * rows[:, None] + np.array([0, 0, 1, 1])).reshape(-1)
         cols = (2 * cols[:, None] + np.array([0, 1, 0, 1])).reshape(-1)
@@ -68,21 +79,26 @@ def _eigensystem(h: BlockSparse, s: BlockSparse, kfrac: np.ndarray, spinor: bool
 
 
 def _accumulate(vec: np.ndarray, occ: np.ndarray, kfrac: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-                R: np.ndarray, dense_max: int = 4096) -> np.ndarray:
+                R: np.ndarray, dense_max: int = 4096, spin_trace: bool = False) -> np.ndarray:
     """Σ_k Σ_n occ_nk c*_row,nk c_col,nk e^{i2πk·R} for the requested entries only (loop over k only).
 
     Up to ``dense_max`` basis functions DM(k) = (c* occ) cᵀ is formed by one matrix product per k and the
     entries gathered from it (a product of dim² · nb against nnz · nb for the entry-wise sum: 10-50×
-    faster on the cells of the shared data); larger bases sum entry by entry, without a dim² array."""
+    faster on the cells of the shared data); larger bases sum entry by entry, without a dim² array.
+    ``spin_trace``: spinor eigenvectors (interleaved index 2μ + s), rows and cols orbital indices μ; the
+    entries are Σ_s of the (2μ + s, 2ν + s) ones (the charge)."""
     out = np.zeros(len(rows), dtype=complex)
     dim = vec.shape[1]
+    pairs = [(2 * rows + s, 2 * cols + s) for s in (0, 1)] if spin_trace else [(rows, cols)]
+    uR, ridx = np.unique(np.asarray(R), axis=0, return_inverse=True)
+    phases = np.exp(2j * np.pi * (np.asarray(kfrac) @ uR.T))  # (nk, distinct R)
     for k in range(len(kfrac)):
-        phase = np.exp(2j * np.pi * (R @ kfrac[k]))
+        phase = phases[k, ridx.reshape(-1)]
         if dim <= dense_max:
             dmk = (vec[k].conj() * occ[k]) @ vec[k].T
-            out += dmk[rows, cols] * phase
+            out += sum(dmk[r, c] for r, c in pairs) * phase
         else:
-            out += np.einsum("en,en,n->e", vec[k][rows].conj(), vec[k][cols], occ[k]) * phase
+            out += sum(np.einsum("en,en,n->e", vec[k][r].conj(), vec[k][c], occ[k]) for r, c in pairs) * phase
     return out
 
 
@@ -174,37 +190,61 @@ class _PairLookup:
         return np.where(hit, self.order[pos], self.missing)
 
 
-def _padded_components(dm: BlockSparse, spinor: bool) -> np.ndarray:
-    """Every directed DM block (``full_blocks()`` order) as (E + 1, ncomp, nb, nb), nb = largest atom's orbitals.
+class EntryPlan:
+    """Where the orbital pairs of a group of atom images lie among a pattern's stored entries.
 
-    Spinless: the one charge component. Spinor: charge Σ_s DM_ss and magnetisation Σ_st σ_a[s, t] DM_st
-    (real parts: the imaginary ones cancel against the mirror block). The last block is zero.
+    For images at integer lattice vectors T (atoms ``owner``), :meth:`index` gives the (M, M) position of
+    entry (a, b) — a an orbital of image x, b one of image y, M their orbitals in order — in the stored
+    data of ``pattern``: the entry of block (owner_x, owner_y, T_y − T_x) when that block is stored, the
+    stored entry (b, a) of the block it mirrors when it is a mirror, ``size`` (one past the entries: a zero
+    or a discarded slot) where there is no block. A real symmetric matrix (a charge DM, the real parts of
+    spinor DM components) is read through it as a dense (M, M) matrix; integrals are summed through it.
     """
-    ei, ej, _R, off, data = dm.full_blocks()
-    nb = int(dm.norb.max())
-    ncomp = 4 if spinor else 1
-    out = np.zeros((len(ei) + 1, ncomp, nb, nb))
-    sizes = np.diff(off)
-    edge = np.repeat(np.arange(len(ei)), sizes)
-    local = np.arange(len(edge)) - off[edge]
-    nj = dm.norb[ej][edge]
-    r, c = local // nj, local % nj
-    if spinor:
-        comps = [data[:, 0, 0] + data[:, 1, 1]] + [np.einsum("st,est->e", PAULI[a], data) for a in range(3)]
-        for a, v in enumerate(comps):
-            out[edge, a, r, c] = v.real
-    else:
-        out[edge, 0, r, c] = data
-    return out
+
+    def __init__(self, pattern: BlockSparse) -> None:
+        ei, ej, R, _off, mir = pattern.full_edges()
+        self.edges = (pattern.edge_i, pattern.edge_j, pattern.R)
+        self.lookup = _PairLookup(ei, ej, R)
+        self.n_stored = pattern.n_edges
+        self.norb = np.asarray(pattern.norb)
+        self.size = int(pattern.offsets[-1])
+        # per full-list block: its stored data offset (mirrors: the offset of the block they mirror)
+        self.start = np.concatenate([pattern.offsets[:-1], pattern.offsets[mir], [0]]).astype(np.int64)
+
+    def serves(self, pattern: BlockSparse) -> bool:
+        """Whether ``pattern`` has this plan's blocks (same edges, same order)."""
+        return all(a.shape == b.shape and np.array_equal(a, b) for a, b in
+                   zip(self.edges, (pattern.edge_i, pattern.edge_j, pattern.R)))
+
+    def index(self, owner: np.ndarray, T: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
+        """(M, M) int: the stored-entry position of every orbital pair of the images (see the class); of the
+        pairs of ``columns`` alone (indices into the images' orbitals in order) when given."""
+        e = self.lookup(owner[:, None], owner[None, :], T[None, :] - T[:, None])  # (n, n) full-list block
+        n_img = self.norb[owner]
+        nb = int(n_img.max(initial=0))
+        r = np.arange(nb)
+        ni, nj = n_img[:, None, None, None], n_img[None, None, :, None]
+        a, b = r[None, :, None, None], r[None, None, None, :]
+        base = self.start[e][:, None, :, None]
+        stored = (e < self.n_stored)[:, None, :, None]
+        missing = (e == self.lookup.missing)[:, None, :, None]
+        idx = np.where(stored, base + a * nj + b, base + b * ni + a)
+        idx = np.where(missing, self.size, idx)
+        keep = (r[None, :] < n_img[:, None]).reshape(-1)
+        idx = idx.reshape(len(owner) * nb, len(owner) * nb)[keep][:, keep]
+        if columns is not None:
+            idx = idx[columns][:, columns]
+        return idx.astype(np.int32 if self.size < 2**31 - 1 else np.int64)
 
 
 class GridOrbitals:
     """The orbitals of every atom image that reaches a block of points of the periodic grid
     origin + (n/N)·A (Å), block by block: what densities and potential integrals on the grid share.
 
-    ``blocks()`` yields (index, near, col0, phi): the grid slices of the block, the images reaching it
-    (indices into ``owner``/``T``/``pos``: atom, integer lattice vector, position), the column offsets of
-    each image's orbitals and their values phi (points, col0[-1]) in Å^-3/2. With ``keep_bytes`` the
+    ``blocks()`` yields (index, near, columns, phi): the grid slices of the block, the images reaching it
+    (indices into ``owner``/``T``/``pos``: atom, integer lattice vector, position), which of their orbitals
+    (all of each image's in turn) are non-zero somewhere in the block, and those orbitals' values phi
+    (points, len(columns)) in Å^-3/2. With ``keep_bytes`` the
     values are computed once and kept when they fit in that many bytes (an SCF evaluates them every
     iteration); ``nbytes`` says what is kept.
     """
@@ -219,7 +259,9 @@ class GridOrbitals:
         self.points = self.origin + grid_points(lat, self.shape)
         self.rc = np.array([system.bases[k].rcut for k in system.kinds])
         self.owner, self.T, self.pos = periodic_images(lat, system.positions, float(self.rc.max()), margin=2)
+        self.keep_bytes = int(keep_bytes)
         self._kept: list | None = None
+        self._plans: list[tuple[EntryPlan, list[np.ndarray]]] = []
         if keep_bytes > 0:
             kept, total = [], 0
             for b in self._generate():
@@ -237,6 +279,30 @@ class GridOrbitals:
     def blocks(self):
         return iter(self._kept) if self._kept is not None else self._generate()
 
+    def blocks_with_entries(self, pattern: BlockSparse):
+        """:meth:`blocks` with each block's :meth:`EntryPlan.index` into ``pattern``'s stored entries appended:
+        ((index, near, columns, phi), where). The positions are kept beside kept orbital values (within
+        ``keep_bytes`` more), for the patterns an SCF reuses every iteration."""
+        for plan, kept in self._plans:
+            if plan.serves(pattern):
+                return zip(self.blocks(), kept) if kept else self._with_plan(plan)
+        plan = EntryPlan(pattern)
+        if self._kept is None:
+            return self._with_plan(plan)
+        kept, total = [], 0
+        for b in self._kept:
+            kept.append(plan.index(self.owner[b[1]], self.T[b[1]], b[2]))
+            total += kept[-1].nbytes
+            if total > self.keep_bytes:
+                kept = []
+                break
+        self._plans.append((plan, kept))
+        return zip(self.blocks(), kept) if kept else self._with_plan(plan)
+
+    def _with_plan(self, plan: EntryPlan):
+        for b in self.blocks():
+            yield b, plan.index(self.owner[b[1]], self.T[b[1]], b[2])
+
     def _generate(self):
         norb = np.array([self.system.bases[k].norb for k in self.system.kinds])
         for index, p, c, rad in grid_boxes(self.points, self.block):
@@ -244,7 +310,12 @@ class GridOrbitals:
             if len(near) == 0:
                 continue
             col0 = np.concatenate([[0], np.cumsum(norb[self.owner[near]])])
-            yield index, near, col0, image_orbitals(self.system, p, self.pos[near], self.owner[near], col0)
+            phi = image_orbitals(self.system, p, self.pos[near], self.owner[near], col0)
+            # the orbitals that are zero at every point of the box (beyond their cutoff there) add nothing
+            columns = np.flatnonzero(np.any(phi != 0.0, axis=0))
+            if len(columns) == 0:
+                continue
+            yield index, near, columns, np.ascontiguousarray(phi[:, columns])
 
 
 def grid_boxes(points: np.ndarray, block: int):
@@ -292,23 +363,19 @@ def density_on_grid(system, dm: BlockSparse, shape: tuple[int, int, int], block:
                                          orbitals) for c in (0, 1)])
     grid = orbitals if orbitals is not None else GridOrbitals(system, shape, origin, block)
     spinor = dm.spin == "spinor"
-    ncomp = 4 if spinor else 1
-    rho = np.zeros((ncomp,) + tuple(grid.shape))
-    # DM blocks padded to the largest atom (zero rows/columns beyond an atom's orbitals), plus one zero
-    # block for absent pairs; charge and magnetisation components taken once for all blocks
-    blk = _padded_components(dm, spinor)  # (E + 1, ncomp, nb, nb)
-    nb = blk.shape[-1]
-    ei, ej, R, _, _ = dm.full_edges()  # the same block order as full_blocks(), without the data
-    lookup = _PairLookup(ei, ej, R)
-    norb = dm.norb
-    owner, T = grid.owner, grid.T
-    for index, near, _col0, phi in grid.blocks():
-        # DM between every pair of near images: block (i, j, T_b − T_a), zero when absent; padded
-        # layout, then the columns of the images' own orbitals (phi's layout)
-        e = lookup(owner[near][:, None], owner[near][None, :], T[near][None, :] - T[near][:, None])
-        D = blk[e].transpose(2, 0, 3, 1, 4).reshape(ncomp, len(near) * nb, len(near) * nb)
-        keep = (np.arange(len(near))[:, None] * nb + np.arange(nb)[None, :])[np.arange(nb)[None, :] < norb[owner[near]][:, None]]
-        D = D[:, keep][:, :, keep]
+    # the real parts of the stored entries per component (charge; spinor: charge and magnetisation — their
+    # imaginary parts cancel against the mirror blocks, whose real parts are the transposed entries'), a zero
+    # appended for absent blocks
+    if spinor:
+        comps = [dm.data[:, 0, 0] + dm.data[:, 1, 1]] + [np.einsum("st,est->e", PAULI[a], dm.data) for a in range(3)]
+    else:
+        comps = [dm.data]
+    vec = np.zeros((len(comps), len(dm.data) + 1))
+    for a, v in enumerate(comps):
+        vec[a, :-1] = np.real(v)
+    rho = np.zeros((len(comps),) + tuple(grid.shape))
+    for (index, _near, _columns, phi), where in grid.blocks_with_entries(dm):
+        D = vec[:, where]  # (ncomp, M, M): DM between every pair of the block's image orbitals
         vals = np.sum((phi[None] @ D) * phi[None], axis=2)  # ρ_c(p) = Φ_p · DM_c · Φ_p (BLAS)
         sl = (slice(None),) + index
         rho[sl] = vals.reshape(rho[sl].shape)

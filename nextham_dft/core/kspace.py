@@ -21,13 +21,14 @@ from .units import RY_TO_EV
 class KAssembler:
     """Vectorised M(k) = Σ_R e^{i2πk·R} M(R) for many k at once.
 
-    Every stored entry carries its flat matrix position and R index; for each k the
-    entries are multiplied by their phase and summed into the dense matrix with one
-    ``bincount`` (no Python loop over R or atom pairs; memory-bound, see
-    benchmarks/band_throughput.py).
+    Every stored entry carries its flat matrix position and R index. When the dense matrices M(R) of all
+    distinct R fit in ``dense_bytes`` (small cells, dense k-meshes: an SCF's case) they are formed once and
+    M(k) for all k is one matrix product of the phases with them; otherwise for each k the entries are
+    multiplied by their phase and summed into the dense matrix with one ``bincount`` (no Python loop over R
+    or atom pairs; memory-bound, see benchmarks/band_throughput.py).
     """
 
-    def __init__(self, m: BlockSparse, spinor: bool = False) -> None:
+    def __init__(self, m: BlockSparse, spinor: bool = False, dense_bytes: float = 2.0**27) -> None:
         if spinor:
             rows, cols, _, vals = m.to_spinor_coo(with_R=False)
             self.R, self.ridx = m.entry_R_index(full=True, repeat=m.spinor_repeat)
@@ -39,16 +40,31 @@ class KAssembler:
             self.R, self.ridx = m.entry_R_index(full=True)
             self.dim = m.dim
         self.flat = rows * self.dim + cols
+        vals = np.asarray(vals)
+        self.real_only = not np.iscomplexobj(vals)
+        n2 = self.dim * self.dim
+        self.by_R: np.ndarray | None = None  # (nR, dim²) M(R), real when M is
+        if len(self.R) * n2 * (8 if self.real_only else 16) <= dense_bytes:
+            # every (R, row, column) is one entry of the block list: placed, not summed
+            dense = np.zeros(len(self.R) * n2, dtype=float if self.real_only else complex)
+            dense[self.ridx.astype(np.int64) * n2 + self.flat] = vals
+            self.by_R = dense.reshape(len(self.R), n2)
+            return
         order = np.argsort(self.flat, kind="stable")
         self.flat, self.ridx = self.flat[order], self.ridx[order]
-        vals = np.asarray(vals)[order]
-        self.real_only = not np.iscomplexobj(vals)
-        self.vals = vals.astype(np.complex128)
+        self.vals = vals[order].astype(np.complex128)
 
     def __call__(self, kfrac: np.ndarray) -> np.ndarray:
         """(nk, dim, dim) complex M(k) at fractional k-points (nk, 3)."""
         kfrac = np.atleast_2d(np.asarray(kfrac, dtype=float))
-        phase = np.exp(2j * np.pi * (kfrac @ self.R.T))  # (nk, nR)
+        arg = 2 * np.pi * (kfrac @ self.R.T)  # (nk, nR)
+        if self.by_R is not None:
+            if self.real_only:
+                out = (np.cos(arg) @ self.by_R) + 1j * (np.sin(arg) @ self.by_R)
+            else:
+                out = np.exp(1j * arg) @ self.by_R
+            return out.reshape(len(kfrac), self.dim, self.dim)
+        phase = np.exp(1j * arg)
         n2 = self.dim * self.dim
         out = np.empty((len(kfrac), self.dim, self.dim), dtype=np.complex128)
         for i in range(len(kfrac)):  # loop over k only
@@ -69,8 +85,22 @@ def solve_generalized(hk: np.ndarray, sk: np.ndarray, vectors: bool = False, kpo
     meaningless eigenvalues. With vectors=True also returns C (nk, n, n) with
     C^† S C = 1.
     """
+    L = overlap_cholesky(sk, kpoints)
+    x = np.linalg.solve(L, hk)  # L^-1 H
+    ht = np.linalg.solve(L, np.conj(np.swapaxes(x, -1, -2)))  # L^-1 H L^-†
+    ht = 0.5 * (ht + np.conj(np.swapaxes(ht, -1, -2)))
+    if not vectors:
+        return np.linalg.eigvalsh(ht)
+    e, v = np.linalg.eigh(ht)
+    c = np.linalg.solve(np.conj(np.swapaxes(L, -1, -2)), v)
+    return e, c
+
+
+def overlap_cholesky(sk: np.ndarray, kpoints: np.ndarray | None = None) -> np.ndarray:
+    """(nk, n, n) lower Cholesky factors L(k) of S(k) = L L^†; OverlapNotPositiveDefiniteError naming the first
+    k-point where S(k) is not positive definite."""
     try:
-        L = np.linalg.cholesky(sk)
+        return np.linalg.cholesky(sk)
     except np.linalg.LinAlgError:
         bad = 0
         for k in range(len(sk)):
@@ -85,14 +115,38 @@ def solve_generalized(hk: np.ndarray, sk: np.ndarray, vectors: bool = False, kpo
             f"S(k) is not positive definite at{where} (smallest eigenvalue {w[0]:.3e}): "
             "the basis is (near) linearly dependent; eigenvalues would be meaningless"
         ) from None
-    x = np.linalg.solve(L, hk)  # L^-1 H
-    ht = np.linalg.solve(L, np.conj(np.swapaxes(x, -1, -2)))  # L^-1 H L^-†
-    ht = 0.5 * (ht + np.conj(np.swapaxes(ht, -1, -2)))
-    if not vectors:
-        return np.linalg.eigvalsh(ht)
-    e, v = np.linalg.eigh(ht)
-    c = np.linalg.solve(np.conj(np.swapaxes(L, -1, -2)), v)
-    return e, c
+
+
+class FixedOverlap:
+    """H(k) c = E S(k) c for many H on one S at fixed k-points (an SCF's iterations): S(k)'s inverse
+    Cholesky factors L(k)⁻¹ are formed once, after which each H costs three matrix products and a
+    Hermitian eigensolver per k, the same solution as :func:`solve_generalized`'s (C^† S C = 1)."""
+
+    def __init__(self, s: BlockSparse, kfrac: np.ndarray, spinor: bool = False, chunk: int = 64) -> None:
+        self.kfrac = np.atleast_2d(np.asarray(kfrac, dtype=float))
+        self.spinor = bool(spinor)
+        self.chunk = int(chunk)
+        sa = KAssembler(s, spinor=spinor)
+        self.linv = []
+        for a in range(0, len(self.kfrac), self.chunk):
+            kk = self.kfrac[a : a + self.chunk]
+            L = overlap_cholesky(sa(kk), kk)
+            self.linv.append(np.linalg.solve(L, np.broadcast_to(np.eye(sa.dim), L.shape)))
+        self.nbytes = sum(x.nbytes for x in self.linv)
+
+    def eigensystem(self, h: BlockSparse) -> tuple[np.ndarray, np.ndarray]:
+        """(eigenvalues (nk, n) ascending, S-orthonormal eigenvectors (nk, n, n)) of ``h`` at the k-points."""
+        ha = KAssembler(h, spinor=self.spinor)
+        e, c = [], []
+        for i, a in enumerate(range(0, len(self.kfrac), self.chunk)):
+            li = self.linv[i]
+            lih = np.conj(np.swapaxes(li, -1, -2))
+            ht = li @ ha(self.kfrac[a : a + self.chunk]) @ lih
+            ht = 0.5 * (ht + np.conj(np.swapaxes(ht, -1, -2)))
+            ee, v = np.linalg.eigh(ht)
+            e.append(ee)
+            c.append(lih @ v)
+        return np.concatenate(e), np.concatenate(c)
 
 
 class SparseKAssembler(KAssembler):
@@ -105,7 +159,7 @@ class SparseKAssembler(KAssembler):
     def __init__(self, m: BlockSparse, spinor: bool = False) -> None:
         from scipy import sparse
 
-        super().__init__(m, spinor)
+        super().__init__(m, spinor, dense_bytes=0)
         ukey, self.slot = np.unique(self.flat, return_inverse=True)
         # CSR with sorted indices stores its data in (row, col) order, i.e. in ukey order
         self.template = sparse.csr_matrix((np.zeros(len(ukey), complex), (ukey // self.dim, ukey % self.dim)),

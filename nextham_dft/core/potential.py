@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import MissingDataError
 from .blocks import BlockSparse
-from .density import GridOrbitals, _PairLookup
+from .density import GridOrbitals
 from .ewald import lattice_points
 
 
@@ -158,42 +158,25 @@ def _grid_integrals(system, pattern: BlockSparse, spacing: float, field, block: 
                                    "(grid integrals of the basis need them)")
     shape = _grid_shape(lat, spacing)
     dv = abs(np.linalg.det(lat)) / np.prod(shape)
-    ei, ej, R, _off, _mir = pattern.full_edges()
-    lookup = _PairLookup(ei, ej, R)
-    n_stored = pattern.n_edges  # full_edges lists the stored blocks first
-    norb = pattern.norb
-    offsets = pattern.offsets
     acc: np.ndarray | None = None
     origins = np.arange(system.n_atoms) if origins is None else np.asarray(origins)
     anchors = system.positions[origins] if grid_origin is None else np.asarray(grid_origin, dtype=float).reshape(1, 3)
     if orbitals is not None and len(anchors) != 1:
         raise ValueError("kept orbital values serve one grid: give grid_origin with orbitals")
+    size = int(pattern.offsets[-1])
     for origin in anchors:  # one quadrature per atom-anchored grid, averaged
         grid = orbitals if orbitals is not None else GridOrbitals(system, shape, origin, block)
-        owner, T = grid.owner, grid.T
         fv = field(shape, origin) * dv
         if acc is None:
-            acc = np.zeros((int(offsets[-1]), fv.shape[-1]))
-        for index, near, col0, phi in grid.blocks():
+            acc = np.zeros((fv.shape[-1], size + 1))
+        for (index, _near, _columns, phi), where in grid.blocks_with_entries(pattern):
             v = fv[index].reshape(len(phi), -1)
-            e = lookup(owner[near][:, None], owner[near][None, :], T[near][None, :] - T[near][:, None])
-            xs, ys = np.nonzero(e < n_stored)  # image pairs that are stored blocks of the pattern
-            if len(xs) == 0:
-                continue
-            n_img = norb[owner[near]]
-            m = np.einsum("pa,pf,pb->fab", phi, v, phi, optimize=True)  # (f, columns, columns)
-            # every entry of every pair's block: its row and column in m, its index in the pattern
-            ek = e[xs, ys]
-            ni, nj = n_img[xs], n_img[ys]
-            size = ni * nj
-            pair = np.repeat(np.arange(len(xs)), size)
-            local = np.arange(int(size.sum())) - np.repeat(np.cumsum(size) - size, size)
-            rows = col0[xs][pair] + local // nj[pair]
-            cols = col0[ys][pair] + local % nj[pair]
-            target = offsets[ek][pair] + local
-            vals = m[:, rows, cols].T  # (entries, f)
-            order = np.argsort(target, kind="stable")
-            uniq, first = np.unique(target[order], return_index=True)
-            acc[uniq] += np.add.reduceat(vals[order], first, axis=0)
+            flat = where.reshape(-1)
+            for f in range(v.shape[1]):
+                m = phi.T @ (v[:, f, None] * phi)  # (M, M) ∫ φ_a v_f φ_b over the block
+                acc[f] += np.bincount(flat, weights=m.reshape(-1), minlength=size + 1)
     assert acc is not None
-    return acc / len(anchors)
+    # every off-site block was summed twice (as itself and, transposed, as its mirror); the last slot held
+    # the pairs of no block
+    weight = np.repeat(np.where(pattern.onsite_blocks(), 1.0, 0.5), np.diff(pattern.offsets))
+    return (acc[:, :size] * weight).T / len(anchors)

@@ -34,6 +34,7 @@ from .atomic import require_atomic_densities, superposition_on_grid
 from .blocks import BlockSparse
 from .density import GridOrbitals, density_matrix, density_on_grid
 from .hxc import FUNCTIONALS, hxc_change, reciprocal_grid
+from .kspace import FixedOverlap
 from .potential import _grid_integrals, _grid_shape, origin_atoms
 
 
@@ -98,7 +99,8 @@ def completion_problem(system) -> Exception | None:
 
 class SelfConsistency:
     """The map ρ → H[ρ] → ρ_out of one system (see the module docstring), its grid set up once: the
-    orbitals' values on it are kept between iterations when they fit in ``keep_bytes``."""
+    orbitals' values on it (and where their pairs lie among S's entries) are kept between iterations when
+    they fit in ``keep_bytes``, and so are S(k)'s factors at the k-points."""
 
     def __init__(self, system, spacing: float = 0.15, keep_bytes: int = 2 << 30) -> None:
         problem = completion_problem(system)
@@ -120,6 +122,11 @@ class SelfConsistency:
         self.nelec = system.require_nelec()
         mesh = system.full_kmesh()
         self.kfrac, self.kweights = time_reversal_half(mesh.frac, mesh.weights)
+        spinor = self.h0.spin == "spinor"
+        dim = int(np.sum(self.s.norb)) * (2 if spinor else 1)
+        # S(k)'s factors, formed once for every iteration's diagonalisation, when they fit beside the orbitals
+        self.overlap = (FixedOverlap(self.s, self.kfrac, spinor) if 16 * dim * dim * len(self.kfrac) <= keep_bytes
+                        else None)
         self.orbitals = GridOrbitals(system, self.shape, self.origin, keep_bytes=keep_bytes)
         self.rho_core = superposition_on_grid(system, self.shape, self.origin, "core")
         rho = superposition_on_grid(system, self.shape, self.origin, "valence")
@@ -144,9 +151,9 @@ class SelfConsistency:
 
     def density(self, h: BlockSparse) -> tuple[np.ndarray, float]:
         """(ρ_out (e/Å³) on this grid, E_F (eV)) of the occupied states of ``h`` on the full k-mesh."""
-        dm, ef = density_matrix(h, self.s, self.kfrac, self.kweights, self.nelec, self.system.smearing)
-        rho = density_on_grid(self.system, dm, self.shape, origin=self.origin, orbitals=self.orbitals)
-        return (rho[0] if rho.ndim == 4 else rho), ef
+        dm, ef = density_matrix(h, self.s, self.kfrac, self.kweights, self.nelec, self.system.smearing,
+                                charge_only=True, overlap=self.overlap)
+        return density_on_grid(self.system, dm, self.shape, origin=self.origin, orbitals=self.orbitals), ef
 
     def residual_norm(self, residual: np.ndarray) -> float:
         """∫|ρ_out − ρ_in| / N_e."""
