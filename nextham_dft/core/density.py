@@ -46,7 +46,8 @@ def density_matrix(h: BlockSparse, s: BlockSparse, kfrac: np.ndarray, weights: n
     g = 2.0 if h.spin == "none" else 1.0
     eig = np.stack([e for e, _ in solved]) if len(solved) == 2 else solved[0][0]
     ef = fermi_level(eig, w, nelec, smearing, g)
-    rows, cols, R, _ = pattern.to_coo(full=False)
+    rows, cols, _, _ = pattern.to_coo(full=False, with_R=False)
+    R = pattern.entry_R_index(full=False)  # (distinct R, each entry's index into them)
     if spinor and charge_only:
         parts = [_accumulate(vec, g * smearing.occupation(e, ef) * w[:, None], kfrac, rows, cols, R, spin_trace=True)
                  for e, vec in solved]
@@ -55,7 +56,7 @@ def density_matrix(h: BlockSparse, s: BlockSparse, kfrac: np.ndarray, weights: n
     if spinor:  # the four spin components of every stored entry, spin-interleaved indices 2μ + s
         rows = (2 * rows[:, None] + np.array([0, 0, 1, 1])).reshape(-1)
         cols = (2 * cols[:, None] + np.array([0, 1, 0, 1])).reshape(-1)
-        R = np.repeat(R, 4, axis=0)
+        R = (R[0], np.repeat(R[1], 4))
     parts = [_accumulate(vec, g * smearing.occupation(e, ef) * w[:, None], kfrac, rows, cols, R) for e, vec in solved]
     if spinor:
         data, layout = parts[0].reshape(-1, 2, 2), "spinor"
@@ -79,8 +80,9 @@ def _eigensystem(h: BlockSparse, s: BlockSparse, kfrac: np.ndarray, spinor: bool
 
 
 def _accumulate(vec: np.ndarray, occ: np.ndarray, kfrac: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-                R: np.ndarray, dense_max: int = 4096, spin_trace: bool = False) -> np.ndarray:
-    """Σ_k Σ_n occ_nk c*_row,nk c_col,nk e^{i2πk·R} for the requested entries only (loop over k only).
+                R: tuple[np.ndarray, np.ndarray], dense_max: int = 4096, spin_trace: bool = False) -> np.ndarray:
+    """Σ_k Σ_n occ_nk c*_row,nk c_col,nk e^{i2πk·R} for the requested entries only (loop over k only); R: the
+    distinct lattice vectors (m, 3) and each entry's index into them.
 
     Up to ``dense_max`` basis functions DM(k) = (c* occ) cᵀ is formed by one matrix product per k and the
     entries gathered from it (a product of dim² · nb against nnz · nb for the entry-wise sum: 10-50×
@@ -90,10 +92,10 @@ def _accumulate(vec: np.ndarray, occ: np.ndarray, kfrac: np.ndarray, rows: np.nd
     out = np.zeros(len(rows), dtype=complex)
     dim = vec.shape[1]
     pairs = [(2 * rows + s, 2 * cols + s) for s in (0, 1)] if spin_trace else [(rows, cols)]
-    uR, ridx = np.unique(np.asarray(R), axis=0, return_inverse=True)
+    uR, ridx = R
     phases = np.exp(2j * np.pi * (np.asarray(kfrac) @ uR.T))  # (nk, distinct R)
     for k in range(len(kfrac)):
-        phase = phases[k, ridx.reshape(-1)]
+        phase = phases[k, ridx]
         if dim <= dense_max:
             dmk = (vec[k].conj() * occ[k]) @ vec[k].T
             out += sum(dmk[r, c] for r, c in pairs) * phase
@@ -289,7 +291,7 @@ class GridOrbitals:
         plan = EntryPlan(pattern)
         if self._kept is None:
             return self._with_plan(plan)
-        kept, total = [], 0
+        kept, total = [], self.nbytes + sum(x.nbytes for _, k in self._plans for x in k)
         for b in self._kept:
             kept.append(plan.index(self.owner[b[1]], self.T[b[1]], b[2]))
             total += kept[-1].nbytes

@@ -147,14 +147,27 @@ def _columns_of(atoms: np.ndarray, nf: int) -> np.ndarray:
     return (atoms[:, None] * nf + np.arange(nf)[None, :]).reshape(-1)
 
 
+def kept_basis_blocks(system, shape, origin, basis: GaussianBasis, max_bytes: float) -> list | None:
+    """:func:`basis_blocks` as a list, to pass as ``blocks`` to the fits and densities that share one grid and
+    one set of sites, or None when the values would take more than ``max_bytes``."""
+    kept, total = [], 0
+    for b in basis_blocks(system, shape, origin, basis):
+        total += b[2].nbytes
+        if total > max_bytes:
+            return None
+        kept.append(b)
+    return kept
+
+
 def fit_densities(system, shape, origin, dv: float, deltas: Sequence[np.ndarray],
-                  basis: GaussianBasis) -> list[np.ndarray]:
+                  basis: GaussianBasis, blocks: Sequence | None = None) -> list[np.ndarray]:
     """:func:`fit_density` of several densities on one grid: the functions' values and their Gram matrix are
-    computed once, and one solve takes every right-hand side."""
+    computed once, and one solve takes every right-hand side. ``blocks``: :func:`kept_basis_blocks` of the same
+    sites, grid and basis, when at hand."""
     n = len(system.positions) * basis.per_atom
     rhos = [np.asarray(d, dtype=float).reshape(shape) for d in deltas]
     gram, rhs = np.zeros((n, n)), np.zeros((n, len(rhos)))
-    for index, atoms, b in basis_blocks(system, shape, origin, basis):
+    for index, atoms, b in (blocks if blocks is not None else basis_blocks(system, shape, origin, basis)):
         live = np.flatnonzero(np.abs(b).max(axis=0) > 0)  # a far atom reaches a box with its wide functions only
         b = b[:, live]
         cols = _columns_of(atoms, basis.per_atom)[live]
@@ -170,20 +183,23 @@ def fit_density(system, shape, origin, dv: float, delta_rho: np.ndarray, basis: 
     return fit_densities(system, shape, origin, dv, [delta_rho], basis)[0]
 
 
-def densities_of(system, shape, origin, coefs: Sequence[np.ndarray], basis: GaussianBasis) -> list[np.ndarray]:
-    """:func:`density_of` of several coefficient sets, the functions' values computed once."""
+def densities_of(system, shape, origin, coefs: Sequence[np.ndarray], basis: GaussianBasis,
+                 blocks: Sequence | None = None) -> list[np.ndarray]:
+    """:func:`density_of` of several coefficient sets, the functions' values computed once (``blocks``: as in
+    :func:`fit_densities`)."""
     outs = [np.zeros(tuple(shape)) for _ in coefs]
     cs = np.stack([np.asarray(c, dtype=float).reshape(-1) for c in coefs], axis=1)
-    for index, atoms, b in basis_blocks(system, shape, origin, basis):
+    for index, atoms, b in (blocks if blocks is not None else basis_blocks(system, shape, origin, basis)):
         vals = b @ cs[_columns_of(atoms, basis.per_atom)]
         for k, out in enumerate(outs):
             out[index] = vals[:, k].reshape(out[index].shape)
     return outs
 
 
-def density_of(system, shape, origin, coef: np.ndarray, basis: GaussianBasis) -> np.ndarray:
+def density_of(system, shape, origin, coef: np.ndarray, basis: GaussianBasis,
+               blocks: Sequence | None = None) -> np.ndarray:
     """Σ c g on the grid (e/Å³ for c in the units of :func:`fit_density`), shape ``shape``."""
-    return densities_of(system, shape, origin, [coef], basis)[0]
+    return densities_of(system, shape, origin, [coef], basis, blocks)[0]
 
 
 def basis_matrix(system, shape, origin, basis: GaussianBasis) -> np.ndarray:

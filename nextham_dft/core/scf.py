@@ -33,6 +33,7 @@ from ..errors import MissingDataError, UnsupportedError
 from .atomic import require_atomic_densities, superposition_on_grid
 from .blocks import BlockSparse
 from .density import GridOrbitals, density_matrix, density_on_grid
+from .gaussians import GaussianBasis, kept_basis_blocks
 from .hxc import FUNCTIONALS, hxc_change, reciprocal_grid
 from .kspace import FixedOverlap
 from .potential import _grid_integrals, _grid_shape, origin_atoms
@@ -131,6 +132,20 @@ class SelfConsistency:
         self.rho_core = superposition_on_grid(system, self.shape, self.origin, "core")
         rho = superposition_on_grid(system, self.shape, self.origin, "valence")
         self.rho_atoms = rho * self.nelec / (rho.sum() * self.dv)  # as the codes do: the cell's electron count
+        self.keep_bytes = int(keep_bytes)
+        self._gaussians: list[tuple[np.ndarray, GaussianBasis, list | None]] = []
+
+    def gaussian_blocks(self, sites, basis: GaussianBasis) -> list | None:
+        """``core.gaussians.kept_basis_blocks`` of Gaussians ``basis`` on ``sites`` (lattice and positions, Å) on
+        this grid, computed once for the fits and densities of a prediction (None when they do not fit in
+        a quarter of ``keep_bytes``: then each computes its own)."""
+        key = np.concatenate([np.asarray(sites.lattice, dtype=float), np.asarray(sites.positions, dtype=float)])
+        for k, b, kept in self._gaussians:
+            if b == basis and k.shape == key.shape and np.array_equal(k, key):
+                return kept
+        kept = kept_basis_blocks(sites, self.shape, self.origin, basis, self.keep_bytes / 4)
+        self._gaussians.append((key, basis, kept))
+        return kept
 
     def hamiltonian(self, rho: np.ndarray) -> BlockSparse:
         """H[ρ] (eV) for the density ``rho`` (e/Å³) on this grid, on H(0)'s blocks and S's (H(0) reaches

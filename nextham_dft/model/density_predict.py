@@ -50,7 +50,7 @@ def network_coefficients(model: nn.Module, step: FirstStep, sites: tuple[Sites, 
 
 def predicted_density(sc: SelfConsistency, sites: Sites, step: FirstStep, c: np.ndarray, cfg: DensityConfig) -> np.ndarray:
     """ρ = ρ_atoms + Σ c g (+ the secant density's unresolved part, with a probe), e/Å³ on the grid of ``sc``."""
-    rho = sc.rho_atoms + density_of(sites, sc.shape, sc.origin, c, cfg.basis)
+    rho = sc.rho_atoms + density_of(sites, sc.shape, sc.origin, c, cfg.basis, sc.gaussian_blocks(sites, cfg.basis))
     return rho + step.unresolved if step.unresolved is not None else rho
 
 

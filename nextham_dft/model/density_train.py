@@ -125,8 +125,9 @@ def first_step(sc: SelfConsistency, cfg: DensityConfig, sites: Sites | None = No
     probe_in = sc.rho_atoms + cfg.probe * d1
     rho2, _ = sc.density(sc.hamiltonian(probe_in))
     u = rho2 - sc.rho_atoms - d1
-    f1, fu = fit_densities(sites, sc.shape, sc.origin, sc.dv, [d1, u], cfg.basis)
-    g1, gu = densities_of(sites, sc.shape, sc.origin, [f1, fu], cfg.basis)
+    blocks = sc.gaussian_blocks(sites, cfg.basis)
+    f1, fu = fit_densities(sites, sc.shape, sc.origin, sc.dv, [d1, u], cfg.basis, blocks)
+    g1, gu = densities_of(sites, sc.shape, sc.origin, [f1, fu], cfg.basis, blocks)
     # γ from the fitted densities: the smooth part the network sees, in the metric it is trained in (the raw
     # densities' sharp core-region parts would weigh in the L2 term)
     b = secant_factor(sc, g1, gu, cfg.probe, cfg.xc_weight, cfg.secant)
