@@ -343,3 +343,15 @@ def test_kept_grid_values_and_entry_positions_change_no_density_or_integral(alp_
         a = _grid_integrals(system, s, spacing, field, grid_origin=origin)
         b = _grid_integrals(system, s, spacing, field, grid_origin=origin, orbitals=kept)
         assert np.abs(a - b).max() < 1e-12
+
+
+def test_valence_and_core_superposed_in_one_pass_equal_each_alone(alp_soc):
+    from nextham_dft.core.atomic import superposition_on_grid
+
+    shape, origin = (7, 7, 7), np.array([0.3, -0.2, 0.1])
+    both = superposition_on_grid(alp_soc, shape, origin, ("valence", "core"))
+    assert both.shape == (2,) + shape and both[0].max() > 0
+    for n, part in enumerate(("valence", "core")):
+        assert np.array_equal(both[n], superposition_on_grid(alp_soc, shape, origin, part))
+    with pytest.raises(ValueError, match="unknown density part"):
+        superposition_on_grid(alp_soc, shape, origin, ("valence", "semicore"))

@@ -47,26 +47,36 @@ class AtomicDensity:
 
 
 def superposition_on_grid(system, shape: tuple[int, int, int], origin: np.ndarray,
-                          part: str = "valence", chunk: int = 8192) -> np.ndarray:
+                          part: str | tuple[str, ...] = "valence", chunk: int = 8192) -> np.ndarray:
     """Σ_atoms Σ_T ρ_a(|r − τ_a − T|) (e/Å³) at the grid points origin + (n/N)·A of the cell, for
-    ``part`` 'valence' or 'core' of ``system.atomic_densities`` (one per species, as ``system.bases``)."""
+    ``part`` 'valence' or 'core' of ``system.atomic_densities`` (one per species, as ``system.bases``);
+    for a tuple of parts, (len(parts), *shape), their point–atom distances found once."""
     from scipy.spatial import cKDTree
 
+    parts = (part,) if isinstance(part, str) else tuple(part)
+    if not set(parts) <= {"valence", "core"}:
+        raise ValueError(f"unknown density part(s) {parts}: 'valence' or 'core'")
     dens = require_atomic_densities(system)
     lat = np.asarray(system.lattice, dtype=float)
     pts = (np.asarray(origin, dtype=float) + grid_points(lat, shape)).reshape(-1, 3)
     reach = max(d.reach for d in dens)
     owner, _T, pos = periodic_images(lat, system.positions, reach, margin=2)
     kinds = np.asarray(system.kinds)[owner]
-    tables = [(kind, d.reach, d.r, d.valence if part == "valence" else d.core) for kind, d in enumerate(dens)]
-    tables = [(cKDTree(pos[kinds == k]), reach, r, f) for k, reach, r, f in tables if np.any(f) and np.any(kinds == k)]
-    out = np.zeros(len(pts))
+    tables = []
+    for k, d in enumerate(dens):
+        fs = [d.valence if p == "valence" else d.core for p in parts]
+        if any(np.any(f) for f in fs) and np.any(kinds == k):
+            tables.append((cKDTree(pos[kinds == k]), d.reach, d.r, fs))
+    out = np.zeros((len(parts), len(pts)))
     for a in range(0, len(pts), chunk):  # every (point, image) pair within reach, a chunk of points at a time
         points = cKDTree(pts[a : a + chunk])
-        for images, reach_k, r, f in tables:
+        for images, reach_k, r, fs in tables:
             pairs = points.sparse_distance_matrix(images, reach_k, output_type="ndarray")
-            out[a : a + chunk] += np.bincount(pairs["i"], radial_interp(pairs["v"], r, f), minlength=points.n)
-    return out.reshape(shape)
+            for n, f in enumerate(fs):
+                if np.any(f):
+                    out[n, a : a + chunk] += np.bincount(pairs["i"], radial_interp(pairs["v"], r, f), minlength=points.n)
+    out = out.reshape((len(parts),) + tuple(shape))
+    return out[0] if isinstance(part, str) else out
 
 
 def radial_interp(x: np.ndarray, r: np.ndarray, f: np.ndarray) -> np.ndarray:

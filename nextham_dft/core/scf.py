@@ -129,8 +129,7 @@ class SelfConsistency:
         self.overlap = (FixedOverlap(self.s, self.kfrac, spinor) if 16 * dim * dim * len(self.kfrac) <= keep_bytes
                         else None)
         self.orbitals = GridOrbitals(system, self.shape, self.origin, keep_bytes=keep_bytes)
-        self.rho_core = superposition_on_grid(system, self.shape, self.origin, "core")
-        rho = superposition_on_grid(system, self.shape, self.origin, "valence")
+        rho, self.rho_core = superposition_on_grid(system, self.shape, self.origin, ("valence", "core"))
         self.rho_atoms = rho * self.nelec / (rho.sum() * self.dv)  # as the codes do: the cell's electron count
         self.keep_bytes = int(keep_bytes)
         self._gaussians: list[tuple[np.ndarray, GaussianBasis, list | None]] = []
