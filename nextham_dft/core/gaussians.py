@@ -116,23 +116,19 @@ def _columns(basis: GaussianBasis, d: np.ndarray) -> np.ndarray:
     return np.concatenate(cols, axis=1) / basis.norms()
 
 
+#: grid points a side of the boxes :func:`basis_blocks` works in
+BOX = 8
+
+
 def basis_blocks(system, shape: tuple[int, int, int], origin: np.ndarray, basis: GaussianBasis,
-                 block: int = 8) -> Iterator[tuple[tuple[slice, slice, slice], np.ndarray, np.ndarray]]:
+                 block: int = BOX) -> Iterator[tuple[tuple[slice, slice, slice], np.ndarray, np.ndarray]]:
     """(index, atoms, values) over the grid in sub-boxes of ``block`` points a side: the box's grid slices,
     the atoms whose functions reach it (any periodic image) and the values of their functions there,
     (points, len(atoms) · per_atom), images summed. Work and memory per box depend on the atoms near it
     only, so the cost grows with the cell's volume, not its square."""
-    lat = np.asarray(system.lattice, dtype=float)
-    points = np.asarray(origin, dtype=float) + grid_points(lat, shape)
-    reach = REACH_SIGMAS * max(basis.sigmas)
-    owner, _t, pos = periodic_images(lat, np.asarray(system.positions, dtype=float), reach, margin=1)
-    images = cKDTree(pos)
     nf = basis.per_atom
-    for index, p, centre, rad in grid_boxes(points, block):
-        near = np.asarray(images.query_ball_point(centre, reach + rad), dtype=np.int64)
-        if len(near) == 0:
-            continue
-        atoms, slot = np.unique(owner[near], return_inverse=True)
+    reach = REACH_SIGMAS * max(basis.sigmas)
+    for index, p, near, atoms, slot, pos in _boxes(system, shape, origin, basis, block):
         d = p[None, :, :] - pos[near][:, None, :]  # (images, points, 3)
         img, row = np.nonzero(np.einsum("ipk,ipk->ip", d, d) < reach * reach)
         vals = _columns(basis, d[img, row])  # every (image, point) pair in reach at once
@@ -142,6 +138,22 @@ def basis_blocks(system, shape: tuple[int, int, int], origin: np.ndarray, basis:
         yield index, atoms, out.reshape(len(p), ncols)
 
 
+def _boxes(system, shape, origin, basis: GaussianBasis, block: int):
+    """(index, points, near images, their distinct atoms, each image's slot among them, image positions) of the
+    grid's sub-boxes that some function reaches (:func:`basis_blocks`' neighbour search alone)."""
+    lat = np.asarray(system.lattice, dtype=float)
+    points = np.asarray(origin, dtype=float) + grid_points(lat, shape)
+    reach = REACH_SIGMAS * max(basis.sigmas)
+    owner, _t, pos = periodic_images(lat, np.asarray(system.positions, dtype=float), reach, margin=1)
+    images = cKDTree(pos)
+    for index, p, centre, rad in grid_boxes(points, block):
+        near = np.asarray(images.query_ball_point(centre, reach + rad), dtype=np.int64)
+        if len(near) == 0:
+            continue
+        atoms, slot = np.unique(owner[near], return_inverse=True)
+        yield index, p, near, atoms, slot, pos
+
+
 def _columns_of(atoms: np.ndarray, nf: int) -> np.ndarray:
     """The global coefficient columns of ``atoms`` (each ``nf`` wide), in order."""
     return (atoms[:, None] * nf + np.arange(nf)[None, :]).reshape(-1)
@@ -149,14 +161,10 @@ def _columns_of(atoms: np.ndarray, nf: int) -> np.ndarray:
 
 def kept_basis_blocks(system, shape, origin, basis: GaussianBasis, max_bytes: float) -> list | None:
     """:func:`basis_blocks` as a list, to pass as ``blocks`` to the fits and densities that share one grid and
-    one set of sites, or None when the values would take more than ``max_bytes``."""
-    kept, total = [], 0
-    for b in basis_blocks(system, shape, origin, basis):
-        total += b[2].nbytes
-        if total > max_bytes:
-            return None
-        kept.append(b)
-    return kept
+    one set of sites, or None when the values would take more than ``max_bytes`` (found by the neighbour search
+    alone, before any value is computed)."""
+    size = sum(8 * len(p) * len(atoms) * basis.per_atom for _, p, _, atoms, _, _ in _boxes(system, shape, origin, basis, BOX))
+    return list(basis_blocks(system, shape, origin, basis)) if size <= max_bytes else None
 
 
 def fit_densities(system, shape, origin, dv: float, deltas: Sequence[np.ndarray],
