@@ -6,10 +6,14 @@ could not tell apart were compared over 120 structures this way).
     # per fold k and recipe NAME: train.py samples cv/fold{k}.json cv/NAME{k}.pt ... (the recipe's options)
     python scripts/density_recipe/cross_validate.py eval dataset.h5 cv/fold0.json energy=cv/energy0.pt norm=cv/norm0.pt --json cv/eval0.json
     python scripts/density_recipe/cross_validate.py summary cv/eval0.json cv/eval1.json cv/eval2.json
+    # Kohn–Sham steps after each prediction, one row set per mixing (β, Kerker q0 in 1/Å):
+    python scripts/density_recipe/cross_validate.py eval ... --steps 2 --mix 0.4:0.8 --mix 0.8:0.8 --json ...
 
 ``folds``: the split's train + val ids, sorted, fold k = ids[k::K]; cv/fold{k}.json trains on the others and
 validates (keeps the best epoch) on fold k. ``eval``: each structure of the fold's "val" predicted by every
-NAME=MODEL (one first step shared; a model's domain guard applies), scored by ``evaluation.evaluate``.
+NAME=MODEL (one first step shared; a model's domain guard applies), scored by ``evaluation.evaluate``; with
+``--steps N``, also H after N completion steps from that prediction for each ``--mix β:q0`` (rows
+"NAME+Nsteps@β:q0").
 Existing fold files or an existing --json are refused, not overwritten. ``summary``: per NAME over all folds, the mean and median shifted band MAE (meV), H after μS (meV), ghost and
 far states, and the structures worse than H(0) in bands.
 """
@@ -27,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from nextham_dft.core.scf import SelfConsistency  # noqa: E402
+from nextham_dft.core.scf import ScfSettings, SelfConsistency, complete_scf  # noqa: E402
 from nextham_dft.dataset import iter_dataset  # noqa: E402
 from nextham_dft.errors import NexthamError  # noqa: E402
 from nextham_dft.evaluation import evaluate, summarise  # noqa: E402
@@ -47,14 +51,19 @@ def make_folds(split: dict, k: int) -> list[dict]:
     return folds
 
 
-def evaluate_fold(data: str, fold: dict, models: dict[str, torch.nn.Module], log=print) -> dict[str, list[dict]]:
+def evaluate_fold(data: str, fold: dict, models: dict[str, torch.nn.Module], log=print, steps: int = 0,
+                  mixes: tuple[tuple[float, float], ...] = ()) -> dict[str, list[dict]]:
     """{name: rows}: each structure of ``fold["val"]`` predicted by every model (their configs must share the
-    probe step, basis and grid: one first step serves them all)."""
+    probe step, basis and grid: one first step serves them all); with ``steps`` > 0 also, for each (β, q0) of
+    ``mixes``, the H after that many completion steps from each prediction (``core.scf.complete_scf``)."""
     first = next(iter(models.values())).cfg
     if len({(m.cfg.probe, m.cfg.probe_inputs, m.cfg.secant, m.cfg.spacing, m.cfg.sigmas, m.cfg.lmax, m.cfg.ridge,
              m.cfg.bond_sites, m.cfg.bond_factor) for m in models.values()}) > 1:
         raise ValueError("the models' probe steps, Gaussians, sites or grids differ: evaluate them apart")
     rows: dict[str, list[dict]] = {name: [] for name in models}
+    for name in models:
+        for beta, q0 in (mixes if steps > 0 else ()):
+            rows[step_name(name, steps, beta, q0)] = []
     for system in iter_dataset(data, ids=fold["val"]):
         t = time.perf_counter()
         sc = SelfConsistency(system, first.spacing)
@@ -63,12 +72,34 @@ def evaluate_fold(data: str, fold: dict, models: dict[str, torch.nn.Module], log
         scores = []
         for name, model in models.items():
             rho = predicted_density(sc, sites, step, network_coefficients(model, step, (sites, z)), first)
-            row = {"id": system.meta["id"], "formula": system.formula, "spin": system.spin_mode,
-                   **evaluate(system, sc.hamiltonian(rho))}
-            rows[name].append(row)
-            scores.append(f"{name} {row['predicted']['band_mae_shifted_mev']:.2f}")
+            hams = {name: sc.hamiltonian(rho)}
+            for beta, q0 in (mixes if steps > 0 else ()):
+                cfg = ScfSettings(tol=0.0, max_iter=steps, beta=beta, kerker_q0=q0)
+                hams[step_name(name, steps, beta, q0)] = complete_scf(system, settings=cfg, start_density=rho,
+                                                                      consistency=sc).hamiltonian
+            for key, h in hams.items():
+                row = {"id": system.meta["id"], "formula": system.formula, "spin": system.spin_mode,
+                       **evaluate(system, h)}
+                rows[key].append(row)
+                scores.append(f"{key} {row['predicted']['band_mae_shifted_mev']:.2f}")
         log(f"{system.meta['id']} {system.formula}: {', '.join(scores)} meV; {time.perf_counter() - t:.1f} s")
     return rows
+
+
+def step_name(name: str, steps: int, beta: float, q0: float) -> str:
+    """The row name of ``steps`` completion steps with mixing β, Kerker q0 after model ``name``'s prediction."""
+    return f"{name}+{steps}steps@{beta:g}:{q0:g}"
+
+
+def parse_mix(text: str) -> tuple[float, float]:
+    """'β:q0' → (β, q0): the mixing fraction in (0, 1] and the Kerker wavevector (1/Å, ≥ 0)."""
+    try:
+        beta, q0 = (float(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give the mixing as BETA:Q0, e.g. 0.4:0.8") from None
+    if not (0.0 < beta <= 1.0 and q0 >= 0.0):
+        raise argparse.ArgumentTypeError(f"{text!r}: β must lie in (0, 1] and q0 be ≥ 0")
+    return beta, q0
 
 
 def summary_lines(rows: dict[str, list[dict]]) -> list[str]:
@@ -104,6 +135,9 @@ def main() -> None:
     e.add_argument("fold")
     e.add_argument("models", nargs="+", help="NAME=MODEL.pt")
     e.add_argument("--json", required=True)
+    e.add_argument("--steps", type=int, default=0, help="also score H after this many completion steps")
+    e.add_argument("--mix", type=parse_mix, action="append", default=None,
+                   help="β:q0 of the steps' mixing (repeatable; default the SCF's own)")
     s = sub.add_parser("summary", help="the metrics over every fold's eval JSON")
     s.add_argument("evals", nargs="+")
     args = ap.parse_args()
@@ -120,12 +154,16 @@ def main() -> None:
     elif args.command == "eval":
         if Path(args.json).exists():
             sys.exit(f"error: {args.json} exists; give a new file")
+        if args.steps < 0:
+            sys.exit(f"error: --steps {args.steps}: give 0 or more steps")
         pairs = [m.split("=", 1) for m in args.models]
         if any(len(p) != 2 or not p[0] for p in pairs):
             sys.exit("error: give the models as NAME=MODEL.pt")
         try:
             models = {name: load_model(path)[0].double().eval() for name, path in pairs}
-            rows = evaluate_fold(args.data, json.loads(Path(args.fold).read_text()), models)
+            mixes = tuple(args.mix or [(ScfSettings.beta, ScfSettings.kerker_q0)])
+            rows = evaluate_fold(args.data, json.loads(Path(args.fold).read_text()), models, steps=args.steps,
+                                 mixes=mixes)
         except (ValueError, NexthamError) as exc:
             sys.exit(f"error: {exc}")
         write_new(Path(args.json), json.dumps(rows, default=float))
