@@ -578,6 +578,19 @@ def test_cross_validation_folds_partition_the_split_and_score_each_structure_onc
     assert not (tmp_path / "x.json").exists()
     few = run("folds", str(tmp_path / "fold.json"), str(tmp_path / "cv1"), "--k", "1")
     assert few.returncode != 0 and "2 folds" in few.stderr and len(few.stderr.strip().splitlines()) == 1
+    # completion steps after each prediction, one row set per mixing; the steps move H towards the converged one
+    stepped = run("eval", str(tmp_path / "data.h5"), str(tmp_path / "fold.json"), f"wide={tmp_path / 'wide.pt'}",
+                  "--steps", "2", "--mix", "0.4:0.8", "--mix", "0.8:0", "--json", str(tmp_path / "s.json"))
+    assert stepped.returncode == 0, stepped.stderr
+    srows = json.loads((tmp_path / "s.json").read_text())
+    assert set(srows) == {"wide", "wide+2steps@0.4:0.8", "wide+2steps@0.8:0"}
+    assert srows["wide"][0]["predicted"] == rows["wide"][0]["predicted"]
+    after = [srows[k][0]["predicted"]["h_mae_shifted_mev"] for k in ("wide+2steps@0.4:0.8", "wide+2steps@0.8:0")]
+    assert after[0] != pytest.approx(after[1]) and max(after) < rows["wide"][0]["predicted"]["h_mae_shifted_mev"]
+    for bad_mix in ("0.4", "1.5:0.8", "0.4:-1"):
+        refused = run("eval", str(tmp_path / "data.h5"), str(tmp_path / "fold.json"), f"wide={tmp_path / 'wide.pt'}",
+                      "--steps", "2", "--mix", bad_mix, "--json", str(tmp_path / "y.json"))
+        assert refused.returncode != 0 and "--mix" in refused.stderr and not (tmp_path / "y.json").exists()
 
 
 def test_the_bundled_density_model_card_and_prediction(tmp_path):
