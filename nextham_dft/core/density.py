@@ -283,8 +283,8 @@ class GridOrbitals:
 
     def blocks_with_entries(self, pattern: BlockSparse):
         """:meth:`blocks` with each block's :meth:`EntryPlan.index` into ``pattern``'s stored entries appended:
-        ((index, near, columns, phi), where). The positions are kept beside kept orbital values (within
-        ``keep_bytes`` more), for the patterns an SCF reuses every iteration."""
+        ((index, near, columns, phi), where). The positions are kept beside kept orbital values when both fit
+        in ``keep_bytes`` together, for the patterns an SCF reuses every iteration."""
         for plan, kept in self._plans:
             if plan.serves(pattern):
                 return zip(self.blocks(), kept) if kept else self._with_plan(plan)
