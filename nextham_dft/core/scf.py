@@ -125,7 +125,7 @@ class SelfConsistency:
         self.kfrac, self.kweights = time_reversal_half(mesh.frac, mesh.weights)
         spinor = self.h0.spin == "spinor"
         dim = int(np.sum(self.s.norb)) * (2 if spinor else 1)
-        # S(k)'s factors, formed once for every iteration's diagonalisation, when they fit beside the orbitals
+        # S(k)'s factors, formed once for every iteration's diagonalisation, when they fit in keep_bytes
         self.overlap = (FixedOverlap(self.s, self.kfrac, spinor) if 16 * dim * dim * len(self.kfrac) <= keep_bytes
                         else None)
         self.orbitals = GridOrbitals(system, self.shape, self.origin, keep_bytes=keep_bytes)
