@@ -211,7 +211,8 @@ class EntryPlan:
         self.norb = np.asarray(pattern.norb)
         self.size = int(pattern.offsets[-1])
         # per full-list block: its stored data offset (mirrors: the offset of the block they mirror)
-        self.start = np.concatenate([pattern.offsets[:-1], pattern.offsets[mir], [0]]).astype(np.int64)
+        self.itype = np.int32 if self.size < 2**31 - 1 else np.int64  # positions (and their arithmetic) in this type
+        self.start = np.concatenate([pattern.offsets[:-1], pattern.offsets[mir], [0]]).astype(self.itype)
 
     def serves(self, pattern: BlockSparse) -> bool:
         """Whether ``pattern`` has this plan's blocks (same edges, same order)."""
@@ -222,21 +223,18 @@ class EntryPlan:
         """(M, M) int: the stored-entry position of every orbital pair of the images (see the class); of the
         pairs of ``columns`` alone (indices into the images' orbitals in order) when given."""
         e = self.lookup(owner[:, None], owner[None, :], T[None, :] - T[:, None])  # (n, n) full-list block
-        n_img = self.norb[owner]
-        nb = int(n_img.max(initial=0))
-        r = np.arange(nb)
-        ni, nj = n_img[:, None, None, None], n_img[None, None, :, None]
-        a, b = r[None, :, None, None], r[None, None, None, :]
-        base = self.start[e][:, None, :, None]
-        stored = (e < self.n_stored)[:, None, :, None]
-        missing = (e == self.lookup.missing)[:, None, :, None]
-        idx = np.where(stored, base + a * nj + b, base + b * ni + a)
-        idx = np.where(missing, self.size, idx)
-        keep = (r[None, :] < n_img[:, None]).reshape(-1)
-        idx = idx.reshape(len(owner) * nb, len(owner) * nb)[keep][:, keep]
+        n_img = self.norb[owner].astype(self.itype)
+        img = np.repeat(np.arange(len(owner)), n_img)  # every orbital's image and its index within the image
+        loc = (np.arange(len(img)) - np.repeat(np.cumsum(n_img) - n_img, n_img)).astype(self.itype)
         if columns is not None:
-            idx = idx[columns][:, columns]
-        return idx.astype(np.int32 if self.size < 2**31 - 1 else np.int64)
+            img, loc = img[columns], loc[columns]
+        E = e[img[:, None], img[None, :]]  # (M, M) the block of each orbital pair
+        base = self.start[E]
+        ni, nj = n_img[img][:, None], n_img[img][None, :]
+        a, b = loc[:, None], loc[None, :]
+        idx = np.where(E < self.n_stored, base + a * nj + b, base + b * ni + a)
+        idx[E == self.lookup.missing] = self.size
+        return idx
 
 
 class GridOrbitals:
