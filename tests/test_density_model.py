@@ -474,6 +474,34 @@ def test_a_crystal_beyond_the_training_inputs_gets_the_secant_density_and_a_warn
     assert any("secant density" in w for w in report["warnings"])
 
 
+def test_a_shrunk_correction_moves_the_density_from_the_secant_by_that_share(si2):
+    """``correction_scale`` λ keeps a share of the network's correction to the secant density: λ = 0 is the
+    secant density itself, λ = 0.5 lies halfway (the density is linear in the coefficients), λ = 1 the network's;
+    a share outside [0, 1] is refused."""
+    from nextham_dft.core.scf import SelfConsistency
+    from nextham_dft.model.density_predict import network_coefficients
+    from nextham_dft.model.density_train import first_step
+
+    cfg = dataclasses.replace(SMALL, lmax=2, probe=0.3)
+    torch.manual_seed(1)
+    net = DensityNet(cfg)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    sc = SelfConsistency(si2, cfg.spacing)
+    sites = density_sites(si2, cfg)
+    step = first_step(sc, cfg, sites[0])
+    coeffs = {}
+    for lam in (0.0, 0.5, 1.0):
+        net.cfg = dataclasses.replace(cfg, correction_scale=lam)
+        coeffs[lam] = network_coefficients(net, step, sites)
+    assert np.allclose(coeffs[0.0], neutralised(step.inputs[:, :cfg.basis.per_atom], cfg.basis), atol=1e-12)
+    assert np.abs(coeffs[1.0] - coeffs[0.0]).max() > 1e-4
+    assert np.allclose(coeffs[0.5], 0.5 * (coeffs[0.0] + coeffs[1.0]), atol=1e-12)
+    with pytest.raises(ValueError, match="correction_scale"):
+        dataclasses.replace(cfg, correction_scale=1.5)
+
+
 def test_the_completion_starts_from_a_given_density(si2):
     """complete_scf(start_density=...): from the density of the converged H it is done at once; a density
     on another grid is refused."""

@@ -99,12 +99,17 @@ class DensityConfig:
     #: with ``probe``: how the secant factor b is set (``density_train.secant_factor``): "projection" (γ from the
     #: projection of the response on Δρ1) or "anderson" (the two-point residual minimum)
     secant: str = "projection"
+    #: with ``probe``: the share λ of the network's correction to the secant density that the prediction keeps,
+    #: c = c_S + λ (c_net − c_S) (1: all of it)
+    correction_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.probe_inputs not in PROBE_INPUTS:
             raise ValueError(f"probe_inputs {self.probe_inputs!r}: one of {', '.join(PROBE_INPUTS)}")
         if self.secant not in SECANTS:
             raise ValueError(f"secant {self.secant!r}: one of {', '.join(SECANTS)}")
+        if not 0.0 <= self.correction_scale <= 1.0:
+            raise ValueError(f"correction_scale {self.correction_scale}: give a share in [0, 1]")
 
     @property
     def inputs(self) -> int:

@@ -44,8 +44,11 @@ def network_coefficients(model: nn.Module, step: FirstStep, sites: tuple[Sites, 
     with torch.no_grad():
         c = model(z.to(device), torch.tensor(step.inputs, device=device),
                    torch.tensor(src, device=device), torch.tensor(dst, device=device),
-                   torch.tensor(vec, device=device))
-    return neutralised(c.cpu().numpy(), cfg.basis)
+                   torch.tensor(vec, device=device)).cpu().numpy()
+    if cfg.probe > 0 and cfg.correction_scale != 1.0:  # keep a share of the correction to the secant density
+        secant = step.inputs[:, :cfg.basis.per_atom]
+        c = secant + cfg.correction_scale * (c - secant)
+    return neutralised(c, cfg.basis)
 
 
 def predicted_density(sc: SelfConsistency, sites: Sites, step: FirstStep, c: np.ndarray, cfg: DensityConfig) -> np.ndarray:
