@@ -430,6 +430,17 @@ def test_a_density_model_refuses_a_run_without_pseudopotentials(tmp_path, si2_sa
     assert not (tmp_path / "o").exists()
 
 
+def _probe_net(cfg, seed: int) -> DensityNet:
+    """A density network of ``cfg`` whose weights are moved off their initial values, so that its correction to
+    the secant density is not zero."""
+    torch.manual_seed(seed)
+    net = DensityNet(cfg)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return net
+
+
 def test_a_crystal_beyond_the_training_inputs_gets_the_secant_density_and_a_warning(tmp_path, si2):
     """A probe model leaves its correction out where the inputs' ratio exceeds its training set's largest
     (``input_ratio_max``): there the density is the secant density's (fit, neutralised, plus the unresolved
@@ -448,11 +459,7 @@ def test_a_crystal_beyond_the_training_inputs_gets_the_secant_density_and_a_warn
 
     cfg = dataclasses.replace(SMALL, lmax=2, probe=0.3)
     ratio = coefficient_input_ratio(make_sample(si2, cfg, "si2"))
-    torch.manual_seed(0)
-    net = DensityNet(cfg)
-    with torch.no_grad():  # a network whose correction is not zero
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    net = _probe_net(cfg, seed=0)
     sc = SelfConsistency(si2, cfg.spacing)
     sites = density_sites(si2, cfg)[0]
     step = first_step(sc, cfg, sites)
@@ -483,11 +490,7 @@ def test_a_shrunk_correction_moves_the_density_from_the_secant_by_that_share(si2
     from nextham_dft.model.density_train import first_step
 
     cfg = dataclasses.replace(SMALL, lmax=2, probe=0.3)
-    torch.manual_seed(1)
-    net = DensityNet(cfg)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    net = _probe_net(cfg, seed=1)
     sc = SelfConsistency(si2, cfg.spacing)
     sites = density_sites(si2, cfg)
     step = first_step(sc, cfg, sites[0])
@@ -571,11 +574,7 @@ def test_cross_validation_folds_partition_the_split_and_score_each_structure_onc
         write_system(f.create_group("si2"), si2)
     (tmp_path / "fold.json").write_text(json.dumps({"train": [], "val": ["si2"], "test": []}))
     cfg = dataclasses.replace(SMALL, lmax=2, probe=0.3)
-    torch.manual_seed(0)
-    net = DensityNet(cfg)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    net = _probe_net(cfg, seed=0)
     save_model(tmp_path / "wide.pt", net, {"name": "wide"})
     net.cfg = dataclasses.replace(cfg, input_ratio_max=1e-6)  # Si2 lies beyond: the secant density
     save_model(tmp_path / "narrow.pt", net, {"name": "narrow"})
