@@ -503,6 +503,8 @@ def test_a_shrunk_correction_moves_the_density_from_the_secant_by_that_share(si2
     assert np.allclose(coeffs[0.5], 0.5 * (coeffs[0.0] + coeffs[1.0]), atol=1e-12)
     with pytest.raises(ValueError, match="correction_scale"):
         dataclasses.replace(cfg, correction_scale=1.5)
+    with pytest.raises(ValueError, match="probe step"):
+        dataclasses.replace(cfg, probe=0.0, correction_scale=0.5)
 
 
 def test_the_completion_starts_from_a_given_density(si2):

@@ -110,6 +110,8 @@ class DensityConfig:
             raise ValueError(f"secant {self.secant!r}: one of {', '.join(SECANTS)}")
         if not 0.0 <= self.correction_scale <= 1.0:
             raise ValueError(f"correction_scale {self.correction_scale}: give a share in [0, 1]")
+        if self.correction_scale != 1.0 and self.probe <= 0:
+            raise ValueError("correction_scale needs a probe step (the share is of the correction to its secant density)")
 
     @property
     def inputs(self) -> int:
