@@ -71,14 +71,16 @@ def main() -> None:
         seconds = time.perf_counter() - t
         scf = (complete_scf(s, settings=ScfSettings(tol=args.scf_tol, mix_last=args.mix_last,
                                                     prior_history=args.prior_history),
-                            start_density=pred.density, consistency=pred.consistency, prior=pred.steps)
+                            start_density=pred.density, consistency=pred.consistency, prior=pred.steps,
+                            start_hamiltonian=pred.hamiltonian)
                if args.scf else None)
         if scf is not None:
             rows["scf"].append({"id": sid, "formula": s.formula, "spin": s.spin_mode, **evaluate(s, scf.hamiltonian)})
         steps = None
         if args.steps:
             steps = complete_scf(s, settings=ScfSettings(tol=0.0, max_iter=args.steps, prior_history=args.prior_history),
-                                 start_density=pred.density, consistency=pred.consistency, prior=pred.steps)
+                                 start_density=pred.density, consistency=pred.consistency, prior=pred.steps,
+                                 start_hamiltonian=pred.hamiltonian)
             rows["steps"].append({"id": sid, "formula": s.formula, "spin": s.spin_mode, **evaluate(s, steps.hamiltonian)})
         rows["density"].append({"id": sid, "formula": s.formula, "spin": s.spin_mode, **evaluate(s, h)})
         if other is not None:

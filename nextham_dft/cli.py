@@ -564,7 +564,7 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
         if density and dens_pred.consistency.spacing == settings.spacing:  # from the predicted density itself
             h_pred, scf_report = _complete_scf(system, h_pred, settings, "predicted density", warnings,
                                                start_density=dens_pred.density, consistency=dens_pred.consistency,
-                                               prior=dens_pred.steps)
+                                               prior=dens_pred.steps, start_hamiltonian=dens_pred.hamiltonian)
         else:
             h_pred, scf_report = _complete_scf(system, h_pred, settings, scf_from, warnings)
         timings["scf_s"] = scf_report["seconds"]
@@ -613,17 +613,18 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
 
 
 def _complete_scf(system, h_pred, settings: ScfSettings, start: str, warnings: list[str], start_density=None,
-                  consistency=None, prior=()):
+                  consistency=None, prior=(), start_hamiltonian=None):
     """(self-consistent H, report) from ``h_pred`` (None: the atoms' density), or from ``start_density`` on
-    the grid of ``consistency`` (a density model's, with ``prior`` the steps it took: ``complete_scf``), by
-    ``core.scf``; ``start`` names the start in the report; progress and warnings on stderr."""
+    the grid of ``consistency`` (a density model's, with ``prior`` the steps it took and ``start_hamiltonian`` its
+    H: ``complete_scf``), by ``core.scf``; ``start`` names the start in the report; progress and warnings on
+    stderr."""
     from .core.scf import complete_scf
 
     def progress(it: int, res: float) -> None:
         click.echo(f"scf iteration {it}: ∫|ρ_out − ρ_in|/N_e = {res:.2e}", err=True)
 
     res = complete_scf(system, start=h_pred, settings=settings, progress=progress, start_density=start_density,
-                       consistency=consistency, prior=prior)
+                       consistency=consistency, prior=prior, start_hamiltonian=start_hamiltonian)
     if not res.converged and settings.tol > 0:  # tol 0: a fixed number of steps was asked for
         warnings.append(f"the SCF completion did not converge in {settings.max_iter} iterations (residual "
                         f"{res.residuals[-1]:.1e} > {settings.tol:.0e}); the last H is written")

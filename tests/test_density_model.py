@@ -509,8 +509,8 @@ def test_a_shrunk_correction_moves_the_density_from_the_secant_by_that_share(si2
 
 def test_the_completion_starts_from_a_given_density(si2):
     """complete_scf(start_density=...): from the density of the converged H it is done at once; a density
-    on another grid is refused."""
-    from nextham_dft.core.scf import SelfConsistency, complete_scf
+    on another grid is refused; with the density's H handed in (start_hamiltonian), the steps are the same."""
+    from nextham_dft.core.scf import ScfSettings, SelfConsistency, complete_scf
 
     sc = SelfConsistency(si2, 0.15)
     first = complete_scf(si2, consistency=sc)
@@ -519,6 +519,12 @@ def test_the_completion_starts_from_a_given_density(si2):
     assert again.converged and again.iterations <= 2 < first.iterations
     with pytest.raises(ValueError, match="grid"):
         complete_scf(si2, start_density=rho[:-1], consistency=sc)
+    # the density's own H handed in (as a density model's prediction has it) gives the same steps
+    cfg = ScfSettings(tol=0.0, max_iter=2)
+    rho0 = 0.5 * (rho + sc.rho_atoms)
+    given = complete_scf(si2, settings=cfg, start_density=rho0, consistency=sc, start_hamiltonian=sc.hamiltonian(rho0))
+    built = complete_scf(si2, settings=cfg, start_density=rho0, consistency=sc)
+    assert given.residuals == built.residuals and np.array_equal(given.hamiltonian.data, built.hamiltonian.data)
 
 
 def test_prior_steps_start_the_pulay_history(si2):

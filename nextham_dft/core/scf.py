@@ -224,7 +224,8 @@ def _kerker(residual: np.ndarray, lattice: np.ndarray, beta: float, q0: float) -
 def complete_scf(system, start: BlockSparse | None = None, settings: ScfSettings | None = None,
                  progress=None, start_density: np.ndarray | None = None,
                  consistency: SelfConsistency | None = None,
-                 prior: list[tuple[np.ndarray, np.ndarray]] = ()) -> ScfResult:
+                 prior: list[tuple[np.ndarray, np.ndarray]] = (),
+                 start_hamiltonian: BlockSparse | None = None) -> ScfResult:
     """The self-consistent H of ``system`` (which holds H0, S, its k-mesh, electron count, smearing and
     atomic densities), starting from the atoms' density, from the density of ``start`` (a predicted H),
     or from ``start_density`` itself (e/Å³ on the grid of ``consistency``, e.g. a density model's).
@@ -233,7 +234,8 @@ def complete_scf(system, start: BlockSparse | None = None, settings: ScfSettings
     SelfConsistency of ``system`` at ``settings.spacing`` when one is already set up (its grid is reused).
     ``prior``: (ρ_in, ρ_out) pairs of Kohn–Sham steps already taken on that grid (a density model's), which
     start the Pulay history with ``settings.prior_history`` (they cost nothing more: their diagonalisations
-    are done).
+    are done). ``start_hamiltonian``: H[start_density] when the caller already has it (a density model's
+    prediction), which saves one H[ρ].
     """
     cfg = settings or ScfSettings()
     t0 = time.perf_counter()
@@ -242,7 +244,7 @@ def complete_scf(system, start: BlockSparse | None = None, settings: ScfSettings
         if start_density.shape != tuple(sc.shape):
             raise ValueError(f"the starting density's grid {start_density.shape} is not the completion's {sc.shape}")
         rho_in = np.asarray(start_density, dtype=float)
-        h = sc.hamiltonian(rho_in)
+        h = start_hamiltonian if start_hamiltonian is not None else sc.hamiltonian(rho_in)
     elif start is None:
         rho_in, h = sc.rho_atoms.copy(), sc.h0
     else:

@@ -75,8 +75,8 @@ def evaluate_fold(data: str, fold: dict, models: dict[str, torch.nn.Module], log
             hams = {name: sc.hamiltonian(rho)}
             for beta, q0 in (mixes if steps > 0 else ()):
                 cfg = ScfSettings(tol=0.0, max_iter=steps, beta=beta, kerker_q0=q0)
-                hams[step_name(name, steps, beta, q0)] = complete_scf(system, settings=cfg, start_density=rho,
-                                                                      consistency=sc).hamiltonian
+                hams[step_name(name, steps, beta, q0)] = complete_scf(
+                    system, settings=cfg, start_density=rho, consistency=sc, start_hamiltonian=hams[name]).hamiltonian
             for key, h in hams.items():
                 row = {"id": system.meta["id"], "formula": system.formula, "spin": system.spin_mode,
                        **evaluate(system, h)}
