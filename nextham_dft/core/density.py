@@ -48,17 +48,14 @@ def density_matrix(h: BlockSparse, s: BlockSparse, kfrac: np.ndarray, weights: n
     ef = fermi_level(eig, w, nelec, smearing, g)
     rows, cols, _, _ = pattern.to_coo(full=False, with_R=False)
     R = pattern.entry_R_index(full=False)  # (distinct R, each entry's index into them)
-    if spinor and charge_only:
-        parts = [_accumulate(vec, g * smearing.occupation(e, ef) * w[:, None], kfrac, rows, cols, R, spin_trace=True)
-                 for e, vec in solved]
-        return (BlockSparse(pattern.norb, pattern.edge_i, pattern.edge_j, pattern.R, pattern.offsets, parts[0].real,
-                            "none"), float(ef))
-    if spinor:  # the four spin components of every stored entry, spin-interleaved indices 2μ + s
+    four = spinor and not charge_only
+    if four:  # the four spin components of every stored entry, spin-interleaved indices 2μ + s
         rows = (2 * rows[:, None] + np.array([0, 0, 1, 1])).reshape(-1)
         cols = (2 * cols[:, None] + np.array([0, 1, 0, 1])).reshape(-1)
         R = (R[0], np.repeat(R[1], 4))
-    parts = [_accumulate(vec, g * smearing.occupation(e, ef) * w[:, None], kfrac, rows, cols, R) for e, vec in solved]
-    if spinor:
+    parts = [_accumulate(vec, g * smearing.occupation(e, ef) * w[:, None], kfrac, rows, cols, R,
+                         spin_trace=spinor and charge_only) for e, vec in solved]
+    if four:
         data, layout = parts[0].reshape(-1, 2, 2), "spinor"
     elif len(parts) == 2:
         data, layout = np.stack([p.real for p in parts], axis=1), "collinear"

@@ -50,6 +50,12 @@ class DensitySample:
     secant: str = "projection"
 
 
+def _metric_kernel(sc: SelfConsistency, x: np.ndarray, xc_weight: float) -> np.ndarray:
+    """The metric of :func:`coefficient_metric` applied to a density x on the grid of ``sc``: its Hartree potential
+    plus xc_weight·x (eV; ∫ y·(this) is the metric's inner product)."""
+    return hartree_potential(x, sc.lattice) + xc_weight * x
+
+
 def secant_factor(sc: SelfConsistency, d1: np.ndarray, u: np.ndarray, beta: float, xc_weight: float,
                   method: str = "projection") -> float:
     """b of the secant density Δρ1 + b·u (module docstring): u = Δρ2 − Δρ1 is β·J·Δρ1, the response to the probe
@@ -64,11 +70,11 @@ def secant_factor(sc: SelfConsistency, d1: np.ndarray, u: np.ndarray, beta: floa
     Either way 0 < b ≤ 1/β."""
     if method == "anderson":
         v = d1 - u / beta  # the residual's change per unit a
-        kernel_v = hartree_potential(v, sc.lattice) + xc_weight * v  # one Poisson solve
+        kernel_v = _metric_kernel(sc, v, xc_weight)  # one Poisson solve
         vv = float((v * kernel_v).sum() * sc.dv)
         a = float((d1 * kernel_v).sum() * sc.dv) / vv if vv > 0 else 1.0
         return (a if 0.0 < a <= 1.0 else 1.0) / beta  # a ∉ (0, 1]: the response amplifies (γ < 0), as clamped above
-    kernel_d1 = hartree_potential(d1, sc.lattice) + xc_weight * d1  # the metric applied to Δρ1 (one Poisson solve)
+    kernel_d1 = _metric_kernel(sc, d1, xc_weight)  # the metric applied to Δρ1 (one Poisson solve)
     norm = float((d1 * kernel_d1).sum() * sc.dv)
     beta_gamma = max(0.0, -float((u * kernel_d1).sum() * sc.dv) / norm) if norm > 0 else 0.0  # the metric is symmetric
     return 1.0 / (beta + beta_gamma)
@@ -79,7 +85,7 @@ def input_ratio(sc: SelfConsistency, first: np.ndarray, second: np.ndarray, xc_w
     response u, or b·u⊥ with "screened" inputs) in the metric of :func:`secant_factor`. With "response" inputs it
     grows with the crystal's screening γ (metals, ionic oxides); a network has seen it only up to its training
     set's largest (``DensityConfig.input_ratio_max``)."""
-    norm = lambda x: float((x * (hartree_potential(x, sc.lattice) + xc_weight * x)).sum())  # noqa: E731
+    norm = lambda x: float((x * _metric_kernel(sc, x, xc_weight)).sum())  # noqa: E731
     den = norm(first)
     return math.sqrt(norm(second) / den) if den > 0 else math.inf
 

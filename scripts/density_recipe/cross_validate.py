@@ -47,7 +47,8 @@ def make_folds(split: dict, k: int) -> list[dict]:
     folds = []
     for i in range(k):
         held = ids[i::k]
-        folds.append({"train": [x for x in ids if x not in set(held)], "val": held, "test": []})
+        out = set(held)
+        folds.append({"train": [x for x in ids if x not in out], "val": held, "test": []})
     return folds
 
 
