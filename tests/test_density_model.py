@@ -622,6 +622,10 @@ def test_cross_validation_folds_partition_the_split_and_score_each_structure_onc
     assert srows["wide"][0]["predicted"] == rows["wide"][0]["predicted"]
     after = [srows[k][0]["predicted"]["h_mae_shifted_mev"] for k in ("wide+2steps@0.4:0.8", "wide+2steps@0.8:0")]
     assert after[0] != pytest.approx(after[1]) and max(after) < rows["wide"][0]["predicted"]["h_mae_shifted_mev"]
+    negative = run("eval", str(tmp_path / "data.h5"), str(tmp_path / "fold.json"), f"wide={tmp_path / 'wide.pt'}",
+                   "--steps", "-1", "--json", str(tmp_path / "y.json"))
+    assert negative.returncode != 0 and "--steps -1" in negative.stderr and len(negative.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "y.json").exists()
     for bad_mix in ("0.4", "1.5:0.8", "0.4:-1"):
         refused = run("eval", str(tmp_path / "data.h5"), str(tmp_path / "fold.json"), f"wide={tmp_path / 'wide.pt'}",
                       "--steps", "2", "--mix", bad_mix, "--json", str(tmp_path / "y.json"))

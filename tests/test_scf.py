@@ -355,3 +355,24 @@ def test_valence_and_core_superposed_in_one_pass_equal_each_alone(alp_soc):
         assert np.array_equal(both[n], superposition_on_grid(alp_soc, shape, origin, part))
     with pytest.raises(ValueError, match="unknown density part"):
         superposition_on_grid(alp_soc, shape, origin, ("valence", "semicore"))
+
+
+def test_the_hamiltonian_of_a_density_is_hermitian_and_keeps_the_spin_orbit_part(alp_soc):
+    """H[ρ] through the kept grid positions: every on-site block is hermitian (ΔV's matrix is symmetric), the
+    second evaluation (positions reused) equals the first, and a spinor H changes only in its charge part."""
+    from nextham_dft.core.blocks import spinor_to_ab
+    from nextham_dft.core.scf import SelfConsistency
+
+    sc = SelfConsistency(alp_soc, 0.2)
+    rho, _ = sc.density(sc.h0)
+    h = sc.hamiltonian(rho)
+    assert np.array_equal(sc.hamiltonian(rho).data, h.data)
+    on = np.nonzero(h.onsite_blocks())[0]
+    for e in on:
+        n = int(h.norb[h.edge_i[e]])
+        blk = h.data[h.offsets[e]:h.offsets[e + 1]].reshape(n, n, 2, 2).transpose(0, 2, 1, 3).reshape(2 * n, 2 * n)
+        assert np.abs(blk - blk.conj().T).max() < 1e-10
+    a, b = spinor_to_ab(h.aligned_to(sc.h0).data)
+    a0, b0 = spinor_to_ab(sc.h0.data)
+    assert np.abs(b - b0).max() < 1e-12 and np.abs(a - a0).max() > 1e-3
+
