@@ -243,7 +243,7 @@ def test_the_converged_density_fit_gives_the_dft_bands_and_the_first_step_oversh
 
 def test_the_secant_factor_inverts_a_uniform_screening_and_never_amplifies():
     """If the probe's response is u = −βγΔρ1 (J one screening constant −γ), the secant density Δρ1 + b·u is the
-    fixed point Δρ1/(1 + γ), by either method; a response that would amplify (γ < 0) is clamped to b = 1/β.
+    fixed point Δρ1/(1 + γ), by every method; a response that would amplify (γ < 0) is clamped to b = 1/β.
     "anderson" minimises the linear model's residual (1 − βb)Δρ1 + b·u over b in (0, 1/β]."""
     from types import SimpleNamespace
 
@@ -254,7 +254,7 @@ def test_the_secant_factor_inverts_a_uniform_screening_and_never_amplifies():
     sc = SimpleNamespace(lattice=np.diag([4.0, 5.0, 6.0]), dv=0.01)
     d1 = rng.normal(size=(12, 15, 18))
     d1 -= d1.mean()
-    for method in ("projection", "anderson"):
+    for method in ("projection", "anderson", "radau"):
         for beta, gamma in [(0.3, 2.5), (0.5, 0.4)]:
             b = secant_factor(sc, d1, -beta * gamma * d1, beta, 20.0, method)
             assert np.allclose(d1 + b * (-beta * gamma * d1), d1 / (1 + gamma), rtol=1e-12, atol=1e-12)
@@ -270,6 +270,30 @@ def test_the_secant_factor_inverts_a_uniform_screening_and_never_amplifies():
     assert residual(b_a) < residual(b_p) and 0 < b_a <= 1 / 0.3
     for b in np.linspace(0.01, 1 / 0.3, 21):
         assert residual(b_a) <= residual(b) + 1e-9
+
+
+def test_the_radau_secant_is_the_fixed_point_of_a_two_node_screening():
+    """A crystal that leaves part p0 of Δρ1 unscreened and screens the rest p1 by one constant (J p0 = 0, J p1 = λ1 p1,
+    p0 ⟂ p1 in the metric, where J is self-adjoint): its fixed point is p0 + p1/(1 − λ1), which "radau" finds
+    exactly from Δρ1 and u = βJΔρ1 alone, and which neither one-constant model does."""
+    from types import SimpleNamespace
+
+    from nextham_dft.core.hxc import hartree_potential
+    from nextham_dft.model.density_train import secant_factor
+
+    rng = np.random.default_rng(1)
+    sc = SimpleNamespace(lattice=np.diag([4.0, 5.0, 6.0]), dv=0.01)
+    kernel = lambda x: hartree_potential(x, sc.lattice) + 20.0 * x  # noqa: E731
+    ip = lambda a, b: float((a * kernel(b)).sum())  # noqa: E731
+    p0, p1 = (x - x.mean() for x in rng.normal(size=(2, 12, 15, 18)))
+    p1 -= ip(p1, p0) / ip(p0, p0) * p0
+    for beta, lam in [(0.3, -4.0), (0.5, -0.7)]:
+        d1, u = p0 + p1, beta * lam * p1
+        fixed = p0 + p1 / (1 - lam)
+        err = {m: (lambda r: ip(r, r) / ip(fixed, fixed))(d1 + secant_factor(sc, d1, u, beta, 20.0, m) * u - fixed)
+               for m in ("projection", "anderson", "radau")}
+        assert err["radau"] < 1e-20
+        assert err["projection"] > 1e-3 and err["anderson"] > 1e-3
 
 
 def test_a_probe_step_measures_the_screening_of_si2(si2):

@@ -67,7 +67,19 @@ def secant_factor(sc: SelfConsistency, d1: np.ndarray, u: np.ndarray, beta: floa
       (a two-point Anderson step), a in (0, 1], else 1 (γ < 0: clamped as above). It equals "projection" when u is a multiple of Δρ1, and does not
       follow a large u that is not (monolayers in vacuum, whose projection secant is worse than Δρ1 itself).
 
+    - "radau": J is self-adjoint and ≤ 0 in this metric (about the Hxc kernel K, J = χ0K), and the probe gives three
+      moments of its spectrum on Δρ1: m0 = ⟨Δρ1, Δρ1⟩, m1 = ⟨Δρ1, u⟩/β, m2 = ⟨u, u⟩/β². Projection matches one node
+      λ̄ = m1/m0 to the first two. Here the spectrum is two nodes, one fixed at λ = 0 (the parts the crystal does not
+      screen) and λ1 = m2/m1, which matches all three; on it the fixed point is exactly Δρ1 + u/(β(1 − λ1)), so
+      b = 1/(β(1 − λ1)) (m1 ≥ 0: 1/β, clamped as above). It equals "projection" when u is a multiple of Δρ1, and
+      screens a u that is not harder: a layer in vacuum screens in-plane changes strongly and others weakly.
+
     Either way 0 < b ≤ 1/β."""
+    if method == "radau":
+        kernel_u = _metric_kernel(sc, u, xc_weight)  # one Poisson solve
+        du = float((d1 * kernel_u).sum() * sc.dv)
+        uu = float((u * kernel_u).sum() * sc.dv)
+        return 1.0 / (beta - uu / du) if du < 0 else 1.0 / beta  # λ1 = m2/m1 = ⟨u, u⟩/(β⟨Δρ1, u⟩)
     if method == "anderson":
         v = d1 - u / beta  # the residual's change per unit a
         kernel_v = _metric_kernel(sc, v, xc_weight)  # one Poisson solve
