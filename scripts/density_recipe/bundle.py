@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--samples", default=None,
                     help="make_samples.py's folder: set the domain (DensityConfig.input_ratio_max) of members trained "
                          "before train.py recorded it, from the training split's samples")
-    ap.add_argument("--name", default="nextham-dojo-density4")
+    ap.add_argument("--name", default="nextham-dojo-density5")
     ap.add_argument("--out", default=str(PRETRAINED / "density" / "model.pt"))
     args = ap.parse_args()
     *paths, args.data = args.models
