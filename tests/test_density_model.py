@@ -658,7 +658,7 @@ def test_cross_validation_folds_partition_the_split_and_score_each_structure_onc
 
 def test_the_bundled_density_model_card_and_prediction(tmp_path):
     """`--model density`: its card (training inputs with checksums, the bundled split, under 2 h of
-    training), and on the shipped example it beats H(0) by far (density4: 2.2 against 138 meV bands, H after μS 0.07
+    training), and on the shipped example it beats H(0) by far (density5: 3.2 against 138 meV bands, H after μS 0.09
     against 3.0 meV). Si's bond charge is an l = 3 function of its atoms' site symmetry, beyond the l ≤ 2
     Gaussians (their fit of the converged density itself gives 99 meV bands here): the model's probe step
     keeps the secant density's part they cannot hold, and the network corrects the rest."""

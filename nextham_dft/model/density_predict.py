@@ -72,7 +72,8 @@ class DensityPrediction:
     """hamiltonian: H[ρ] (eV) on H(0)'s and S's blocks; density: ρ = ρ_atoms + Δρ_pred (e/Å³) on the grid of
     ``consistency`` (which a completion can reuse: ``core.scf.complete_scf(start_density=...)``);
     timings: seconds per stage; probe: with a probe step, what it measured ({probe: β, secant_factor: b,
-    screening_gamma: γ, the one-constant screening Δρ* ≈ Δρ1/(1 + γ); input_ratio, input_ratio_max: the inputs'
+    screening_gamma: γ = 1/(βb) − 1, the screening the secant factor applies to the probe's response (the
+    one-constant screening Δρ* ≈ Δρ1/(1 + γ) for "projection", the screened node's −λ1 for "radau"); input_ratio, input_ratio_max: the inputs'
     ratio and the training set's largest; network_used: false beyond it, where ρ is the secant density}), else
     None; steps: the (input, output) densities of the Kohn–Sham steps the prediction took (ρ_atoms's, and with a
     probe ρ_atoms + βΔρ1's), which a completion can start its Pulay history with (``complete_scf(prior=...)``)."""
