@@ -110,7 +110,7 @@ def main() -> None:
     ap.add_argument("--cells", type=int, nargs="+", default=[1, 8, 27, 64, 216, 512])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", default="inference_scaling.json")
-    ap.add_argument("--model", default=None, help="Model file (default: the bundled model).")
+    ap.add_argument("--model", default=None, help="Model file (default: the bundled correction ensemble, v8).")
     ap.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:

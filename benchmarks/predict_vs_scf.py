@@ -46,7 +46,7 @@ def cli_seconds(run: str, model: str | None, repeat: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         zeroth = Path(tmp) / Path(run).name
         shutil.copytree(run, zeroth, ignore=shutil.ignore_patterns("*.scf"))
-        cmd = [sys.executable, "-m", "nextham_dft", "predict", str(zeroth)] + (["--model", model] if model else [])
+        cmd = [sys.executable, "-m", "nextham_dft", "predict", str(zeroth), "--model", model or "bundled"]
         orbitals = (Path(run) / "../../pp_orb").resolve()  # the shared runs' INPUT points there, relative to the run
         if orbitals.is_dir():
             cmd += ["--orbital-dir", str(orbitals)]
@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("--runs", nargs="+", default=[str(p) for p in default])
     ap.add_argument("--repeat", type=int, default=3, help="Timed repetitions; the shortest is kept.")
     ap.add_argument("--json", default="predict_vs_scf.json")
-    ap.add_argument("--model", default=None, help="Model file or 'fast' (default: the bundled model).")
+    ap.add_argument("--model", default=None, help="Model file or 'fast' (default: the bundled correction ensemble, v8).")
     a = ap.parse_args()
     model, _ = load_model(resolve_model_path(a.model))
     rows = []

@@ -175,7 +175,7 @@ def info(run_dir, as_json, zeroth, converged, orbital_dir):
 @click.option("--compare", type=click.Choice(sorted(SOURCES)), default=None, help="Overlay a second source on the plot.")
 @click.option("--density", type=float, default=40.0, show_default=True, help="Path points per 1/Å.")
 @click.option("--force", is_flag=True, help="Replace a previous nextham-dft output folder.")
-@click.option("--model", "model_path", default=None, help="Model for --source/--compare predicted (default: bundled).")
+@click.option("--model", "model_path", default=None, help="Model for --source/--compare predicted (default: as predict's).")
 @click.option("--near", "near", type=float, default=None,
               help="Big cells: only the --nbands bands closest to this energy (eV, absolute), by sparse shift-invert; "
                    "no Fermi level is computed and the plot is drawn relative to this energy.")
@@ -415,6 +415,26 @@ def _load_model(model_path: str | None):
     return load_model(resolve_model_path(model_path))
 
 
+def _load_model_for(system, model_path: str | None) -> tuple:
+    """(model, card, warnings) for a command on ``system``: the named model, or with none named the default one
+    (``model.default``: the density model where the run suits it, else the bundled ensemble, with a note), and
+    the warnings about the run it predicts (``model.compat``), each echoed to stderr."""
+    from .model.compat import model_run_warnings
+    from .model.default import default_model
+    from .model.store import load_model
+
+    note = None
+    if model_path is None:
+        path, note = default_model(system)
+        model, card = load_model(path)
+    else:
+        model, card = _load_model(model_path)
+    warnings = ([note] if note else []) + model_run_warnings(system, card, model)
+    for w in warnings:
+        click.echo(f"warning: {w}", err=True)
+    return model, card, warnings
+
+
 @main.command("eval")
 @click.argument("model_path", metavar="MODEL", type=click.Path())
 @click.argument("data", type=click.Path(exists=True))
@@ -475,10 +495,10 @@ def eval_cmd(model_path, data, split, json_out, device):
 @click.argument("run_dir", type=click.Path())
 @click.option("--out", "out_dir", type=click.Path(), required=True, help="New output folder.")
 @click.option("--model", "model_path", default=None,
-              help="Model file, or 'fast': the bundled single network, half the time, 'local': the bundled "
-                   "local-potential network, half the H error, or 'density': the bundled density model, H of a "
-                   "predicted density (needs the UPF files; about two SCF iterations' time) (default: the bundled "
-                   "ensemble).")
+              help="Model file, or 'density': the bundled density model, H of a predicted density (needs the UPF "
+                   "files; about two SCF iterations' time), 'bundled': the bundled correction ensemble (v8), "
+                   "'fast': its single network, half the time, 'local': the bundled local-potential network "
+                   "(default: 'density' where the run suits it, else 'bundled', with a warning saying why).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto (CUDA when available).")
 @click.option("--force", is_flag=True, help="Replace a previous nextham-dft output folder.")
 @click.option("--no-native", is_flag=True,
@@ -512,7 +532,6 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
 
     from .dataset import write_system
     from .evaluation import evaluate
-    from .model.compat import model_run_warnings
     from .model.density_net import is_density_model
     from .model.density_predict import predict_density
     from .model.predict import hamiltonian_from, predict_correction_and_spread
@@ -534,12 +553,9 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
         h_pred = None
     else:
         t = time.perf_counter()
-        model, card = _load_model(model_path)
+        model, card, warnings = _load_model_for(system, model_path)
         timings["load_model_s"] = time.perf_counter() - t
         density = is_density_model(model)
-        warnings = model_run_warnings(system, card, model)
-        for w in warnings:
-            click.echo(f"warning: {w}", err=True)
     dev = _device(device)
     if not without_model:
         t = time.perf_counter()
@@ -691,12 +707,9 @@ def _source_matrix(system, source: str, model_path: str | None) -> str:
         warnings: list[str] = []
         system.matrices["HC"], _ = _complete_scf(system, hp, ScfSettings(), "prediction", warnings)
     if source == "predicted" and "HP" not in system.matrices:
-        from .model.compat import model_run_warnings
         from .model.predict import predict_hamiltonian
 
-        model, card = _load_model(model_path)
-        for w in model_run_warnings(system, card, model):
-            click.echo(f"warning: {w}", err=True)
+        model, _card, _warnings = _load_model_for(system, model_path)
         system.matrices["HP"] = predict_hamiltonian(model, system, _device("auto"))
     system.hamiltonian(tag)
     return tag
@@ -707,7 +720,7 @@ def _source_matrix(system, source: str, model_path: str | None) -> str:
 @click.option("--source", type=click.Choice(sorted(SOURCES)), default="predicted", show_default=True,
               help="Which Hamiltonian starts the SCF.")
 @click.option("--out", "out_dir", type=click.Path(), required=True, help="New output folder.")
-@click.option("--model", "model_path", default=None, help="Model for --source predicted (default: bundled).")
+@click.option("--model", "model_path", default=None, help="Model for --source predicted (default: as predict's).")
 @click.option("--force", is_flag=True, help="Replace a previous nextham-dft output folder.")
 @run_options
 @friendly_errors
@@ -740,7 +753,7 @@ def restart(run_dir, source, out_dir, model_path, force, zeroth, converged, orbi
 @click.option("--source", type=click.Choice(sorted(SOURCES)), default="scf", show_default=True,
               help="Which Hamiltonian to export.")
 @click.option("--out", "out_dir", type=click.Path(), required=True, help="New output folder.")
-@click.option("--model", "model_path", default=None, help="Model for --source predicted (default: bundled).")
+@click.option("--model", "model_path", default=None, help="Model for --source predicted (default: as predict's).")
 @click.option("--force", is_flag=True, help="Replace a previous nextham-dft output folder.")
 @run_options
 @friendly_errors

@@ -88,7 +88,11 @@ def test_predict_example_writes_outputs_and_beats_nothing_silently(tmp_path):
     with h5py.File(lean / "hamiltonian.h5") as f:
         again = read_system(f[next(iter(f))])
     assert again.matrices["H"].max_abs_diff(system.matrices["H"]) == 0.0
-    # the default bundled model is an ensemble: its members' spread is reported; 'fast' is one network
+    # the bundled correction model is an ensemble: its members' spread is reported; 'fast' is one network
+    ens = tmp_path / "ensemble"
+    res = run("predict", str(EXAMPLE), "--out", str(ens), "--device", "cpu", "--no-native", "--model", "bundled")
+    assert res.exit_code == 0, res.stderr
+    report = json.loads((ens / "report.json").read_text())
     assert report["ensemble"]["members"] == 2 and 0 < report["ensemble"]["spread_mean_mev"] < 100
     fast = tmp_path / "fast"
     res = run("predict", str(EXAMPLE), "--out", str(fast), "--device", "cpu", "--no-native", "--model", "fast")
@@ -291,3 +295,32 @@ def test_predict_scf_from_the_atoms_needs_no_model_and_takes_any_basis(tmp_path)
     assert report["model"] is None and "predict_s" not in report["timings"]
     assert report["scf"]["converged"] and report["scf"]["start"] == "atoms"
     assert report["eval"]["predicted"]["band_mae_shifted_mev"] < 3.0
+
+
+def test_the_default_model_is_the_density_model_where_the_run_suits_it(tmp_path):
+    """Without --model, a run with its UPF files gets the bundled density model (the more accurate one); the same
+    run without them gets the bundled correction ensemble, exit 0, with a warning that names why; --model bundled
+    asks for the ensemble by name."""
+    from nextham_dft.model.default import default_model
+
+    run_dir = tmp_path / "si2"
+    shutil.copytree(need(EXAMPLE), run_dir)
+    with_upf = read_run(run_dir)
+    assert default_model(with_upf) == (bundled_model_path("density"), None)
+    res = run("predict", str(run_dir), "--out", str(tmp_path / "d"), "--no-native")
+    assert res.exit_code == 0, res.stderr
+    report = json.loads((tmp_path / "d" / "report.json").read_text())
+    assert report["model"] == load_model(bundled_model_path("density"))[1]["name"] and not report["warnings"]
+    assert "probe" in report and report["eval"]["predicted"]["ghost_states"] == 0
+    # no pseudopotential file: the density model cannot build H[ρ], the ensemble predicts, and says why
+    (run_dir / "Si.upf").unlink()
+    path, note = default_model(read_run(run_dir))
+    assert path == bundled_model_path("bundled") and "Si" in note and "\n" not in note
+    res = run("predict", str(run_dir), "--out", str(tmp_path / "v8"), "--no-native")
+    assert res.exit_code == 0, res.stderr
+    report = json.loads((tmp_path / "v8" / "report.json").read_text())
+    assert report["model"] == load_model(bundled_model_path("bundled"))[1]["name"]
+    assert report["warnings"][0] == note and note in res.stderr and report["ensemble"]["members"] == 2
+    named = run("predict", str(need(EXAMPLE)), "--out", str(tmp_path / "named"), "--no-native", "--model", "bundled")
+    assert named.exit_code == 0, named.stderr
+    assert json.loads((tmp_path / "named" / "report.json").read_text())["model"] == report["model"]

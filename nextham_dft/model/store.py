@@ -157,7 +157,8 @@ def bundled_model_path(name: str = "bundled") -> Path:
 
 
 def resolve_model_path(name: str | Path | None) -> Path:
-    """A model file from a ``--model`` value: None or "bundled" (the default bundled model), "fast"
+    """A model file from a ``--model`` value: None or "bundled" (the bundled correction ensemble; the commands on a
+    run choose their default with ``model.default`` instead), "fast"
     (the bundled single network), "local" (the bundled local-potential network), "density" (the bundled
     density model), else a path."""
     if name is None:

@@ -1,0 +1,33 @@
+"""Which bundled model a command uses when no ``--model`` is named.
+
+The bundled density model (``--model density``) is the more accurate prediction (docs/density-model.md: on the
+test split, bands 23.1 against 57.6 meV, H after μS 0.38 against 2.32 meV, 22 against 159 ghost states), but it
+builds H on a real-space grid from the pseudopotentials' atomic densities, so it serves only the runs the
+self-consistent completion serves (``compat.check_density_run``): UPF files with atomic densities, a functional
+``core.hxc`` implements, no collinear spin, non-magnetic. Every other run the bundled correction ensemble
+(``--model bundled``, v8) predicts, as before, and the command says why.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..core.system import System
+from ..errors import NexthamError
+from .compat import check_density_run
+from .store import bundled_model_path
+
+
+def default_model(system: System) -> tuple[Path, str | None]:
+    """(model file, note): the bundled density model when ``system`` suits it (note None), else the bundled
+    correction ensemble with a one-line note saying why the density model was not used."""
+    density = bundled_model_path("density")
+    card_path = density.with_suffix(".json")
+    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    try:
+        check_density_run(system, card)
+    except NexthamError as why:
+        return bundled_model_path("bundled"), (f"the default density model does not serve this run ({why}); "
+                                               "the bundled correction ensemble (v8) predicts instead")
+    return density, None
