@@ -531,6 +531,57 @@ def test_a_shrunk_correction_moves_the_density_from_the_secant_by_that_share(si2
         dataclasses.replace(cfg, probe=0.0, correction_scale=0.5)
 
 
+def test_the_members_correction_is_shrunk_by_how_far_they_agree():
+    """``shrunk_correction``: members that agree keep their mean correction (w = 1); opposite corrections cancel
+    to the secant (w = 0); otherwise w = ‖δ̄‖²/(‖δ̄‖² + σ²) with σ² = Σ‖δ_k − δ̄‖²/(K(K − 1)), in the given norm."""
+    from nextham_dft.model.density_predict import shrunk_correction
+
+    rng = np.random.default_rng(3)
+    secant, d = rng.normal(size=(2, 4, 27))
+    norm2 = lambda c: float((c * c).sum())  # noqa: E731
+    c, w = shrunk_correction(secant, [secant + d, secant + d], norm2)
+    assert w == 1.0 and np.allclose(c, secant + d, atol=1e-14)
+    c, w = shrunk_correction(secant, [secant + d, secant - d], norm2)
+    assert w < 1e-20 and np.allclose(c, secant, atol=1e-14)
+    e = rng.normal(size=d.shape)
+    c, w = shrunk_correction(secant, [secant + d, secant + e], norm2)
+    mean = 0.5 * (d + e)
+    var = (norm2(d - mean) + norm2(e - mean)) / 2
+    assert w == pytest.approx(norm2(mean) / (norm2(mean) + var), rel=1e-12) and 0 < w < 1
+    assert np.allclose(c, secant + w * mean, atol=1e-13)
+    assert shrunk_correction(secant, [secant + d], norm2)[1] == 1.0  # one network: nothing to compare
+
+
+def test_an_ensemble_with_member_shrink_predicts_between_the_secant_and_its_mean(si2):
+    """With ``member_shrink`` an ensemble's coefficients lie on the segment from the secant density to the
+    members' mean, at the weight it reports (in the training metric on the grid); without the grid it is refused;
+    the option needs a probe step."""
+    from nextham_dft.core.scf import SelfConsistency
+    from nextham_dft.model.density_net import DensityEnsemble
+    from nextham_dft.model.density_predict import network_coefficients
+    from nextham_dft.model.density_train import first_step
+
+    cfg = dataclasses.replace(SMALL, lmax=2, probe=0.3)
+    members = [_probe_net(cfg, seed=1), _probe_net(cfg, seed=2)]
+    sc = SelfConsistency(si2, cfg.spacing)
+    sites = density_sites(si2, cfg)
+    step = first_step(sc, cfg, sites[0])
+    plain = DensityEnsemble(members)
+    mean = network_coefficients(plain, step, sites)
+    shrunk = DensityEnsemble(members)
+    shrunk.cfg = dataclasses.replace(cfg, member_shrink=True)
+    info: dict = {}
+    c = network_coefficients(shrunk, step, sites, sc=sc, info=info)
+    secant = neutralised(step.inputs[:, :cfg.basis.per_atom], cfg.basis)
+    w = info["member_weight"]
+    assert 0.0 < w < 1.0 and np.abs(mean - secant).max() > 1e-4
+    assert np.allclose(c, secant + w * (mean - secant), atol=1e-10)
+    with pytest.raises(ValueError, match="pass sc"):
+        network_coefficients(shrunk, step, sites)
+    with pytest.raises(ValueError, match="probe step"):
+        dataclasses.replace(cfg, probe=0.0, member_shrink=True)
+
+
 def test_the_completion_starts_from_a_given_density(si2):
     """complete_scf(start_density=...): from the density of the converged H it is done at once; a density
     on another grid is refused; with the density's H handed in (start_hamiltonian), the steps are the same."""

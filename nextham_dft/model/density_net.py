@@ -103,6 +103,10 @@ class DensityConfig:
     #: with ``probe``: the share λ of the network's correction to the secant density that the prediction keeps,
     #: c = c_S + λ (c_net − c_S) (1: all of it)
     correction_scale: float = 1.0
+    #: with ``probe``, for an ensemble: scale the members' mean correction to the secant density by how far they
+    #: agree, w = ‖δ̄‖² / (‖δ̄‖² + σ²), σ² the members' estimate of the mean's variance, in the training metric
+    #: (``density_predict.shrunk_correction``); a single network is left as it is
+    member_shrink: bool = False
 
     def __post_init__(self) -> None:
         if self.probe_inputs not in PROBE_INPUTS:
@@ -113,6 +117,8 @@ class DensityConfig:
             raise ValueError(f"correction_scale {self.correction_scale}: give a share in [0, 1]")
         if self.correction_scale != 1.0 and self.probe <= 0:
             raise ValueError("correction_scale needs a probe step (the share is of the correction to its secant density)")
+        if self.member_shrink and self.probe <= 0:
+            raise ValueError("member_shrink needs a probe step (it shrinks the correction to its secant density)")
 
     @property
     def inputs(self) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -19,8 +20,8 @@ from torch import nn
 from ..core.blocks import BlockSparse
 from ..core.gaussians import Sites, density_of, neutralised
 from ..core.scf import SelfConsistency
-from .density_net import DensityConfig, atom_graph, density_sites
-from .density_train import FirstStep, first_step
+from .density_net import DensityConfig, atom_graph, density_members, density_sites
+from .density_train import FirstStep, metric_kernel, first_step
 
 
 def beyond_training(cfg: DensityConfig, step: FirstStep) -> bool:
@@ -30,21 +31,58 @@ def beyond_training(cfg: DensityConfig, step: FirstStep) -> bool:
     return step.ratio is not None and cfg.input_ratio_max > 0 and step.ratio > cfg.input_ratio_max * (1 + 1e-4)
 
 
+def shrunk_correction(secant: np.ndarray, members: list[np.ndarray],
+                      norm2: Callable[[np.ndarray], float]) -> tuple[np.ndarray, float]:
+    """(c_S + w·δ̄, w): the members' mean correction δ̄ = mean_k (c_k − c_S) to the secant coefficients, scaled by
+    the Wiener factor w = ‖δ̄‖² / (‖δ̄‖² + σ²), where σ² = Σ_k ‖δ_k − δ̄‖² / (K(K − 1)) estimates the variance of the
+    mean from the members' spread (``norm2``: the squared norm of a coefficient array). Members that agree keep
+    their correction (w → 1); a correction smaller than their disagreement is mostly dropped. No free parameter."""
+    k = len(members)
+    deltas = [c - secant for c in members]
+    mean = sum(deltas) / k
+    signal = norm2(mean)
+    noise = sum(norm2(d - mean) for d in deltas) / (k * (k - 1)) if k > 1 else 0.0
+    w = signal / (signal + noise) if signal + noise > 0 else 1.0
+    return secant + w * mean, w
+
+
+def grid_norm2(sc: SelfConsistency, sites: Sites, cfg: DensityConfig) -> Callable[[np.ndarray], float]:
+    """The squared norm of coefficients (sites, per_atom) in the training metric (Hartree + xc_weight·L2) of their
+    density on the grid of ``sc`` (eV)."""
+    def norm2(c: np.ndarray) -> float:
+        x = density_of(sites, sc.shape, sc.origin, c, cfg.basis, sc.gaussian_blocks(sites, cfg.basis))
+        return float((x * metric_kernel(sc, x, cfg.xc_weight)).sum() * sc.dv)
+    return norm2
+
+
 def network_coefficients(model: nn.Module, step: FirstStep, sites: tuple[Sites, torch.Tensor],
-                         device: str = "cpu") -> np.ndarray:
+                         device: str = "cpu", sc: SelfConsistency | None = None,
+                         info: dict | None = None) -> np.ndarray:
     """The neutralised Δρ* coefficients (sites, per_atom) the model gives for the inputs of ``step`` on
     ``sites`` (``density_net.density_sites``): the network's, or for a crystal :func:`beyond_training` the
-    secant density's. The model is moved to ``device`` and float64 (in place)."""
+    secant density's. The model is moved to ``device`` and float64 (in place). With ``cfg.member_shrink``, an
+    ensemble's correction is :func:`shrunk_correction` in the metric of its density on the grid of ``sc`` (which it
+    then needs), and ``info["member_weight"]`` is set to w when ``info`` is given."""
     cfg = model.cfg
     if beyond_training(cfg, step):  # the secant density alone: the network would extrapolate
         return neutralised(step.inputs[:, :cfg.basis.per_atom], cfg.basis)
     sites, z = sites
     src, dst, vec = atom_graph(sites.lattice, sites.positions, cfg.r_max)
     model = model.to(device=device, dtype=torch.float64).eval()
+    shrink = cfg.member_shrink and len(density_members(model)) > 1
+    if shrink and sc is None:
+        raise ValueError("member_shrink measures the members' corrections on the density grid: pass sc")
+    args = (z.to(device), torch.tensor(step.inputs, device=device), torch.tensor(src, device=device),
+            torch.tensor(dst, device=device), torch.tensor(vec, device=device))
     with torch.no_grad():
-        c = model(z.to(device), torch.tensor(step.inputs, device=device),
-                   torch.tensor(src, device=device), torch.tensor(dst, device=device),
-                   torch.tensor(vec, device=device)).cpu().numpy()
+        if shrink:
+            secant = step.inputs[:, :cfg.basis.per_atom]
+            members = [m(*args).cpu().numpy() for m in density_members(model)]
+            c, w = shrunk_correction(secant, members, grid_norm2(sc, sites, cfg))
+            if info is not None:
+                info["member_weight"] = w
+        else:
+            c = model(*args).cpu().numpy()
     if cfg.probe > 0 and cfg.correction_scale != 1.0:  # keep a share of the correction to the secant density
         secant = step.inputs[:, :cfg.basis.per_atom]
         c = secant + cfg.correction_scale * (c - secant)
@@ -58,13 +96,15 @@ def predicted_density(sc: SelfConsistency, sites: Sites, step: FirstStep, c: np.
 
 
 def predict_density_coefficients(model: nn.Module, sc: SelfConsistency, device: str = "cpu",
-                                 sites: tuple[Sites, torch.Tensor] | None = None) -> tuple[FirstStep, np.ndarray]:
+                                 sites: tuple[Sites, torch.Tensor] | None = None,
+                                 info: dict | None = None) -> tuple[FirstStep, np.ndarray]:
     """(step, c): the first step (``density_train.first_step``: the network's inputs and, with ``cfg.probe``, the
     secant density's part the Gaussians cannot hold) and :func:`network_coefficients`, on the grid of ``sc``.
-    ``sites``: ``density_net.density_sites`` of ``sc``'s system when already at hand."""
+    ``sites``: ``density_net.density_sites`` of ``sc``'s system when already at hand; ``info``: as
+    :func:`network_coefficients`'s."""
     sites = sites if sites is not None else density_sites(sc.system, model.cfg)
     step = first_step(sc, model.cfg, sites[0])
-    return step, network_coefficients(model, step, sites, device)
+    return step, network_coefficients(model, step, sites, device, sc, info)
 
 
 @dataclass
@@ -92,7 +132,8 @@ def predict_density(model: nn.Module, system, device: str = "cpu") -> DensityPre
     sc = SelfConsistency(system, model.cfg.spacing)
     t1 = time.perf_counter()
     sites = density_sites(system, model.cfg)
-    step, c = predict_density_coefficients(model, sc, device, sites)
+    info: dict = {}
+    step, c = predict_density_coefficients(model, sc, device, sites, info)
     t2 = time.perf_counter()
     rho = predicted_density(sc, sites[0], step, c, model.cfg)
     h = sc.hamiltonian(rho)
@@ -102,7 +143,7 @@ def predict_density(model: nn.Module, system, device: str = "cpu") -> DensityPre
         beta = model.cfg.probe
         probe = {"probe": beta, "secant_factor": step.secant, "screening_gamma": 1.0 / (beta * step.secant) - 1.0,
                  "input_ratio": step.ratio, "input_ratio_max": model.cfg.input_ratio_max or None,
-                 "network_used": not beyond_training(model.cfg, step)}
+                 "network_used": not beyond_training(model.cfg, step), **info}
     return DensityPrediction(h, rho, sc, {"grid_setup_s": t1 - t0, "first_step_and_network_s": t2 - t1,
                                           "hamiltonian_s": t3 - t2}, probe, list(step.steps))
 

@@ -50,7 +50,7 @@ class DensitySample:
     secant: str = "projection"
 
 
-def _metric_kernel(sc: SelfConsistency, x: np.ndarray, xc_weight: float) -> np.ndarray:
+def metric_kernel(sc: SelfConsistency, x: np.ndarray, xc_weight: float) -> np.ndarray:
     """The metric of :func:`coefficient_metric` applied to a density x on the grid of ``sc``: its Hartree potential
     plus xc_weight·x (eV; ∫ y·(this) is the metric's inner product)."""
     return hartree_potential(x, sc.lattice) + xc_weight * x
@@ -76,17 +76,17 @@ def secant_factor(sc: SelfConsistency, d1: np.ndarray, u: np.ndarray, beta: floa
 
     Either way 0 < b ≤ 1/β."""
     if method == "radau":
-        kernel_u = _metric_kernel(sc, u, xc_weight)  # one Poisson solve
+        kernel_u = metric_kernel(sc, u, xc_weight)  # one Poisson solve
         du = float((d1 * kernel_u).sum() * sc.dv)
         uu = float((u * kernel_u).sum() * sc.dv)
         return 1.0 / (beta - uu / du) if du < 0 else 1.0 / beta  # λ1 = m2/m1 = ⟨u, u⟩/(β⟨Δρ1, u⟩)
     if method == "anderson":
         v = d1 - u / beta  # the residual's change per unit a
-        kernel_v = _metric_kernel(sc, v, xc_weight)  # one Poisson solve
+        kernel_v = metric_kernel(sc, v, xc_weight)  # one Poisson solve
         vv = float((v * kernel_v).sum() * sc.dv)
         a = float((d1 * kernel_v).sum() * sc.dv) / vv if vv > 0 else 1.0
         return (a if 0.0 < a <= 1.0 else 1.0) / beta  # a ∉ (0, 1]: the response amplifies (γ < 0), as clamped above
-    kernel_d1 = _metric_kernel(sc, d1, xc_weight)  # the metric applied to Δρ1 (one Poisson solve)
+    kernel_d1 = metric_kernel(sc, d1, xc_weight)  # the metric applied to Δρ1 (one Poisson solve)
     norm = float((d1 * kernel_d1).sum() * sc.dv)
     beta_gamma = max(0.0, -float((u * kernel_d1).sum() * sc.dv) / norm) if norm > 0 else 0.0  # the metric is symmetric
     return 1.0 / (beta + beta_gamma)
@@ -97,7 +97,7 @@ def input_ratio(sc: SelfConsistency, first: np.ndarray, second: np.ndarray, xc_w
     response u, or b·u⊥ with "screened" inputs) in the metric of :func:`secant_factor`. With "response" inputs it
     grows with the crystal's screening γ (metals, ionic oxides); a network has seen it only up to its training
     set's largest (``DensityConfig.input_ratio_max``)."""
-    norm = lambda x: float((x * _metric_kernel(sc, x, xc_weight)).sum())  # noqa: E731
+    norm = lambda x: float((x * metric_kernel(sc, x, xc_weight)).sum())  # noqa: E731
     den = norm(first)
     return math.sqrt(norm(second) / den) if den > 0 else math.inf
 

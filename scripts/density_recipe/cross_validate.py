@@ -72,7 +72,7 @@ def evaluate_fold(data: str, fold: dict, models: dict[str, torch.nn.Module], log
         step = first_step(sc, first, sites)
         scores = []
         for name, model in models.items():
-            rho = predicted_density(sc, sites, step, network_coefficients(model, step, (sites, z)), first)
+            rho = predicted_density(sc, sites, step, network_coefficients(model, step, (sites, z), sc=sc), first)
             hams = {name: sc.hamiltonian(rho)}
             for beta, q0 in (mixes if steps > 0 else ()):
                 cfg = ScfSettings(tol=0.0, max_iter=steps, beta=beta, kerker_q0=q0)

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from nextham_dft.core.scf import SelfConsistency  # noqa: E402
 from nextham_dft.dataset import iter_dataset  # noqa: E402
 from nextham_dft.model.density_net import SECANTS, DensityConfig  # noqa: E402
-from nextham_dft.model.density_train import _metric_kernel, secant_factor  # noqa: E402
+from nextham_dft.model.density_train import metric_kernel, secant_factor  # noqa: E402
 
 SPLIT = Path(__file__).resolve().parents[1] / "density_recipe" / "split.json"
 
@@ -39,7 +39,7 @@ def structure_errors(system, beta: float, xc_weight: float, spacing: float) -> d
     sc = SelfConsistency(system, spacing)
 
     def inner(a: np.ndarray, b: np.ndarray) -> float:
-        return float((a * _metric_kernel(sc, b, xc_weight)).sum() * sc.dv)
+        return float((a * metric_kernel(sc, b, xc_weight)).sum() * sc.dv)
 
     target = sc.density(system.matrices["H"])[0] - sc.rho_atoms
     d1 = sc.density(sc.h0)[0] - sc.rho_atoms
