@@ -3,7 +3,7 @@ pseudopotential files (checksums) and spin modes of its training structures, the
 validation and test metrics.
 
     python scripts/density_recipe/bundle.py density0.pt [density1.pt ...] dataset.h5 [--val acc_val.json] [--test acc_test.json]
-        [--samples-minutes 4] [--samples DIR] [--member-shrink] [--out nextham_dft/model/pretrained/density/model.pt]
+        [--samples-minutes 4] [--samples DIR] [--out nextham_dft/model/pretrained/density/model.pt]
 """
 
 from __future__ import annotations
@@ -49,8 +49,6 @@ def main() -> None:
     ap.add_argument("--samples", default=None,
                     help="make_samples.py's folder: set the domain (DensityConfig.input_ratio_max) of members trained "
                          "before train.py recorded it, from the training split's samples")
-    ap.add_argument("--member-shrink", action="store_true",
-                    help="DensityConfig.member_shrink: scale the members' mean correction by their agreement")
     ap.add_argument("--name", default="nextham-dojo-density5")
     ap.add_argument("--out", default=str(PRETRAINED / "density" / "model.pt"))
     args = ap.parse_args()
@@ -67,13 +65,6 @@ def main() -> None:
     if args.samples and cfg.probe > 0 and not cfg.input_ratio_max:
         samples = load_samples(Path(args.samples), train_ids)
         cfg = dataclasses.replace(cfg, input_ratio_max=max(coefficient_input_ratio(s) for s in samples))
-        for m in density_members(model):
-            m.cfg = cfg
-        model.cfg = cfg
-    if args.member_shrink:
-        if len(paths) < 2 or cfg.probe <= 0:
-            ap.error("--member-shrink needs two or more members with a probe step")
-        cfg = dataclasses.replace(cfg, member_shrink=True)
         for m in density_members(model):
             m.cfg = cfg
         model.cfg = cfg
