@@ -21,7 +21,7 @@ from ..core.blocks import BlockSparse
 from ..core.gaussians import Sites, density_of, neutralised
 from ..core.scf import SelfConsistency
 from .density_net import DensityConfig, atom_graph, density_members, density_sites
-from .density_train import FirstStep, metric_kernel, first_step
+from .density_train import FirstStep, first_step, metric_kernel
 
 
 def beyond_training(cfg: DensityConfig, step: FirstStep) -> bool:
@@ -113,9 +113,9 @@ class DensityPrediction:
     ``consistency`` (which a completion can reuse: ``core.scf.complete_scf(start_density=...)``);
     timings: seconds per stage; probe: with a probe step, what it measured ({probe: β, secant_factor: b,
     screening_gamma: γ = 1/(βb) − 1, the screening the secant factor applies to the probe's response (the
-    one-constant screening Δρ* ≈ Δρ1/(1 + γ) for "projection", the screened node's −λ1 for "radau"); input_ratio, input_ratio_max: the inputs'
-    ratio and the training set's largest; network_used: false beyond it, where ρ is the secant density}), else
-    None; steps: the (input, output) densities of the Kohn–Sham steps the prediction took (ρ_atoms's, and with a
+    one-constant screening Δρ* ≈ Δρ1/(1 + γ) for "projection", the screened node's −λ1 for "radau");
+    input_ratio, input_ratio_max: the inputs' ratio and the training set's largest; network_used: false beyond
+    it, where ρ is the secant density; member_weight: with ``member_shrink``, the ensemble's w}), else None; steps: the (input, output) densities of the Kohn–Sham steps the prediction took (ρ_atoms's, and with a
     probe ρ_atoms + βΔρ1's), which a completion can start its Pulay history with (``complete_scf(prior=...)``)."""
 
     hamiltonian: BlockSparse

@@ -6,10 +6,15 @@
   step's response Δρ2 − Δρ1;
 - the best combination x·Δρ1 + y·u (it needs the answer: a floor for any secant factor).
 
+With ``--second-probe``, a second probe from ρ_atoms + u gives u2 = J·u = β·J²·Δρ1 (one more H[ρ] and
+diagonalisation), and two more columns: the best combination of Δρ1, u and u2 ("best3", the floor of a two-probe
+model), and "asymmetry" = |⟨u, u⟩ − β⟨Δρ1, u2⟩| / ⟨u, u⟩ = |⟨JΔρ1, JΔρ1⟩ − ⟨Δρ1, J²Δρ1⟩| / ⟨JΔρ1, JΔρ1⟩: how far J
+is from self-adjoint in the metric, which the moment-based factors (projection, Radau) assume.
+
 Δρ* is the density of the run's converged H on the same grid. One JSON line per structure, then a summary.
 
     python scripts/diagnostics/secant_factors.py DATASET.h5 --split train,val [--probe 0.3] [--part 0/2]
-    python scripts/diagnostics/secant_factors.py DATASET.h5 --ids t0042,t0064
+    python scripts/diagnostics/secant_factors.py DATASET.h5 --ids t0042,t0064 --second-probe
 
 DATASET.h5 is a `nextham-dft dataset build` file with the pseudopotentials (the density recipe's); the split is
 read from scripts/density_recipe/split.json.
@@ -34,7 +39,7 @@ from nextham_dft.model.density_train import metric_kernel, secant_factor  # noqa
 SPLIT = Path(__file__).resolve().parents[1] / "density_recipe" / "split.json"
 
 
-def structure_errors(system, beta: float, xc_weight: float, spacing: float) -> dict:
+def structure_errors(system, beta: float, xc_weight: float, spacing: float, second_probe: bool = False) -> dict:
     """The relative errors (see the module docstring) of one structure, and each method's b."""
     sc = SelfConsistency(system, spacing)
 
@@ -59,6 +64,13 @@ def structure_errors(system, beta: float, xc_weight: float, spacing: float) -> d
     row["best"] = rel(x * d1 + y * u)
     row["factors"] = factors
     row["best_xy"] = [float(x), float(y)]
+    if second_probe:
+        u2 = sc.density(sc.hamiltonian(sc.rho_atoms + u))[0] - sc.rho_atoms - d1  # J·u
+        vs = (d1, u, u2)
+        gram3 = np.array([[inner(a, b) for b in vs] for a in vs])
+        coef = np.linalg.solve(gram3, [inner(v, target) for v in vs])
+        row["best3"] = rel(sum(c * v for c, v in zip(coef, vs)))
+        row["asymmetry"] = abs(gram3[1, 1] - beta * gram3[0, 2]) / gram3[1, 1]
     return row
 
 
@@ -69,6 +81,7 @@ def main() -> None:
     ap.add_argument("--ids", default=None, help="comma-separated structure ids instead of --split")
     ap.add_argument("--probe", type=float, default=0.3, help="β of the probe step")
     ap.add_argument("--part", default="0/1", help="K/N: every N-th structure from the K-th (parallel runs)")
+    ap.add_argument("--second-probe", action="store_true", help="also the two-probe floor and J's asymmetry")
     args = ap.parse_args()
     if args.ids:
         ids = args.ids.split(",")
@@ -79,9 +92,9 @@ def main() -> None:
     cfg = DensityConfig()
     rows = []
     for system in iter_dataset(args.data, ids=sorted(ids)[k::n]):
-        rows.append(structure_errors(system, args.probe, cfg.xc_weight, cfg.spacing))
+        rows.append(structure_errors(system, args.probe, cfg.xc_weight, cfg.spacing, args.second_probe))
         print(json.dumps(rows[-1]), flush=True)
-    for key in ("d1", *SECANTS, "best"):
+    for key in ("d1", *SECANTS, "best") + (("best3", "asymmetry") if args.second_probe else ()):
         v = np.array([r[key] for r in rows])
         print(f"# {key:10s} mean {v.mean():.4f}  median {np.median(v):.4f}  90th percentile "
               f"{np.percentile(v, 90):.4f}  worst {v.max():.3f}")
