@@ -296,6 +296,33 @@ def test_the_radau_secant_is_the_fixed_point_of_a_two_node_screening():
         assert err["projection"] > 1e-3 and err["anderson"] > 1e-3
 
 
+def test_the_hxc_kernel_is_symmetric_and_radau_hxc_inverts_a_uniform_screening(si2):
+    """``hxc_kernel_action`` (Hartree + xc kernel at ρ_atoms) is a symmetric operator on Si2's grid (⟨a, Kb⟩ = ⟨b, Ka⟩,
+    to the central difference's accuracy) whose Hartree part is the Poisson solve; the "radau-hxc" secant factor
+    gives the fixed point Δρ1/(1 + γ) for a uniform screening u = −βγΔρ1, and a response that would amplify is
+    clamped to 1/β as by the others."""
+    from nextham_dft.core.hxc import hartree_potential, hxc_kernel_action
+    from nextham_dft.core.scf import SelfConsistency
+    from nextham_dft.model.density_train import secant_factor
+
+    sc = SelfConsistency(si2, 0.15)
+    d1 = sc.density(sc.h0)[0] - sc.rho_atoms
+    rng = np.random.default_rng(5)
+    other = np.real(np.fft.ifftn(np.fft.fftn(rng.normal(size=sc.shape)) * np.exp(-0.05 * np.add.outer(
+        np.add.outer(np.fft.fftfreq(sc.shape[0]) ** 2, np.fft.fftfreq(sc.shape[1]) ** 2),
+        np.fft.fftfreq(sc.shape[2]) ** 2) * 1e4)))  # a smooth random change
+    other *= 0.01 / np.abs(other).max()
+    kernel = lambda x: hxc_kernel_action(x, sc.rho_atoms, sc.rho_core, sc.lattice, sc.functional)  # noqa: E731
+    ab, ba = float((d1 * kernel(other)).sum()), float((other * kernel(d1)).sum())
+    assert ab == pytest.approx(ba, rel=1e-3)
+    xc_part = kernel(d1) - hartree_potential(d1, sc.lattice)
+    assert float((d1 * xc_part).sum()) < 0  # the xc kernel is attractive at valence densities
+    for beta, gamma in [(0.3, 2.5), (0.5, 0.4)]:
+        b = secant_factor(sc, d1, -beta * gamma * d1, beta, 20.0, "radau-hxc")
+        assert b == pytest.approx(1 / (beta * (1 + gamma)), rel=1e-10)
+    assert secant_factor(sc, d1, 0.4 * d1, 0.3, 20.0, "radau-hxc") == pytest.approx(1 / 0.3)
+
+
 def test_a_probe_step_measures_the_screening_of_si2(si2):
     """On the shipped Si2 run, the secant density from Δρ1 and one probe step gives H with far better bands than
     H(0)'s, and its fit (the network's first input) is much closer to the converged density's fit than Δρ1's is,

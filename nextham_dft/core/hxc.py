@@ -165,3 +165,18 @@ def hxc_change(rho: np.ndarray, rho_atoms: np.ndarray, rho_core: np.ndarray, lat
     the change of the Kohn–Sham potential from the atoms' superposed density to ``rho``."""
     return (hartree_potential(rho - rho_atoms, lattice) + xc_potential(rho + rho_core, lattice, functional)
             - xc_potential(rho_atoms + rho_core, lattice, functional))
+
+
+def hxc_kernel_action(x: np.ndarray, rho0: np.ndarray, rho_core: np.ndarray, lattice: np.ndarray,
+                      functional: str = "PBE", step: float = 1e-3) -> np.ndarray:
+    """K·x (eV): the Hartree + xc kernel at the density ``rho0`` (valence, e/Å³; ``rho_core`` its partial core)
+    applied to a density change x (e/Å³), V_H[x] + f_xc[ρ0]·x, the xc part as the central difference of v_xc along
+    x with the change's largest value scaled to ``step`` e/Å³ (so every part is the functional's own, gradients
+    included). The kernel that makes the density response J = χ0·K self-adjoint."""
+    peak = float(np.abs(x).max())
+    if peak == 0.0:
+        return np.zeros_like(x)
+    s = step / peak
+    total = rho0 + rho_core
+    dv = xc_potential(total + s * x, lattice, functional) - xc_potential(total - s * x, lattice, functional)
+    return hartree_potential(x, lattice) + dv / (2.0 * s)

@@ -46,7 +46,7 @@ BOND = -1
 #: the second input of a model with a probe step (``DensityConfig.probe_inputs``)
 PROBE_INPUTS = ("response", "screened")
 #: how a model with a probe step sets its secant factor (``DensityConfig.secant``, ``density_train.secant_factor``)
-SECANTS = ("projection", "anderson", "radau")
+SECANTS = ("projection", "anderson", "radau", "radau-hxc")
 
 
 @dataclass(frozen=True)
@@ -97,8 +97,9 @@ class DensityConfig:
     #: extrapolate), and the prediction says so. 0: no limit
     input_ratio_max: float = 0.0
     #: with ``probe``: how the secant factor b is set (``density_train.secant_factor``): "projection" (γ from the
-    #: projection of the response on Δρ1), "anderson" (the two-point residual minimum) or "radau" (the fixed
-    #: point of a two-node screening spectrum with one node at zero)
+    #: projection of the response on Δρ1), "anderson" (the two-point residual minimum), "radau" (the fixed
+    #: point of a two-node screening spectrum with one node at zero) or "radau-hxc" (the same with the spectrum's
+    #: moments in the Hartree + xc kernel, where the response is closer to self-adjoint)
     secant: str = "projection"
     #: with ``probe``: the share λ of the network's correction to the secant density that the prediction keeps,
     #: c = c_S + λ (c_net − c_S) (1: all of it)
