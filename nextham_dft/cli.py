@@ -496,7 +496,8 @@ def eval_cmd(model_path, data, split, json_out, device):
 @click.option("--out", "out_dir", type=click.Path(), required=True, help="New output folder.")
 @click.option("--model", "model_path", default=None,
               help="Model file, or 'density': the bundled density model, H of a predicted density (needs the UPF "
-                   "files; about two SCF iterations' time), 'bundled': the bundled correction ensemble (v8), "
+                   "files; about two SCF iterations' time), 'krylov': no network, the density of the first step and "
+                   "two probe steps (needs the UPF files), 'bundled': the bundled correction ensemble (v8), "
                    "'fast': its single network, half the time, 'local': the bundled local-potential network "
                    "(default: 'density' where the run suits it, else 'bundled', with a warning saying why).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto (CUDA when available).")
@@ -533,7 +534,8 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
     from .dataset import write_system
     from .evaluation import evaluate
     from .model.density_net import is_density_model
-    from .model.density_predict import predict_density
+    from .core.scf import completion_problem
+    from .model.density_predict import predict_density, predict_krylov
     from .model.predict import hamiltonian_from, predict_correction_and_spread
     from .registry import adapter_for
     from .writers.output import output_dir
@@ -549,8 +551,15 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
     warnings: list[str] = []
     spread = None
     density = False  # a density model (model.density_predict) rather than a correction network
+    krylov = model_path == "krylov" and not without_model  # the network-free Krylov secant (core.krylov)
     if without_model:  # the completion from the atoms' density: no network, no basis check
         h_pred = None
+    elif krylov:
+        card = {"name": "krylov-secant (no network)", "sha256": None}
+        density = True
+        problem = completion_problem(system)
+        if problem is not None:
+            raise problem
     else:
         t = time.perf_counter()
         model, card, warnings = _load_model_for(system, model_path)
@@ -559,7 +568,11 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
     dev = _device(device)
     if not without_model:
         t = time.perf_counter()
-        if density:  # H[ρ_atoms + Δρ_pred]: one evaluation of core.scf's H[ρ]
+        if krylov:  # no network: the secant of the first step and two probes, and its H[ρ]
+            dens_pred = predict_krylov(system, scf_spacing)
+            h_pred = dens_pred.hamiltonian
+            timings.update(dens_pred.timings)
+        elif density:  # H[ρ_atoms + Δρ_pred]: one evaluation of core.scf's H[ρ]
             dens_pred = predict_density(model, system, dev)
             h_pred = dens_pred.hamiltonian
             if dens_pred.probe is not None and not dens_pred.probe["network_used"]:
@@ -707,10 +720,15 @@ def _source_matrix(system, source: str, model_path: str | None) -> str:
         warnings: list[str] = []
         system.matrices["HC"], _ = _complete_scf(system, hp, ScfSettings(), "prediction", warnings)
     if source == "predicted" and "HP" not in system.matrices:
-        from .model.predict import predict_hamiltonian
+        if model_path == "krylov":  # no network (core.krylov)
+            from .model.density_predict import predict_krylov
 
-        model, _card, _warnings = _load_model_for(system, model_path)
-        system.matrices["HP"] = predict_hamiltonian(model, system, _device("auto"))
+            system.matrices["HP"] = predict_krylov(system).hamiltonian
+        else:
+            from .model.predict import predict_hamiltonian
+
+            model, _card, _warnings = _load_model_for(system, model_path)
+            system.matrices["HP"] = predict_hamiltonian(model, system, _device("auto"))
     system.hamiltonian(tag)
     return tag
 

@@ -152,3 +152,21 @@ def predict_density_hamiltonian(model: nn.Module, system, device: str = "cpu") -
     """(H (eV) on H(0)'s and S's blocks, timings in s): :func:`predict_density`'s H."""
     p = predict_density(model, system, device)
     return p.hamiltonian, p.timings
+
+
+def predict_krylov(system, spacing: float = 0.15, beta: float = 0.3) -> DensityPrediction:
+    """The network-free prediction (``predict --model krylov``): the Krylov secant density of ``core.krylov`` from the
+    first step and two probe steps, and its H[ρ]. ``probe`` reports the secant's coefficients, nodes and form."""
+    from ..core.krylov import krylov_secant
+
+    t0 = time.perf_counter()
+    sc = SelfConsistency(system, spacing)
+    t1 = time.perf_counter()
+    ks = krylov_secant(sc, beta)
+    t2 = time.perf_counter()
+    h = sc.hamiltonian(ks.density)
+    t3 = time.perf_counter()
+    probe = {"krylov": {"probe": beta, "form": ks.form, "coefficients": list(ks.coefficients),
+                        "nodes": list(ks.nodes)}}
+    return DensityPrediction(h, ks.density, sc, {"grid_setup_s": t1 - t0, "steps_s": t2 - t1, "hamiltonian_s": t3 - t2},
+                             probe, list(ks.steps))
