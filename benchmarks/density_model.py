@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from adapters.abacus.dojo_h5 import read_structure  # noqa: E402
 from nextham_dft.evaluation import evaluate, summarise  # noqa: E402
 from nextham_dft.core.scf import ScfSettings, complete_scf  # noqa: E402
-from nextham_dft.model.density_predict import predict_density  # noqa: E402
+from nextham_dft.model.density_predict import predict_density, predict_krylov  # noqa: E402
 from nextham_dft.model.predict import predict_hamiltonian  # noqa: E402
 from nextham_dft.model.store import load_model, resolve_model_path  # noqa: E402
 
@@ -38,7 +38,9 @@ METRICS = ["h_mae_shifted_mev", "band_mae_shifted_mev", "band_mae_shifted_median
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("data", help="the raw abacus-dojo-fr dataset.h5 (pp_orb/ beside it)")
-    ap.add_argument("--model", default="density", help="the density model (default: the bundled one)")
+    ap.add_argument("--model", default="density",
+                    help="the density model (default: the bundled one), or 'krylov': the network-free Krylov secant "
+                         "(core.krylov; the bundled density model's split)")
     ap.add_argument("--compare", default="bundled", help="a correction network to put beside ('none': no other)")
     ap.add_argument("--split", default="test", choices=["val", "test", "train"])
     ap.add_argument("--held-out", action="store_true",
@@ -56,7 +58,10 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    model, card = load_model(resolve_model_path(args.model))
+    krylov = args.model == "krylov"
+    model, card = load_model(resolve_model_path("density" if krylov else args.model))
+    if krylov:
+        card = {**card, "name": "krylov-secant (no network)"}
     other = None if args.compare == "none" else load_model(resolve_model_path(args.compare))[0]
     held = set(card["split"].get("held_out_elements", []))
     rows: dict[str, list] = {"density": [], "other": [], "steps": [], "scf": []}
@@ -66,8 +71,10 @@ def main() -> None:
         if bool(set(s.elements) & held) != args.held_out:
             continue
         t = time.perf_counter()
-        pred = predict_density(model, s)
-        h, stages = pred.hamiltonian, pred.timings
+        pred = predict_krylov(s) if krylov else predict_density(model, s)
+        h, stages = pred.hamiltonian, dict(pred.timings)
+        if krylov:  # its three steps stand where a model's first step and network do
+            stages["first_step_and_network_s"] = stages.pop("steps_s")
         seconds = time.perf_counter() - t
         scf = (complete_scf(s, settings=ScfSettings(tol=args.scf_tol, mix_last=args.mix_last,
                                                     prior_history=args.prior_history),

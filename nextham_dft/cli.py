@@ -572,6 +572,9 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
             dens_pred = predict_krylov(system, scf_spacing)
             h_pred = dens_pred.hamiltonian
             timings.update(dens_pred.timings)
+            warnings.append("--model krylov is experimental and has no domain guard: on a strongly screening metal "
+                            "(the test split's Pt3Ti) it came out worse than H(0); check with --scf")
+            click.echo(f"warning: {warnings[-1]}", err=True)
         elif density:  # H[ρ_atoms + Δρ_pred]: one evaluation of core.scf's H[ρ]
             dens_pred = predict_density(model, system, dev)
             h_pred = dens_pred.hamiltonian

@@ -68,6 +68,7 @@ def test_predict_model_krylov_on_the_example(tmp_path):
     assert ev["predicted"]["band_mae_shifted_mev"] < 0.02 * ev["h0"]["band_mae_shifted_mev"]
     assert ev["predicted"]["h_mae_shifted_mev"] < 0.02 * ev["h0"]["h_mae_shifted_mev"]
     assert ev["predicted"]["ghost_states"] == 0 and report["model"].startswith("krylov")
+    assert len(report["warnings"]) == 1 and "experimental" in report["warnings"][0]
     kry = report["probe"]["krylov"]
     assert kry["form"] in ("three-node", "two-node", "first-order") and len(kry["coefficients"]) == 3
     res = CliRunner().invoke(main, ["predict", str(need(EXAMPLE)), "--out", str(tmp_path / "s"), "--model", "krylov",
