@@ -531,10 +531,10 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
     import h5py
     import torch
 
+    from .core.scf import completion_problem
     from .dataset import write_system
     from .evaluation import evaluate
     from .model.density_net import is_density_model
-    from .core.scf import completion_problem
     from .model.density_predict import predict_density, predict_krylov
     from .model.predict import hamiltonian_from, predict_correction_and_spread
     from .registry import adapter_for
@@ -572,8 +572,7 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
             dens_pred = predict_krylov(system, scf_spacing)
             h_pred = dens_pred.hamiltonian
             timings.update(dens_pred.timings)
-            warnings.append("--model krylov is experimental and has no domain guard: on a strongly screening metal "
-                            "(the test split's Pt3Ti) it came out worse than H(0); check with --scf")
+            warnings.append(KRYLOV_WARNING)
             click.echo(f"warning: {warnings[-1]}", err=True)
         elif density:  # H[ρ_atoms + Δρ_pred]: one evaluation of core.scf's H[ρ]
             dens_pred = predict_density(model, system, dev)
@@ -714,6 +713,11 @@ def setup(run_dir, out_dir, keep_kpoints, run_now, abacus_exe, mpi):
             raise NexthamError(f"ABACUS exited with status {proc.returncode} (see {out})")
 
 
+#: what ``--model krylov`` says on every run (core.krylov; docs/density-model.md)
+KRYLOV_WARNING = ("--model krylov is experimental and has no domain guard: on a strongly screening metal (the test "
+                  "split's Pt3Ti) it came out worse than H(0); check with --scf")
+
+
 def _source_matrix(system, source: str, model_path: str | None) -> str:
     """The matrix tag of ``source`` in ``system``, predicting it first for 'predicted' and completing the
     prediction to self-consistency for 'completed' (as ``predict --scf``; progress and warnings on stderr)."""
@@ -726,6 +730,7 @@ def _source_matrix(system, source: str, model_path: str | None) -> str:
         if model_path == "krylov":  # no network (core.krylov)
             from .model.density_predict import predict_krylov
 
+            click.echo(f"warning: {KRYLOV_WARNING}", err=True)
             system.matrices["HP"] = predict_krylov(system).hamiltonian
         else:
             from .model.predict import predict_hamiltonian
