@@ -423,16 +423,19 @@ def _load_model_for(system, model_path: str | None) -> tuple:
     from .model.default import default_model
     from .model.store import load_model
 
-    note = None
+    notes = []
     if model_path is None:
         path, note = default_model(system)
+        if note:  # said before the fallback model's own checks, which may refuse the run
+            notes.append(note)
+            click.echo(f"warning: {note}", err=True)
         model, card = load_model(path)
     else:
         model, card = _load_model(model_path)
-    warnings = ([note] if note else []) + model_run_warnings(system, card, model)
-    for w in warnings:
+    more = model_run_warnings(system, card, model)
+    for w in more:
         click.echo(f"warning: {w}", err=True)
-    return model, card, warnings
+    return model, card, notes + more
 
 
 @main.command("eval")
