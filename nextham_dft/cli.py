@@ -423,19 +423,29 @@ def _load_model_for(system, model_path: str | None) -> tuple:
     from .model.default import default_model
     from .model.store import load_model
 
-    notes = []
+    why = None
     if model_path is None:
-        path, note = default_model(system)
-        if note:  # said before the fallback model's own checks, which may refuse the run
-            notes.append(note)
-            click.echo(f"warning: {note}", err=True)
+        path, why = default_model(system)
         model, card = load_model(path)
     else:
         model, card = _load_model(model_path)
-    more = model_run_warnings(system, card, model)
-    for w in more:
+    try:
+        warnings = model_run_warnings(system, card, model)
+    except NexthamError as refusal:  # the fallback refuses too: one line that says both, when they differ
+        if not why or why in str(refusal):
+            raise
+        message = f"{refusal} (and the default density model does not serve it: {why})"
+        try:
+            both = type(refusal)(message)
+        except TypeError:
+            both = NexthamError(message)
+        raise both from None
+    if why:
+        warnings.insert(0, f"the default density model does not serve this run ({why}); the bundled correction "
+                           "ensemble (v8) predicts instead")
+    for w in warnings:
         click.echo(f"warning: {w}", err=True)
-    return model, card, notes + more
+    return model, card, warnings
 
 
 @main.command("eval")

@@ -20,14 +20,13 @@ from .store import bundled_model_path
 
 
 def default_model(system: System) -> tuple[Path, str | None]:
-    """(model file, note): the bundled density model when ``system`` suits it (note None), else the bundled
-    correction ensemble with a one-line note saying why the density model was not used."""
+    """(model file, why): the bundled density model when ``system`` suits it (why None), else the bundled
+    correction ensemble and, in one line, why the density model does not serve the run."""
     density = bundled_model_path("density")
     card_path = density.with_suffix(".json")
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     try:
         check_density_run(system, card)
     except NexthamError as why:
-        return bundled_model_path("bundled"), (f"the default density model does not serve this run ({why}); "
-                                               "the bundled correction ensemble (v8) predicts instead")
+        return bundled_model_path("bundled"), str(why)
     return density, None
