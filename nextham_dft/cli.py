@@ -544,7 +544,6 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
     import h5py
     import torch
 
-    from .core.scf import completion_problem
     from .dataset import write_system
     from .evaluation import evaluate
     from .model.density_net import is_density_model
@@ -567,12 +566,9 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
     krylov = model_path == "krylov" and not without_model  # the network-free Krylov secant (core.krylov)
     if without_model:  # the completion from the atoms' density: no network, no basis check
         h_pred = None
-    elif krylov:
+    elif krylov:  # model.density_predict.predict_krylov checks the run as a density model's
         card = {"name": "krylov-secant (no network)", "sha256": None}
         density = True
-        problem = completion_problem(system)
-        if problem is not None:
-            raise problem
     else:
         t = time.perf_counter()
         model, card, warnings = _load_model_for(system, model_path)

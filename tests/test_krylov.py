@@ -82,3 +82,21 @@ def test_predict_model_krylov_on_the_example(tmp_path):
     res = CliRunner().invoke(main, ["predict", str(run), "--out", str(tmp_path / "x"), "--model", "krylov"])
     assert res.exit_code != 0 and "Si.upf" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "x").exists()
+
+
+def test_predict_model_krylov_refuses_a_magnetic_run(tmp_path):
+    """A spin–orbit run with a real starting moment: the Krylov secant, like the density model, treats the
+    magnetisation as zero, so it refuses the run in one line and writes nothing."""
+    import shutil
+
+    from .conftest import DATA
+    from .test_cli import assert_clean_error
+
+    soc = tmp_path / "soc"
+    shutil.copytree(need(DATA / "runs" / "t0045"), soc)
+    stru = (soc / "STRU").read_text()
+    (soc / "STRU").write_text(stru.replace("\n2e-05\n", "\n1.5\n", 1))
+    res = CliRunner().invoke(main, ["predict", str(soc), "--out", str(tmp_path / "o"), "--model", "krylov",
+                                    "--orbital-dir", str(DATA / "pp_orb")])
+    assert_clean_error(res)
+    assert "magnetic" in res.stderr and not (tmp_path / "o").exists()

@@ -45,6 +45,14 @@ class KrylovSecant:
     steps: tuple[tuple[np.ndarray, np.ndarray], ...]
 
 
+def radau_factor(du: float, uu: float, beta: float) -> float | None:
+    """b of the secant density Δρ1 + b·u for a spectrum of two nodes, one at 0 and λ1 = m2/m1 = ⟨u, u⟩/(β⟨Δρ1, u⟩),
+    from the pair's inner products du = ⟨Δρ1, u⟩ and uu = ⟨u, u⟩ in a metric where J is self-adjoint:
+    b = 1/(β(1 − λ1)) = 1/(β − uu/du), in (0, 1/β]. None where they are not those of a screening (du ≥ 0: the
+    response amplifies; uu ≤ 0: the metric is not positive on u)."""
+    return 1.0 / (beta - uu / du) if du < 0 < uu else None
+
+
 def secant_coefficients(gram: np.ndarray, beta: float) -> tuple[tuple[float, float, float], tuple[float, ...], str]:
     """(c0, c1, c2), nodes, form of the Krylov secant Δρ1·c0 + u·c1 + u2·c2 from the (3, 3) Gram matrix of
     (Δρ1, u, u2) in the kernel's metric (module docstring)."""
@@ -62,9 +70,9 @@ def secant_coefficients(gram: np.ndarray, beta: float) -> tuple[tuple[float, flo
                 return (1.0, float(c1), float(c2)), (float(l1), float(l2)), "three-node"
     except np.linalg.LinAlgError:
         pass
-    if m1 < 0 < m2:  # two nodes, one at 0 and λ1 = m2/m1 (density_train's "radau-hxc")
-        lam = m2 / m1
-        return (1.0, float(1.0 / (beta * (1.0 - lam))), 0.0), (float(lam),), "two-node"
+    b = radau_factor(g[0, 1], g[1, 1], beta)  # two nodes, one at 0 (density_train's "radau-hxc")
+    if b is not None:
+        return (1.0, float(b), 0.0), (float(m2 / m1),), "two-node"
     return (1.0, 1.0 / beta, 0.0), (), "first-order"
 
 

@@ -156,9 +156,12 @@ def predict_density_hamiltonian(model: nn.Module, system, device: str = "cpu") -
 
 def predict_krylov(system, spacing: float = 0.15, beta: float = 0.3) -> DensityPrediction:
     """The network-free prediction (``predict --model krylov``): the Krylov secant density of ``core.krylov`` from the
-    first step and two probe steps, and its H[ρ]. ``probe`` reports the secant's coefficients, nodes and form."""
+    first step and two probe steps, and its H[ρ]. ``probe`` reports the secant's coefficients, nodes and form. A run
+    a density model cannot serve (``compat.check_density_run``) is refused the same way."""
     from ..core.krylov import krylov_secant
+    from .compat import check_density_run
 
+    check_density_run(system, {})  # what a density model needs: UPF densities, a known functional, non-magnetic
     t0 = time.perf_counter()
     sc = SelfConsistency(system, spacing)
     t1 = time.perf_counter()

@@ -28,6 +28,7 @@ import torch
 
 from ..core.gaussians import Sites, basis_matrix, densities_of, fit_densities, fit_density
 from ..core.hxc import hartree_potential, hxc_kernel_action
+from ..core.krylov import radau_factor
 from ..core.scf import SelfConsistency
 from .density_net import DensityConfig, DensityNet, atom_graph, density_sites, instance_scale
 
@@ -82,18 +83,14 @@ def secant_factor(sc: SelfConsistency, d1: np.ndarray, u: np.ndarray, beta: floa
       (⟨Δρ1, Ku⟩ ≥ 0), "radau" as above.
 
     Either way 0 < b ≤ 1/β."""
-    if method == "radau-hxc":
-        kernel_u = hxc_kernel_action(u, sc.rho_atoms, sc.rho_core, sc.lattice, sc.functional)
-        du = float((d1 * kernel_u).sum() * sc.dv)
-        uu = float((u * kernel_u).sum() * sc.dv)
-        if du < 0 < uu:
-            return 1.0 / (beta - uu / du)
-        method = "radau"
-    if method == "radau":
-        kernel_u = metric_kernel(sc, u, xc_weight)  # one Poisson solve
-        du = float((d1 * kernel_u).sum() * sc.dv)
-        uu = float((u * kernel_u).sum() * sc.dv)
-        return 1.0 / (beta - uu / du) if du < 0 else 1.0 / beta  # λ1 = m2/m1 = ⟨u, u⟩/(β⟨Δρ1, u⟩)
+    if method in ("radau", "radau-hxc"):  # core.krylov.radau_factor from ⟨Δρ1, Ku⟩ and ⟨u, Ku⟩
+        kernels = ([hxc_kernel_action(u, sc.rho_atoms, sc.rho_core, sc.lattice, sc.functional)]
+                   if method == "radau-hxc" else [])
+        for kernel_u in kernels + [metric_kernel(sc, u, xc_weight)]:  # the training metric: one Poisson solve
+            b = radau_factor(float((d1 * kernel_u).sum() * sc.dv), float((u * kernel_u).sum() * sc.dv), beta)
+            if b is not None:
+                return b
+        return 1.0 / beta  # the response amplifies: clamped as above
     if method == "anderson":
         v = d1 - u / beta  # the residual's change per unit a
         kernel_v = metric_kernel(sc, v, xc_weight)  # one Poisson solve
