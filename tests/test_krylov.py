@@ -100,3 +100,27 @@ def test_predict_model_krylov_refuses_a_magnetic_run(tmp_path):
                                     "--orbital-dir", str(DATA / "pp_orb")])
     assert_clean_error(res)
     assert "magnetic" in res.stderr and not (tmp_path / "o").exists()
+
+
+def test_the_krylov_prediction_rotates_with_the_crystal_and_is_hermitian():
+    """A rotated (and inverted) Si2 gets the rotated H (its grid rotates with the fractional coordinates; the
+    secant's coefficients come from inner products, which a rotation keeps), and H(k) is hermitian."""
+    from scipy.spatial.transform import Rotation
+
+    from adapters.abacus import AbacusAdapter
+    from nextham_dft.model.density_predict import predict_krylov
+    from nextham_dft.testing import rotate_matrix, rotate_system
+
+    si2 = AbacusAdapter().read_run(need(EXAMPLE))
+    q = -Rotation.random(random_state=7).as_matrix()  # a rotation times inversion
+    a = predict_krylov(si2).hamiltonian
+    b = predict_krylov(rotate_system(si2, q)).hamiltonian
+    expected = rotate_matrix(a, si2.kinds, si2.bases, q)
+    s = si2.matrices["S"]
+    change = np.abs(a.aligned_to(s).data - si2.matrices["H0"].aligned_to(s).data).mean()
+    assert change > 1e-3  # the prediction moved H, so the comparison can fail
+    assert np.abs(b.aligned_to(s).data - expected.aligned_to(s).data).mean() < 1e-8 * change
+    from nextham_dft.core.kspace import KAssembler
+
+    hk = KAssembler(a)(np.array([[0.0, 0.0, 0.0], [0.1, 0.2, 0.3]]))
+    assert np.abs(hk - hk.conj().transpose(0, 2, 1)).max() < 1e-10 * np.abs(hk).max()
