@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from adapters.abacus.dojo_h5 import read_structure  # noqa: E402
 from nextham_dft.evaluation import evaluate, summarise  # noqa: E402
 from nextham_dft.core.scf import ScfSettings, complete_scf  # noqa: E402
-from nextham_dft.model.density_predict import predict_density, predict_krylov  # noqa: E402
+from nextham_dft.model.density_predict import predict_density, predict_krylov, predict_selected  # noqa: E402
 from nextham_dft.model.predict import predict_hamiltonian  # noqa: E402
 from nextham_dft.model.store import load_model, resolve_model_path  # noqa: E402
 
@@ -39,8 +39,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("data", help="the raw abacus-dojo-fr dataset.h5 (pp_orb/ beside it)")
     ap.add_argument("--model", default="density",
-                    help="the density model (default: the bundled one), or 'krylov': the network-free Krylov secant "
-                         "(core.krylov; the bundled density model's split)")
+                    help="the density model (default: the bundled one), 'krylov': the network-free Krylov secant "
+                         "(core.krylov; the bundled density model's split), or 'select': the bundled density model's "
+                         "prediction or that secant, whichever has the smaller residual (predict --model select)")
     ap.add_argument("--compare", default="bundled", help="a correction network to put beside ('none': no other)")
     ap.add_argument("--split", default="test", choices=["val", "test", "train"])
     ap.add_argument("--held-out", action="store_true",
@@ -58,10 +59,12 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    krylov = args.model == "krylov"
-    model, card = load_model(resolve_model_path("density" if krylov else args.model))
+    krylov, select = args.model == "krylov", args.model == "select"
+    model, card = load_model(resolve_model_path("density" if krylov or select else args.model))
     if krylov:
         card = {**card, "name": "krylov-secant (no network)"}
+    if select:
+        card = {**card, "name": f"{card.get('name')} or the Krylov secant, by residual (select)"}
     other = None if args.compare == "none" else load_model(resolve_model_path(args.compare))[0]
     held = set(card["split"].get("held_out_elements", []))
     rows: dict[str, list] = {"density": [], "other": [], "steps": [], "scf": []}
@@ -71,15 +74,18 @@ def main() -> None:
         if bool(set(s.elements) & held) != args.held_out:
             continue
         t = time.perf_counter()
-        pred = predict_krylov(s) if krylov else predict_density(model, s)
+        pred = predict_krylov(s) if krylov else predict_selected(model, s) if select else predict_density(model, s)
         h, stages = pred.hamiltonian, dict(pred.timings)
         if krylov:  # its three steps stand where a model's first step and network do
             stages["first_step_and_network_s"] = stages.pop("steps_s")
+        if select:  # the second probe with the first step and network; both evaluations where H[ρ] is
+            stages["first_step_and_network_s"] += stages.pop("second_probe_s")
+            stages["hamiltonian_s"] = stages.pop("evaluations_s")
         seconds = time.perf_counter() - t
         scf = (complete_scf(s, settings=ScfSettings(tol=args.scf_tol, mix_last=args.mix_last,
                                                     prior_history=args.prior_history),
                             start_density=pred.density, consistency=pred.consistency, prior=pred.steps,
-                            start_hamiltonian=pred.hamiltonian)
+                            start_hamiltonian=pred.hamiltonian, start_output=pred.output)
                if args.scf else None)
         if scf is not None:
             rows["scf"].append({"id": sid, "formula": s.formula, "spin": s.spin_mode, **evaluate(s, scf.hamiltonian)})
@@ -87,7 +93,7 @@ def main() -> None:
         if args.steps:
             steps = complete_scf(s, settings=ScfSettings(tol=0.0, max_iter=args.steps, prior_history=args.prior_history),
                                  start_density=pred.density, consistency=pred.consistency, prior=pred.steps,
-                                 start_hamiltonian=pred.hamiltonian)
+                                 start_hamiltonian=pred.hamiltonian, start_output=pred.output)
             rows["steps"].append({"id": sid, "formula": s.formula, "spin": s.spin_mode, **evaluate(s, steps.hamiltonian)})
         rows["density"].append({"id": sid, "formula": s.formula, "spin": s.spin_mode, **evaluate(s, h)})
         if other is not None:
@@ -131,7 +137,8 @@ def main() -> None:
            ("density_s", "grid_setup_s", "first_step_and_network_s", "hamiltonian_s", "other_s", "abacus_h0_s",
             "abacus_scf_s")}
     print(f"\ntotal seconds (one thread): density model {tot['density_s']:.1f} (grid {tot['grid_setup_s']:.1f}, first step "
-          f"and network {tot['first_step_and_network_s']:.1f}, H[ρ] {tot['hamiltonian_s']:.1f})"
+          f"and network {tot['first_step_and_network_s']:.1f}, "
+          + ("both candidates' evaluations" if select else "H[ρ]") + f" {tot['hamiltonian_s']:.1f})"
           + (f", other {tot['other_s']:.1f}" if other is not None else "")
           + f"; ABACUS zeroth step {tot['abacus_h0_s']:.1f}, SCF {tot['abacus_scf_s']:.1f}: the density model takes "
           f"{100 * tot['density_s'] / tot['abacus_scf_s']:.0f}% of the SCF's time")

@@ -510,7 +510,9 @@ def eval_cmd(model_path, data, split, json_out, device):
 @click.option("--model", "model_path", default=None,
               help="Model file, or 'density': the bundled density model, H of a predicted density (needs the UPF "
                    "files; about two SCF iterations' time), 'krylov': no network, the density of the first step and "
-                   "two probe steps (needs the UPF files), 'bundled': the bundled correction ensemble (v8), "
+                   "two probe steps (needs the UPF files), 'select': the density model's prediction or the Krylov "
+                   "secant, whichever has the smaller residual (one probe step and two evaluations more than "
+                   "'density'), 'bundled': the bundled correction ensemble (v8), "
                    "'fast': its single network, half the time, 'local': the bundled local-potential network "
                    "(default: 'density' where the run suits it, else 'bundled', with a warning saying why).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto (CUDA when available).")
@@ -547,7 +549,7 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
     from .dataset import write_system
     from .evaluation import evaluate
     from .model.density_net import is_density_model
-    from .model.density_predict import predict_density, predict_krylov
+    from .model.density_predict import predict_density, predict_krylov, predict_selected
     from .model.predict import hamiltonian_from, predict_correction_and_spread
     from .registry import adapter_for
     from .writers.output import output_dir
@@ -564,6 +566,7 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
     spread = None
     density = False  # a density model (model.density_predict) rather than a correction network
     krylov = model_path == "krylov" and not without_model  # the network-free Krylov secant (core.krylov)
+    select = model_path == "select" and not without_model  # the density model's or the Krylov secant's density
     if without_model:  # the completion from the atoms' density: no network, no basis check
         h_pred = None
     elif krylov:  # model.density_predict.predict_krylov checks the run as a density model's
@@ -571,9 +574,11 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
         density = True
     else:
         t = time.perf_counter()
-        model, card, warnings = _load_model_for(system, model_path)
+        model, card, warnings = _load_model_for(system, "density" if select else model_path)
         timings["load_model_s"] = time.perf_counter() - t
         density = is_density_model(model)
+        if select:
+            card = {**card, "name": f"{card.get('name')} or the Krylov secant, by residual (select)"}
     dev = _device(device)
     if not without_model:
         t = time.perf_counter()
@@ -584,7 +589,7 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
             warnings.append(KRYLOV_WARNING)
             click.echo(f"warning: {warnings[-1]}", err=True)
         elif density:  # H[ρ_atoms + Δρ_pred]: one evaluation of core.scf's H[ρ]
-            dens_pred = predict_density(model, system, dev)
+            dens_pred = (predict_selected if select else predict_density)(model, system, dev)
             h_pred = dens_pred.hamiltonian
             if dens_pred.probe is not None and not dens_pred.probe["network_used"]:
                 warnings.append(f"the probe step's inputs are further apart (ratio {dens_pred.probe['input_ratio']:.2f}) "
@@ -604,7 +609,8 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
         if density and dens_pred.consistency.spacing == settings.spacing:  # from the predicted density itself
             h_pred, scf_report = _complete_scf(system, h_pred, settings, "predicted density", warnings,
                                                start_density=dens_pred.density, consistency=dens_pred.consistency,
-                                               prior=dens_pred.steps, start_hamiltonian=dens_pred.hamiltonian)
+                                               prior=dens_pred.steps, start_hamiltonian=dens_pred.hamiltonian,
+                                               start_output=dens_pred.output)
         else:
             h_pred, scf_report = _complete_scf(system, h_pred, settings, scf_from, warnings)
         timings["scf_s"] = scf_report["seconds"]
@@ -653,18 +659,19 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
 
 
 def _complete_scf(system, h_pred, settings: ScfSettings, start: str, warnings: list[str], start_density=None,
-                  consistency=None, prior=(), start_hamiltonian=None):
+                  consistency=None, prior=(), start_hamiltonian=None, start_output=None):
     """(self-consistent H, report) from ``h_pred`` (None: the atoms' density), or from ``start_density`` on
-    the grid of ``consistency`` (a density model's, with ``prior`` the steps it took and ``start_hamiltonian`` its
-    H: ``complete_scf``), by ``core.scf``; ``start`` names the start in the report; progress and warnings on
-    stderr."""
+    the grid of ``consistency`` (a density model's, with ``prior`` the steps it took, ``start_hamiltonian`` its
+    H and ``start_output`` that H's output density when measured: ``complete_scf``), by ``core.scf``; ``start``
+    names the start in the report; progress and warnings on stderr."""
     from .core.scf import complete_scf
 
     def progress(it: int, res: float) -> None:
         click.echo(f"scf iteration {it}: ∫|ρ_out − ρ_in|/N_e = {res:.2e}", err=True)
 
     res = complete_scf(system, start=h_pred, settings=settings, progress=progress, start_density=start_density,
-                       consistency=consistency, prior=prior, start_hamiltonian=start_hamiltonian)
+                       consistency=consistency, prior=prior, start_hamiltonian=start_hamiltonian,
+                       start_output=start_output)
     if not res.converged and settings.tol > 0:  # tol 0: a fixed number of steps was asked for
         warnings.append(f"the SCF completion did not converge in {settings.max_iter} iterations (residual "
                         f"{res.residuals[-1]:.1e} > {settings.tol:.0e}); the last H is written")
@@ -741,6 +748,11 @@ def _source_matrix(system, source: str, model_path: str | None) -> str:
 
             click.echo(f"warning: {KRYLOV_WARNING}", err=True)
             system.matrices["HP"] = predict_krylov(system).hamiltonian
+        elif model_path == "select":  # the density model's or the Krylov secant's density, by residual
+            from .model.density_predict import predict_selected
+
+            model, _card, _warnings = _load_model_for(system, "density")
+            system.matrices["HP"] = predict_selected(model, system, _device("auto")).hamiltonian
         else:
             from .model.predict import predict_hamiltonian
 

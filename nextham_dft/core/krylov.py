@@ -76,15 +76,23 @@ def secant_coefficients(gram: np.ndarray, beta: float) -> tuple[tuple[float, flo
     return (1.0, 1.0 / beta, 0.0), (), "first-order"
 
 
-def krylov_secant(sc: SelfConsistency, beta: float = 0.3) -> KrylovSecant:
+def krylov_secant(sc: SelfConsistency, beta: float = 0.3,
+                  first: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None) -> KrylovSecant:
     """The Krylov secant density of the system of ``sc`` (module docstring): three diagonalisations on its k-mesh and
-    two H[ρ]."""
+    two H[ρ]. ``first``: the (ρ_in, ρ_out) pairs of the first step and of the first probe when already taken with
+    this β (a density model's probe step, ``density_train.first_step``); then only the second probe is computed."""
     if not 0.0 < beta <= 1.0:
         raise ValueError(f"the probe fraction β = {beta} must lie in (0, 1]")
-    rho1, _ = sc.density(sc.h0)
-    d1 = rho1 - sc.rho_atoms
-    probe1 = sc.rho_atoms + beta * d1
-    rho2, _ = sc.density(sc.hamiltonian(probe1))
+    if first is None:
+        rho1, _ = sc.density(sc.h0)
+        d1 = rho1 - sc.rho_atoms
+        probe1 = sc.rho_atoms + beta * d1
+        rho2, _ = sc.density(sc.hamiltonian(probe1))
+    else:
+        (start, rho1), (probe1, rho2) = first
+        d1 = rho1 - sc.rho_atoms
+        if not (np.allclose(start, sc.rho_atoms) and np.allclose(probe1, sc.rho_atoms + beta * d1)):
+            raise ValueError(f"the given steps are not the first step and a probe at β = {beta} from the atoms' density")
     u = rho2 - rho1
     probe2 = sc.rho_atoms + beta * u
     rho3, _ = sc.density(sc.hamiltonian(probe2))

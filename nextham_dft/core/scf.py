@@ -225,7 +225,8 @@ def complete_scf(system, start: BlockSparse | None = None, settings: ScfSettings
                  progress=None, start_density: np.ndarray | None = None,
                  consistency: SelfConsistency | None = None,
                  prior: list[tuple[np.ndarray, np.ndarray]] = (),
-                 start_hamiltonian: BlockSparse | None = None) -> ScfResult:
+                 start_hamiltonian: BlockSparse | None = None,
+                 start_output: tuple[np.ndarray, float] | None = None) -> ScfResult:
     """The self-consistent H of ``system`` (which holds H0, S, its k-mesh, electron count, smearing and
     atomic densities), starting from the atoms' density, from the density of ``start`` (a predicted H),
     or from ``start_density`` itself (e/Å³ on the grid of ``consistency``, e.g. a density model's).
@@ -235,7 +236,8 @@ def complete_scf(system, start: BlockSparse | None = None, settings: ScfSettings
     ``prior``: (ρ_in, ρ_out) pairs of Kohn–Sham steps already taken on that grid (a density model's), which
     start the Pulay history with ``settings.prior_history`` (they cost nothing more: their diagonalisations
     are done). ``start_hamiltonian``: H[start_density] when the caller already has it (a density model's
-    prediction), which saves one H[ρ].
+    prediction), which saves one H[ρ]. ``start_output``: (ρ_out, E_F) of that H's occupied states when the caller
+    already has them (a prediction that measured its own residual), which saves the first diagonalisation.
     """
     cfg = settings or ScfSettings()
     t0 = time.perf_counter()
@@ -258,8 +260,10 @@ def complete_scf(system, start: BlockSparse | None = None, settings: ScfSettings
     norms: list[float] = []
     ef = float("nan")
     converged = False
+    if start_output is not None and (start_density is None or start_output[0].shape != tuple(sc.shape)):
+        raise ValueError("a starting output density needs its starting density, on the completion's grid")
     for it in range(cfg.max_iter):
-        rho_out, ef = sc.density(h)
+        rho_out, ef = start_output if (it == 0 and start_output is not None) else sc.density(h)
         r = rho_out - rho_in
         norms.append(sc.residual_norm(r))
         if progress is not None:

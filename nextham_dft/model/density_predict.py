@@ -115,8 +115,11 @@ class DensityPrediction:
     screening_gamma: γ = 1/(βb) − 1, the screening the secant factor applies to the probe's response (the
     one-constant screening Δρ* ≈ Δρ1/(1 + γ) for "projection", the screened node's −λ1 for "radau");
     input_ratio, input_ratio_max: the inputs' ratio and the training set's largest; network_used: false beyond
-    it, where ρ is the secant density; member_weight: with ``member_shrink``, the ensemble's w}), else None; steps: the (input, output) densities of the Kohn–Sham steps the prediction took (ρ_atoms's, and with a
-    probe ρ_atoms + βΔρ1's), which a completion can start its Pulay history with (``complete_scf(prior=...)``)."""
+    it, where ρ is the secant density; member_weight: with ``member_shrink``, the ensemble's w}), else None; steps: the
+    (input, output) densities of the Kohn–Sham steps the prediction took (ρ_atoms's, and with a probe ρ_atoms +
+    βΔρ1's), which a completion can start its Pulay history with (``complete_scf(prior=...)``); output: (ρ_out, E_F)
+    of the occupied states of ``hamiltonian`` when the prediction measured them (:func:`predict_selected`), which a
+    completion can start from (``complete_scf(start_output=...)``)."""
 
     hamiltonian: BlockSparse
     density: np.ndarray
@@ -124,6 +127,7 @@ class DensityPrediction:
     timings: dict
     probe: dict | None = None
     steps: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    output: tuple[np.ndarray, float] | None = None
 
 
 def predict_density(model: nn.Module, system, device: str = "cpu") -> DensityPrediction:
@@ -138,14 +142,78 @@ def predict_density(model: nn.Module, system, device: str = "cpu") -> DensityPre
     rho = predicted_density(sc, sites[0], step, c, model.cfg)
     h = sc.hamiltonian(rho)
     t3 = time.perf_counter()
-    probe = None
-    if step.secant is not None:
-        beta = model.cfg.probe
-        probe = {"probe": beta, "secant_factor": step.secant, "screening_gamma": 1.0 / (beta * step.secant) - 1.0,
-                 "input_ratio": step.ratio, "input_ratio_max": model.cfg.input_ratio_max or None,
-                 "network_used": not beyond_training(model.cfg, step), **info}
     return DensityPrediction(h, rho, sc, {"grid_setup_s": t1 - t0, "first_step_and_network_s": t2 - t1,
-                                          "hamiltonian_s": t3 - t2}, probe, list(step.steps))
+                                          "hamiltonian_s": t3 - t2}, probe_report(model.cfg, step, info),
+                             list(step.steps))
+
+
+def probe_report(cfg: DensityConfig, step: FirstStep, info: dict) -> dict | None:
+    """What a model's probe step measured (``DensityPrediction.probe``), None without one."""
+    if step.secant is None:
+        return None
+    return {"probe": cfg.probe, "secant_factor": step.secant, "screening_gamma": 1.0 / (cfg.probe * step.secant) - 1.0,
+            "input_ratio": step.ratio, "input_ratio_max": cfg.input_ratio_max or None,
+            "network_used": not beyond_training(cfg, step), **info}
+
+
+@dataclass
+class Candidate:
+    """A predicted density (e/Å³), its H[ρ] (eV), the density of that H's occupied states and its E_F (eV), and the
+    residual ∫|ρ_out − ρ| / N_e."""
+
+    density: np.ndarray
+    hamiltonian: BlockSparse
+    output: np.ndarray
+    fermi_ev: float
+    residual: float
+
+
+def evaluate_candidate(sc: SelfConsistency, rho: np.ndarray) -> Candidate:
+    """One Kohn–Sham evaluation of ``rho`` on the grid of ``sc``: H[ρ], its occupied states' density, the residual."""
+    h = sc.hamiltonian(rho)
+    out, ef = sc.density(h)
+    return Candidate(rho, h, out, ef, sc.residual_norm(out - rho))
+
+
+def select_by_residual(sc: SelfConsistency, densities: dict[str, np.ndarray]) -> tuple[str, dict[str, Candidate]]:
+    """(the name of the density with the smallest residual, every density's :func:`evaluate_candidate`); a tie keeps
+    the first given."""
+    candidates = {name: evaluate_candidate(sc, rho) for name, rho in densities.items()}
+    return min(candidates, key=lambda name: candidates[name].residual), candidates
+
+
+def predict_selected(model: nn.Module, system, device: str = "cpu") -> DensityPrediction:
+    """``predict --model select``: the density model's prediction and the network-free Krylov secant
+    (``core.krylov``, sharing the model's first step and probe; one more probe), each evaluated once; the one with
+    the smaller residual ∫|ρ_out − ρ| / N_e (the SCF's convergence measure: no threshold, nothing fitted) is kept.
+    Cost over the model alone: one H[ρ] and three diagonalisations. ``probe`` adds ``selected`` ("network" or
+    "krylov"), both ``residuals`` and the secant's ``krylov`` report; ``steps`` holds every step taken, ``output``
+    the kept candidate's evaluation."""
+    from ..core.krylov import krylov_secant
+
+    cfg = model.cfg
+    if cfg.probe <= 0:
+        raise ValueError("the selection shares the model's probe step: give a density model with one")
+    t0 = time.perf_counter()
+    sc = SelfConsistency(system, cfg.spacing)
+    t1 = time.perf_counter()
+    sites = density_sites(system, cfg)
+    info: dict = {}
+    step, c = predict_density_coefficients(model, sc, device, sites, info)
+    rho_net = predicted_density(sc, sites[0], step, c, cfg)
+    t2 = time.perf_counter()
+    ks = krylov_secant(sc, cfg.probe, first=(step.steps[0], step.steps[1]))
+    t3 = time.perf_counter()
+    kept, candidates = select_by_residual(sc, {"network": rho_net, "krylov": ks.density})
+    t4 = time.perf_counter()
+    best = candidates[kept]
+    probe = {**(probe_report(cfg, step, info) or {}), "selected": kept,
+             "residuals": {name: cand.residual for name, cand in candidates.items()},
+             "krylov": {"form": ks.form, "coefficients": list(ks.coefficients), "nodes": list(ks.nodes)}}
+    steps = list(ks.steps) + [(cand.density, cand.output) for cand in candidates.values()]
+    return DensityPrediction(best.hamiltonian, best.density, sc,
+                             {"grid_setup_s": t1 - t0, "first_step_and_network_s": t2 - t1, "second_probe_s": t3 - t2,
+                              "evaluations_s": t4 - t3}, probe, steps, (best.output, best.fermi_ev))
 
 
 def predict_density_hamiltonian(model: nn.Module, system, device: str = "cpu") -> tuple[BlockSparse, dict]:

@@ -8,6 +8,8 @@ could not tell apart were compared over 120 structures this way).
     python scripts/density_recipe/cross_validate.py summary cv/eval0.json cv/eval1.json cv/eval2.json
     # Kohn–Sham steps after each prediction, one row set per mixing (β, Kerker q0 in 1/Å):
     python scripts/density_recipe/cross_validate.py eval ... --steps 2 --mix 0.4:0.8 --mix 0.8:0.8 --json ...
+    # also the Krylov secant and each model's residual selection between its prediction and that secant:
+    python scripts/density_recipe/cross_validate.py eval ... --select [--steps 2] --json ...
 
 ``folds``: the split's train + val ids, sorted, fold k = ids[k::K]; cv/fold{k}.json trains on the others and
 validates (keeps the best epoch) on fold k. ``eval``: each structure of the fold's "val" predicted by every
@@ -36,7 +38,8 @@ from nextham_dft.dataset import iter_dataset  # noqa: E402
 from nextham_dft.errors import NexthamError  # noqa: E402
 from nextham_dft.evaluation import evaluate, summarise  # noqa: E402
 from nextham_dft.model.density_net import density_sites  # noqa: E402
-from nextham_dft.model.density_predict import network_coefficients, predicted_density  # noqa: E402
+from nextham_dft.core.krylov import krylov_secant  # noqa: E402
+from nextham_dft.model.density_predict import network_coefficients, predicted_density, select_by_residual  # noqa: E402
 from nextham_dft.model.density_train import first_step  # noqa: E402
 from nextham_dft.model.store import load_model  # noqa: E402
 
@@ -53,16 +56,21 @@ def make_folds(split: dict, k: int) -> list[dict]:
 
 
 def evaluate_fold(data: str, fold: dict, models: dict[str, torch.nn.Module], log=print, steps: int = 0,
-                  mixes: tuple[tuple[float, float], ...] = ()) -> dict[str, list[dict]]:
+                  mixes: tuple[tuple[float, float], ...] = (), select: bool = False) -> dict[str, list[dict]]:
     """{name: rows}: each structure of ``fold["val"]`` predicted by every model (their configs must share the
     probe step, basis and grid: one first step serves them all); with ``steps`` > 0 also, for each (β, q0) of
-    ``mixes``, the H after that many completion steps from each prediction (``core.scf.complete_scf``)."""
+    ``mixes``, the H after that many completion steps from each prediction (``core.scf.complete_scf``). With
+    ``select``, also the Krylov secant (row "krylov", from the same first step and probe) and, per model, the
+    candidate of the two with the smaller residual (row "NAME:select"; ``density_predict.select_by_residual``)."""
     first = next(iter(models.values())).cfg
     if len({(m.cfg.probe, m.cfg.probe_inputs, m.cfg.secant, m.cfg.spacing, m.cfg.sigmas, m.cfg.lmax, m.cfg.ridge,
              m.cfg.bond_sites, m.cfg.bond_factor) for m in models.values()}) > 1:
         raise ValueError("the models' probe steps, Gaussians, sites or grids differ: evaluate them apart")
-    rows: dict[str, list[dict]] = {name: [] for name in models}
-    for name in models:
+    if select and first.probe <= 0:
+        raise ValueError("--select shares the models' probe step: give models with one")
+    names = list(models) + (["krylov"] + [f"{name}:select" for name in models] if select else [])
+    rows: dict[str, list[dict]] = {name: [] for name in names}
+    for name in names:
         for beta, q0 in (mixes if steps > 0 else ()):
             rows[step_name(name, steps, beta, q0)] = []
     for system in iter_dataset(data, ids=fold["val"]):
@@ -71,13 +79,25 @@ def evaluate_fold(data: str, fold: dict, models: dict[str, torch.nn.Module], log
         sites, z = density_sites(system, first)
         step = first_step(sc, first, sites)
         scores = []
+        starts = {}  # name: (ρ, H[ρ], (ρ_out, E_F) or None)
+        ks = krylov_secant(sc, first.probe, first=(step.steps[0], step.steps[1])) if select else None
         for name, model in models.items():
             rho = predicted_density(sc, sites, step, network_coefficients(model, step, (sites, z), sc=sc), first)
-            hams = {name: sc.hamiltonian(rho)}
+            if select:
+                kept, cands = select_by_residual(sc, {"network": rho, "krylov": ks.density})
+                starts[name] = (rho, cands["network"].hamiltonian, (cands["network"].output, cands["network"].fermi_ev))
+                starts["krylov"] = (ks.density, cands["krylov"].hamiltonian, (cands["krylov"].output, cands["krylov"].fermi_ev))
+                c = cands[kept]
+                starts[f"{name}:select"] = (c.density, c.hamiltonian, (c.output, c.fermi_ev))
+            else:
+                starts[name] = (rho, sc.hamiltonian(rho), None)
+        for name, (rho, h_start, output) in starts.items():
+            hams = {name: h_start}
             for beta, q0 in (mixes if steps > 0 else ()):
                 cfg = ScfSettings(tol=0.0, max_iter=steps, beta=beta, kerker_q0=q0)
                 hams[step_name(name, steps, beta, q0)] = complete_scf(
-                    system, settings=cfg, start_density=rho, consistency=sc, start_hamiltonian=hams[name]).hamiltonian
+                    system, settings=cfg, start_density=rho, consistency=sc, start_hamiltonian=h_start,
+                    start_output=output).hamiltonian
             for key, h in hams.items():
                 row = {"id": system.meta["id"], "formula": system.formula, "spin": system.spin_mode,
                        **evaluate(system, h)}
@@ -139,6 +159,8 @@ def main() -> None:
     e.add_argument("--steps", type=int, default=0, help="also score H after this many completion steps")
     e.add_argument("--mix", type=parse_mix, action="append", default=None,
                    help="β:q0 of the steps' mixing (repeatable; default the SCF's own)")
+    e.add_argument("--select", action="store_true",
+                   help="also the Krylov secant ('krylov') and each model's residual selection ('NAME:select')")
     s = sub.add_parser("summary", help="the metrics over every fold's eval JSON")
     s.add_argument("evals", nargs="+")
     args = ap.parse_args()
@@ -164,7 +186,7 @@ def main() -> None:
             models = {name: load_model(path)[0].double().eval() for name, path in pairs}
             mixes = tuple(args.mix or [(ScfSettings.beta, ScfSettings.kerker_q0)])
             rows = evaluate_fold(args.data, json.loads(Path(args.fold).read_text()), models, steps=args.steps,
-                                 mixes=mixes)
+                                 mixes=mixes, select=args.select)
         except (ValueError, NexthamError) as exc:
             sys.exit(f"error: {exc}")
         write_new(Path(args.json), json.dumps(rows, default=float))

@@ -1,0 +1,117 @@
+"""The residual selection between the density model's prediction and the Krylov secant (predict --model select)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from nextham_dft.cli import main
+
+from .conftest import EXAMPLE, need
+
+
+@pytest.fixture(scope="module")
+def si2_step():
+    """(system, SelfConsistency, bundled density model, its first step) of the shipped Si2 run."""
+    from adapters.abacus import AbacusAdapter
+    from nextham_dft.core.scf import SelfConsistency
+    from nextham_dft.model.density_net import density_sites
+    from nextham_dft.model.density_train import first_step
+    from nextham_dft.model.store import bundled_model_path, load_model
+
+    system = AbacusAdapter().read_run(need(EXAMPLE))
+    model = load_model(bundled_model_path("density"))[0].double().eval()
+    sc = SelfConsistency(system, model.cfg.spacing)
+    step = first_step(sc, model.cfg, density_sites(system, model.cfg)[0])
+    return system, sc, model, step
+
+
+def test_the_krylov_secant_reuses_a_density_models_first_steps(si2_step):
+    """Given the model's first step and probe, the secant takes only the second probe and gives the same density as
+    from scratch; steps taken with another β are refused."""
+    from nextham_dft.core.krylov import krylov_secant
+
+    _, sc, model, step = si2_step
+    own = krylov_secant(sc, model.cfg.probe)
+    shared = krylov_secant(sc, model.cfg.probe, first=(step.steps[0], step.steps[1]))
+    change = np.abs(own.density - sc.rho_atoms).max()
+    assert change > 1e-4 and np.abs(shared.density - own.density).max() < 1e-9 * change
+    with pytest.raises(ValueError, match="probe"):
+        krylov_secant(sc, 0.5, first=(step.steps[0], step.steps[1]))
+
+
+def test_the_selection_keeps_the_smaller_residual(si2_step):
+    """Each candidate's residual is ∫|ρ_out(H[ρ]) − ρ| / N_e; the atoms' density (the first step's residual) loses to
+    the Krylov secant whichever comes first, and the secant's residual is far below it (it is near the fixed point)."""
+    from nextham_dft.core.krylov import krylov_secant
+    from nextham_dft.model.density_predict import select_by_residual
+
+    _, sc, model, step = si2_step
+    secant = krylov_secant(sc, model.cfg.probe, first=(step.steps[0], step.steps[1])).density
+    for order in (("atoms", "secant"), ("secant", "atoms")):
+        densities = {"atoms": sc.rho_atoms, "secant": secant}
+        kept, cands = select_by_residual(sc, {name: densities[name] for name in order})
+        assert kept == "secant"
+    out, _ = sc.density(sc.hamiltonian(secant))
+    assert cands["secant"].residual == pytest.approx(sc.residual_norm(out - secant), rel=1e-10)
+    assert cands["atoms"].residual == pytest.approx(sc.residual_norm(step.steps[0][1] - sc.rho_atoms), rel=1e-10)
+    assert cands["secant"].residual < 0.05 * cands["atoms"].residual
+
+
+def test_a_completion_from_a_measured_output_is_the_same(si2_step):
+    """complete_scf(start_output=...) skips the first diagonalisation and changes nothing."""
+    from nextham_dft.core.scf import ScfSettings, complete_scf
+    from nextham_dft.model.density_predict import evaluate_candidate
+
+    system, sc, _, step = si2_step
+    rho = step.steps[1][0]  # the probe's input: a density away from the fixed point
+    cand = evaluate_candidate(sc, rho)
+    cfg = ScfSettings(tol=0.0, max_iter=2)
+    a = complete_scf(system, settings=cfg, start_density=rho, consistency=sc, start_hamiltonian=cand.hamiltonian,
+                     start_output=(cand.output, cand.fermi_ev))
+    b = complete_scf(system, settings=cfg, start_density=rho, consistency=sc)
+    assert a.residuals[0] == pytest.approx(cand.residual, rel=1e-12)
+    assert np.allclose(a.residuals, b.residuals, rtol=1e-10)
+    assert np.abs(a.hamiltonian.data - b.hamiltonian.data).max() < 1e-10
+    with pytest.raises(ValueError, match="starting output"):
+        complete_scf(system, settings=cfg, consistency=sc, start_output=(cand.output, cand.fermi_ev))
+
+
+def test_predict_model_select_on_the_example(tmp_path):
+    """`predict --model select` on Si2: both residuals reported, the kept one the smaller; bands and H far closer to
+    the converged SCF than H(0)'s, no ghost state; `--scf-steps 1` starts from the kept candidate's own evaluation
+    (its first residual is that candidate's); `export --source predicted --model select` writes the same kind of
+    prediction; a run without its pseudopotential is a one-line error that writes nothing."""
+    from .test_cli import assert_clean_error
+
+    ex = str(need(EXAMPLE))
+    res = CliRunner().invoke(main, ["predict", ex, "--out", str(tmp_path / "p"), "--model", "select", "--no-native"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "p" / "report.json").read_text())
+    probe, ev = report["probe"], report["eval"]
+    assert set(probe["residuals"]) == {"network", "krylov"}
+    assert probe["selected"] == min(probe["residuals"], key=probe["residuals"].get)
+    assert "select" in report["model"] and report["warnings"] == []
+    assert ev["predicted"]["band_mae_shifted_mev"] < 0.02 * ev["h0"]["band_mae_shifted_mev"]
+    assert ev["predicted"]["h_mae_shifted_mev"] < 0.05 * ev["h0"]["h_mae_shifted_mev"]
+    assert ev["predicted"]["ghost_states"] == 0
+    res = CliRunner().invoke(main, ["predict", ex, "--out", str(tmp_path / "s"), "--model", "select", "--no-native",
+                                    "--scf-steps", "1"])
+    assert res.exit_code == 0, res.output
+    steps = json.loads((tmp_path / "s" / "report.json").read_text())["scf"]
+    assert steps["iterations"] == 1
+    assert steps["residuals"][0] == pytest.approx(probe["residuals"][probe["selected"]], rel=1e-9)
+    res = CliRunner().invoke(main, ["export", ex, "--source", "predicted", "--model", "select",
+                                    "--out", str(tmp_path / "d")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "d" / "hamiltonians.h5").exists()
+    run = tmp_path / "no-upf"
+    shutil.copytree(need(EXAMPLE), run)
+    (run / "Si.upf").unlink()
+    res = CliRunner().invoke(main, ["predict", str(run), "--out", str(tmp_path / "x"), "--model", "select"])
+    assert_clean_error(res)
+    assert "Si.upf" in res.stderr and not (tmp_path / "x").exists()
