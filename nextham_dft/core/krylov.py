@@ -32,6 +32,10 @@ from .hxc import hxc_kernel_action
 from .scf import SelfConsistency
 
 
+#: relative size of the moments' Hankel determinant below which the spectrum is taken to have one screened node
+HANKEL_RTOL = 1e-9
+
+
 @dataclass
 class KrylovSecant:
     """density: ρ = ρ_atoms + c0 Δρ1 + c1 u + c2 u2 (e/Å³, on the grid); coefficients: (c0, c1, c2); nodes: the
@@ -59,7 +63,12 @@ def secant_coefficients(gram: np.ndarray, beta: float) -> tuple[tuple[float, flo
     g = np.asarray(gram, dtype=float)
     m1, m2 = g[0, 1] / beta, g[1, 1] / beta**2
     m3, m4 = g[1, 2] / beta**2, g[2, 2] / beta**2
+    # two nodes need a measure λ·μ of two points at least: its Hankel determinant m1·m3 − m2² > 0 (Cauchy–Schwarz),
+    # not zero to rounding (one screening constant, where u2 is a multiple of u)
+    two_points = m1 * m3 - m2 * m2 > HANKEL_RTOL * abs(m1 * m3)
     try:  # Gauss quadrature of the measure λ·μ from its moments m1..m4: the nodes are the roots of λ² + a1 λ + a0
+        if not two_points:
+            raise np.linalg.LinAlgError("one node")
         a0, a1 = np.linalg.solve([[m1, m2], [m2, m3]], [-m3, -m4])
         disc = a1 * a1 - 4.0 * a0
         if disc > 0:
