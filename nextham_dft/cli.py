@@ -415,6 +415,14 @@ def _load_model(model_path: str | None):
     return load_model(resolve_model_path(model_path))
 
 
+def _uses_selection(model_path: str | None, model) -> bool:
+    """Whether a command predicts by residual selection (``model.density_predict.predict_selected``): asked for with
+    ``--model select``, or by default where the bundled density model serves the run (``model.default``)."""
+    from .model.density_net import is_density_model
+
+    return model_path == "select" or (model_path is None and is_density_model(model))
+
+
 def _load_model_for(system, model_path: str | None) -> tuple:
     """(model, card, warnings) for a command on ``system``: the named model, or with none named the default one
     (``model.default``: the density model where the run suits it, else the bundled ensemble, with a note), and
@@ -514,7 +522,8 @@ def eval_cmd(model_path, data, split, json_out, device):
                    "secant, whichever has the smaller residual (one probe step and two evaluations more than "
                    "'density'), 'bundled': the bundled correction ensemble (v8), "
                    "'fast': its single network, half the time, 'local': the bundled local-potential network "
-                   "(default: 'density' where the run suits it, else 'bundled', with a warning saying why).")
+                   "(default: 'select' where the run suits the density model, else 'bundled', with a warning "
+                   "saying why).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto (CUDA when available).")
 @click.option("--force", is_flag=True, help="Replace a previous nextham-dft output folder.")
 @click.option("--no-native", is_flag=True,
@@ -577,6 +586,7 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
         model, card, warnings = _load_model_for(system, "density" if select else model_path)
         timings["load_model_s"] = time.perf_counter() - t
         density = is_density_model(model)
+        select = _uses_selection(model_path, model)
         if select:
             card = {**card, "name": f"{card.get('name')} or the Krylov secant, by residual (select)"}
     dev = _device(device)
@@ -748,16 +758,14 @@ def _source_matrix(system, source: str, model_path: str | None) -> str:
 
             click.echo(f"warning: {KRYLOV_WARNING}", err=True)
             system.matrices["HP"] = predict_krylov(system).hamiltonian
-        elif model_path == "select":  # the density model's or the Krylov secant's density, by residual
-            from .model.density_predict import predict_selected
-
-            model, _card, _warnings = _load_model_for(system, "density")
-            system.matrices["HP"] = predict_selected(model, system, _device("auto")).hamiltonian
         else:
+            from .model.density_predict import predict_selected
             from .model.predict import predict_hamiltonian
 
-            model, _card, _warnings = _load_model_for(system, model_path)
-            system.matrices["HP"] = predict_hamiltonian(model, system, _device("auto"))
+            model, _card, _warnings = _load_model_for(system, "density" if model_path == "select" else model_path)
+            system.matrices["HP"] = (predict_selected(model, system, _device("auto")).hamiltonian
+                                     if _uses_selection(model_path, model) else
+                                     predict_hamiltonian(model, system, _device("auto")))
     system.hamiltonian(tag)
     return tag
 
