@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from adapters.abacus.dojo_h5 import read_structure  # noqa: E402
 from nextham_dft.evaluation import evaluate, summarise  # noqa: E402
 from nextham_dft.core.scf import ScfSettings, complete_scf  # noqa: E402
-from nextham_dft.model.density_predict import predict_density, predict_krylov, predict_selected  # noqa: E402
+from nextham_dft.model.density_predict import predict_density, predict_krylov, predict_refined, predict_selected  # noqa: E402
 from nextham_dft.model.predict import predict_hamiltonian  # noqa: E402
 from nextham_dft.model.store import load_model, resolve_model_path  # noqa: E402
 
@@ -41,7 +41,9 @@ def main() -> None:
     ap.add_argument("--model", default="density",
                     help="the density model (default: the bundled one), 'krylov': the network-free Krylov secant "
                          "(core.krylov; the bundled density model's split), or 'select': the bundled density model's "
-                         "prediction or that secant, whichever has the smaller residual (predict --model select)")
+                         "prediction or that secant, whichever has the smaller residual (predict --model select), or "
+                         "'refined': the bundled density model's prediction and one Pulay step over its own steps "
+                         "(predict --model refined, the default)")
     ap.add_argument("--compare", default="bundled", help="a correction network to put beside ('none': no other)")
     ap.add_argument("--split", default="test", choices=["val", "test", "train"])
     ap.add_argument("--held-out", action="store_true",
@@ -59,12 +61,14 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    krylov, select = args.model == "krylov", args.model == "select"
-    model, card = load_model(resolve_model_path("density" if krylov or select else args.model))
+    krylov, select, refine = args.model == "krylov", args.model == "select", args.model == "refined"
+    model, card = load_model(resolve_model_path("density" if krylov or select or refine else args.model))
     if krylov:
         card = {**card, "name": "krylov-secant (no network)"}
     if select:
         card = {**card, "name": f"{card.get('name')} or the Krylov secant, by residual (select)"}
+    if refine:
+        card = {**card, "name": f"{card.get('name')} + one Pulay step (refined)"}
     other = None if args.compare == "none" else load_model(resolve_model_path(args.compare))[0]
     held = set(card["split"].get("held_out_elements", []))
     rows: dict[str, list] = {"density": [], "other": [], "steps": [], "scf": []}
@@ -74,13 +78,16 @@ def main() -> None:
         if bool(set(s.elements) & held) != args.held_out:
             continue
         t = time.perf_counter()
-        pred = predict_krylov(s) if krylov else predict_selected(model, s) if select else predict_density(model, s)
+        pred = (predict_krylov(s) if krylov else predict_selected(model, s) if select else
+                predict_refined(model, s) if refine else predict_density(model, s))
         h, stages = pred.hamiltonian, dict(pred.timings)
         if krylov:  # its three steps stand where a model's first step and network do
             stages["first_step_and_network_s"] = stages.pop("steps_s")
         if select:  # the second probe with the first step and network; both evaluations where H[ρ] is
             stages["first_step_and_network_s"] += stages.pop("second_probe_s")
             stages["hamiltonian_s"] = stages.pop("evaluations_s")
+        if refine:  # the Pulay step (a diagonalisation and H[ρ]) with the prediction's H[ρ]
+            stages["hamiltonian_s"] += stages.pop("pulay_step_s")
         seconds = time.perf_counter() - t
         scf = (complete_scf(s, settings=ScfSettings(tol=args.scf_tol, mix_last=args.mix_last,
                                                     prior_history=args.prior_history),
@@ -138,7 +145,8 @@ def main() -> None:
             "abacus_scf_s")}
     print(f"\ntotal seconds (one thread): density model {tot['density_s']:.1f} (grid {tot['grid_setup_s']:.1f}, first step "
           f"and network {tot['first_step_and_network_s']:.1f}, "
-          + ("both candidates' evaluations" if select else "H[ρ]") + f" {tot['hamiltonian_s']:.1f})"
+          + ("both candidates' evaluations" if select else "H[ρ] and the Pulay step" if refine else "H[ρ]")
+          + f" {tot['hamiltonian_s']:.1f})"
           + (f", other {tot['other_s']:.1f}" if other is not None else "")
           + f"; ABACUS zeroth step {tot['abacus_h0_s']:.1f}, SCF {tot['abacus_scf_s']:.1f}: the density model takes "
           f"{100 * tot['density_s'] / tot['abacus_scf_s']:.0f}% of the SCF's time")

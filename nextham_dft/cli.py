@@ -415,12 +415,26 @@ def _load_model(model_path: str | None):
     return load_model(resolve_model_path(model_path))
 
 
-def _uses_selection(model_path: str | None, model) -> bool:
-    """Whether a command predicts by residual selection (``model.density_predict.predict_selected``): asked for with
-    ``--model select``, or by default where the bundled density model serves the run (``model.default``)."""
+def _density_route(model_path: str | None, model) -> str | None:
+    """How a command predicts with ``model`` (``model.density_predict.ROUTES``): "refined" (the prediction and one
+    Pulay step) for ``--model refined`` and by default where the bundled density model serves the run
+    (``model.default``), "select" for ``--model select``, "density" (the network alone) for ``--model density`` or a
+    density model's file; None for a correction model."""
     from .model.density_net import is_density_model
 
-    return model_path == "select" or (model_path is None and is_density_model(model))
+    if not is_density_model(model):
+        return None
+    if model_path in ("refined", "select"):
+        return model_path
+    return "refined" if model_path is None else "density"
+
+
+#: the model file a density route loads, by the name ``--model`` gives it
+ROUTE_MODELS = {"refined": "density", "select": "density"}
+
+#: what a route adds to the model's name in report.json
+ROUTE_NAMES = {"refined": "{} + one Pulay step (refined)", "select": "{} or the Krylov secant, by residual (select)",
+               "density": "{}"}
 
 
 def _load_model_for(system, model_path: str | None) -> tuple:
@@ -518,11 +532,12 @@ def eval_cmd(model_path, data, split, json_out, device):
 @click.option("--model", "model_path", default=None,
               help="Model file, or 'density': the bundled density model, H of a predicted density (needs the UPF "
                    "files; about two SCF iterations' time), 'krylov': no network, the density of the first step and "
-                   "two probe steps (needs the UPF files), 'select': the density model's prediction or the Krylov "
-                   "secant, whichever has the smaller residual (one probe step and two evaluations more than "
-                   "'density'), 'bundled': the bundled correction ensemble (v8), "
+                   "two probe steps (needs the UPF files), 'refined': the density model's prediction and one Pulay "
+                   "step over the Kohn–Sham steps it took (one diagonalisation more than 'density'), 'select': the "
+                   "density model's prediction or the Krylov secant, whichever has the smaller residual, "
+                   "'bundled': the bundled correction ensemble (v8), "
                    "'fast': its single network, half the time, 'local': the bundled local-potential network "
-                   "(default: 'select' where the run suits the density model, else 'bundled', with a warning "
+                   "(default: 'refined' where the run suits the density model, else 'bundled', with a warning "
                    "saying why).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto (CUDA when available).")
 @click.option("--force", is_flag=True, help="Replace a previous nextham-dft output folder.")
@@ -557,8 +572,7 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
 
     from .dataset import write_system
     from .evaluation import evaluate
-    from .model.density_net import is_density_model
-    from .model.density_predict import predict_density, predict_krylov, predict_selected
+    from .model.density_predict import ROUTES, predict_krylov
     from .model.predict import hamiltonian_from, predict_correction_and_spread
     from .registry import adapter_for
     from .writers.output import output_dir
@@ -575,7 +589,6 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
     spread = None
     density = False  # a density model (model.density_predict) rather than a correction network
     krylov = model_path == "krylov" and not without_model  # the network-free Krylov secant (core.krylov)
-    select = model_path == "select" and not without_model  # the density model's or the Krylov secant's density
     if without_model:  # the completion from the atoms' density: no network, no basis check
         h_pred = None
     elif krylov:  # model.density_predict.predict_krylov checks the run as a density model's
@@ -583,12 +596,12 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
         density = True
     else:
         t = time.perf_counter()
-        model, card, warnings = _load_model_for(system, "density" if select else model_path)
+        model, card, warnings = _load_model_for(system, ROUTE_MODELS.get(model_path, model_path))
         timings["load_model_s"] = time.perf_counter() - t
-        density = is_density_model(model)
-        select = _uses_selection(model_path, model)
-        if select:
-            card = {**card, "name": f"{card.get('name')} or the Krylov secant, by residual (select)"}
+        route = _density_route(model_path, model)
+        density = route is not None
+        if density:
+            card = {**card, "name": ROUTE_NAMES[route].format(card.get("name"))}
     dev = _device(device)
     if not without_model:
         t = time.perf_counter()
@@ -599,7 +612,7 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
             warnings.append(KRYLOV_WARNING)
             click.echo(f"warning: {warnings[-1]}", err=True)
         elif density:  # H[ρ_atoms + Δρ_pred]: one evaluation of core.scf's H[ρ]
-            dens_pred = (predict_selected if select else predict_density)(model, system, dev)
+            dens_pred = ROUTES[route](model, system, dev)
             h_pred = dens_pred.hamiltonian
             if dens_pred.probe is not None and not dens_pred.probe["network_used"]:
                 warnings.append(f"the probe step's inputs are further apart (ratio {dens_pred.probe['input_ratio']:.2f}) "
@@ -759,12 +772,12 @@ def _source_matrix(system, source: str, model_path: str | None) -> str:
             click.echo(f"warning: {KRYLOV_WARNING}", err=True)
             system.matrices["HP"] = predict_krylov(system).hamiltonian
         else:
-            from .model.density_predict import predict_selected
+            from .model.density_predict import ROUTES
             from .model.predict import predict_hamiltonian
 
-            model, _card, _warnings = _load_model_for(system, "density" if model_path == "select" else model_path)
-            system.matrices["HP"] = (predict_selected(model, system, _device("auto")).hamiltonian
-                                     if _uses_selection(model_path, model) else
+            model, _card, _warnings = _load_model_for(system, ROUTE_MODELS.get(model_path, model_path))
+            route = _density_route(model_path, model)
+            system.matrices["HP"] = (ROUTES[route](model, system, _device("auto")).hamiltonian if route else
                                      predict_hamiltonian(model, system, _device("auto")))
     system.hamiltonian(tag)
     return tag

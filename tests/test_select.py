@@ -115,3 +115,58 @@ def test_predict_model_select_on_the_example(tmp_path):
     res = CliRunner().invoke(main, ["predict", str(run), "--out", str(tmp_path / "x"), "--model", "select"])
     assert_clean_error(res)
     assert "Si.upf" in res.stderr and not (tmp_path / "x").exists()
+
+
+def test_the_selection_hands_its_steps_to_a_completion(si2_step):
+    """predict_selected's steps: the secant's three (the first step, both probes) and the other candidate's evaluation,
+    not the kept one's, which is ``output`` (the completion's start: its pair is added there, once)."""
+    from nextham_dft.model.density_predict import predict_selected
+
+    system, _, model, _ = si2_step
+    p = predict_selected(model, system)
+    assert len(p.steps) == 4 and p.output is not None
+    assert not any(np.array_equal(x, p.density) for x, _ in p.steps)
+    assert np.allclose(p.steps[0][0], p.consistency.rho_atoms)
+    out, _ = p.consistency.density(p.hamiltonian)
+    assert np.abs(out - p.output[0]).max() < 1e-10 * np.abs(out).max()
+
+
+def test_the_refined_prediction_is_one_pulay_step_over_the_models_steps(si2_step):
+    """predict_refined = predict_density then complete_scf(max_iter=1, prior_history) from it: the same H to rounding,
+    its history the first step, the probe and the prediction's evaluation; its residual is smaller than the
+    network's own prediction's (the step moves towards the fixed point)."""
+    from nextham_dft.core.scf import ScfSettings, complete_scf
+    from nextham_dft.model.density_predict import predict_density, predict_refined, select_by_residual
+
+    system, _, model, _ = si2_step
+    p = predict_density(model, system)
+    r = predict_refined(model, system)
+    by_hand = complete_scf(system, settings=ScfSettings(tol=0.0, max_iter=1, prior_history=True),
+                           start_density=p.density, consistency=p.consistency, prior=p.steps,
+                           start_hamiltonian=p.hamiltonian)
+    assert np.abs(r.hamiltonian.data - by_hand.hamiltonian.data).max() < 1e-9
+    assert r.probe["pulay_step"]["history"] == 3 and len(r.steps) == 3
+    _, cands = select_by_residual(p.consistency, {"prediction": p.density, "refined": r.density})
+    assert cands["refined"].residual < cands["prediction"].residual
+
+
+def test_the_refined_prediction_rotates_with_the_crystal():
+    """A rotated (and inverted) Si2 gets the rotated refined H: the network, the Pulay weights (inner products on a
+    grid that rotates with the fractional coordinates) and the Kerker step are all covariant."""
+    from scipy.spatial.transform import Rotation
+
+    from adapters.abacus import AbacusAdapter
+    from nextham_dft.model.density_predict import predict_refined
+    from nextham_dft.model.store import bundled_model_path, load_model
+    from nextham_dft.testing import rotate_matrix, rotate_system
+
+    si2 = AbacusAdapter().read_run(need(EXAMPLE))
+    model = load_model(bundled_model_path("density"))[0].double().eval()
+    q = -Rotation.random(random_state=11).as_matrix()
+    a = predict_refined(model, si2).hamiltonian
+    b = predict_refined(model, rotate_system(si2, q)).hamiltonian
+    expected = rotate_matrix(a, si2.kinds, si2.bases, q)
+    s = si2.matrices["S"]
+    change = np.abs(a.aligned_to(s).data - si2.matrices["H0"].aligned_to(s).data).mean()
+    assert change > 1e-3
+    assert np.abs(b.aligned_to(s).data - expected.aligned_to(s).data).mean() < 1e-6 * change

@@ -62,13 +62,16 @@ class ScfSettings:
 class ScfResult:
     """hamiltonian: the self-consistent H on H(0)'s and S's blocks, in H(0)'s spin layout (eV); converged: the
     residual fell below the threshold; residuals: ∫|ρ_out − ρ_in| / N_e per iteration; fermi_ev: E_F of
-    the last diagonalisation; seconds: wall time."""
+    the last diagonalisation; seconds: wall time; density: the input density of ``hamiltonian`` (e/Å³ on the
+    grid); steps: the (ρ_in, ρ_out) pairs of the iterations' diagonalisations."""
 
     hamiltonian: BlockSparse
     converged: bool
     residuals: list[float] = field(default_factory=list)
     fermi_ev: float = float("nan")
     seconds: float = 0.0
+    density: np.ndarray | None = None
+    steps: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
     @property
     def iterations(self) -> int:
@@ -258,6 +261,7 @@ def complete_scf(system, start: BlockSparse | None = None, settings: ScfSettings
     rhos: list[np.ndarray] = [np.asarray(x, dtype=float) for x, _ in prior][-cfg.history:]
     res: list[np.ndarray] = [np.asarray(y - x, dtype=float) for x, y in prior][-cfg.history:]
     norms: list[float] = []
+    taken: list[tuple[np.ndarray, np.ndarray]] = []
     ef = float("nan")
     converged = False
     if start_output is not None and (start_density is None or start_output[0].shape != tuple(sc.shape)):
@@ -265,6 +269,7 @@ def complete_scf(system, start: BlockSparse | None = None, settings: ScfSettings
     for it in range(cfg.max_iter):
         rho_out, ef = start_output if (it == 0 and start_output is not None) else sc.density(h)
         r = rho_out - rho_in
+        taken.append((rho_in, rho_out))
         norms.append(sc.residual_norm(r))
         if progress is not None:
             progress(it + 1, norms[-1])
@@ -276,7 +281,7 @@ def complete_scf(system, start: BlockSparse | None = None, settings: ScfSettings
         h = sc.hamiltonian(rho_in)
         if converged:
             break
-    return ScfResult(h, converged, norms, ef, time.perf_counter() - t0)
+    return ScfResult(h, converged, norms, ef, time.perf_counter() - t0, rho_in, taken)
 
 
 def _pulay(rhos: list[np.ndarray], res: list[np.ndarray], lattice: np.ndarray, cfg: ScfSettings) -> np.ndarray:

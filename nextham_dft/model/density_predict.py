@@ -187,8 +187,8 @@ def predict_selected(model: nn.Module, system, device: str = "cpu") -> DensityPr
     (``core.krylov``, sharing the model's first step and probe; one more probe), each evaluated once; the one with
     the smaller residual ∫|ρ_out − ρ| / N_e (the SCF's convergence measure: no threshold, nothing fitted) is kept.
     Cost over the model alone: one H[ρ] and three diagonalisations. ``probe`` adds ``selected`` ("network" or
-    "krylov"), both ``residuals`` and the secant's ``krylov`` report; ``steps`` holds every step taken, ``output``
-    the kept candidate's evaluation."""
+    "krylov"), both ``residuals`` and the secant's ``krylov`` report; ``steps`` holds every step taken but the kept
+    candidate's evaluation, which is ``output``."""
     from ..core.krylov import krylov_secant
 
     cfg = model.cfg
@@ -210,7 +210,8 @@ def predict_selected(model: nn.Module, system, device: str = "cpu") -> DensityPr
     probe = {**(probe_report(cfg, step, info) or {}), "selected": kept,
              "residuals": {name: cand.residual for name, cand in candidates.items()},
              "krylov": {"form": ks.form, "coefficients": list(ks.coefficients), "nodes": list(ks.nodes)}}
-    steps = list(ks.steps) + [(cand.density, cand.output) for cand in candidates.values()]
+    # every step taken but the kept candidate's own, which a completion starts from (complete_scf adds it)
+    steps = list(ks.steps) + [(cand.density, cand.output) for name, cand in candidates.items() if name != kept]
     return DensityPrediction(best.hamiltonian, best.density, sc,
                              {"grid_setup_s": t1 - t0, "first_step_and_network_s": t2 - t1, "second_probe_s": t3 - t2,
                               "evaluations_s": t4 - t3}, probe, steps, (best.output, best.fermi_ev))
@@ -241,3 +242,30 @@ def predict_krylov(system, spacing: float = 0.15, beta: float = 0.3) -> DensityP
                         "nodes": list(ks.nodes)}}
     return DensityPrediction(h, ks.density, sc, {"grid_setup_s": t1 - t0, "steps_s": t2 - t1, "hamiltonian_s": t3 - t2},
                              probe, list(ks.steps))
+
+
+def refined(pred: DensityPrediction) -> DensityPrediction:
+    """One Pulay step after a density prediction (``predict --model refined``, the default where a density model
+    serves the run): its history the Kohn–Sham steps the prediction took (the first step and the probe) and the
+    prediction's own evaluation (``core.scf.ScfSettings.prior_history``, the SCF's mixing), and H of the mixed density.
+    Cost over the prediction: one diagonalisation and one H[ρ]. ``probe`` adds ``pulay_step`` (the prediction's
+    residual ∫|ρ_out − ρ| / N_e and the history's length); ``steps`` holds the evaluation too."""
+    from ..core.scf import ScfSettings, complete_scf
+
+    t = time.perf_counter()
+    sc = pred.consistency
+    res = complete_scf(sc.system, settings=ScfSettings(spacing=sc.spacing, tol=0.0, max_iter=1, prior_history=True),
+                       start_density=pred.density, consistency=sc, prior=pred.steps,
+                       start_hamiltonian=pred.hamiltonian, start_output=pred.output)
+    probe = {**(pred.probe or {}), "pulay_step": {"residual": res.residuals[0], "history": len(pred.steps) + 1}}
+    return DensityPrediction(res.hamiltonian, res.density, sc, {**pred.timings, "pulay_step_s": time.perf_counter() - t},
+                             probe, list(pred.steps) + res.steps)
+
+
+def predict_refined(model: nn.Module, system, device: str = "cpu") -> DensityPrediction:
+    """:func:`refined` of :func:`predict_density`."""
+    return refined(predict_density(model, system, device))
+
+
+#: how a density model predicts, by route name (``predict --model density | refined | select``)
+ROUTES: dict[str, Callable] = {"density": predict_density, "refined": predict_refined, "select": predict_selected}

@@ -56,12 +56,16 @@ def make_folds(split: dict, k: int) -> list[dict]:
 
 
 def evaluate_fold(data: str, fold: dict, models: dict[str, torch.nn.Module], log=print, steps: int = 0,
-                  mixes: tuple[tuple[float, float], ...] = (), select: bool = False) -> dict[str, list[dict]]:
+                  mixes: tuple[tuple[float, float], ...] = (), select: bool = False,
+                  prior_history: bool = False) -> dict[str, list[dict]]:
     """{name: rows}: each structure of ``fold["val"]`` predicted by every model (their configs must share the
     probe step, basis and grid: one first step serves them all); with ``steps`` > 0 also, for each (β, q0) of
     ``mixes``, the H after that many completion steps from each prediction (``core.scf.complete_scf``). With
     ``select``, also the Krylov secant (row "krylov", from the same first step and probe) and, per model, the
-    candidate of the two with the smaller residual (row "NAME:select"; ``density_predict.select_by_residual``)."""
+    candidate of the two with the smaller residual (row "NAME:select"; ``density_predict.select_by_residual``). With
+    ``prior_history``, the steps start Pulay's history with every Kohn–Sham step the prediction took (``ScfSettings.
+    prior_history``: a model's first step and probe; the secant's three steps; for a selection those and the other
+    candidate's evaluation)."""
     first = next(iter(models.values())).cfg
     if len({(m.cfg.probe, m.cfg.probe_inputs, m.cfg.secant, m.cfg.spacing, m.cfg.sigmas, m.cfg.lmax, m.cfg.ridge,
              m.cfg.bond_sites, m.cfg.bond_factor) for m in models.values()}) > 1:
@@ -79,25 +83,27 @@ def evaluate_fold(data: str, fold: dict, models: dict[str, torch.nn.Module], log
         sites, z = density_sites(system, first)
         step = first_step(sc, first, sites)
         scores = []
-        starts = {}  # name: (ρ, H[ρ], (ρ_out, E_F) or None)
+        starts = {}  # name: (ρ, H[ρ], (ρ_out, E_F) or None, the prediction's earlier steps)
         ks = krylov_secant(sc, first.probe, first=(step.steps[0], step.steps[1])) if select else None
         for name, model in models.items():
             rho = predicted_density(sc, sites, step, network_coefficients(model, step, (sites, z), sc=sc), first)
             if select:
                 kept, cands = select_by_residual(sc, {"network": rho, "krylov": ks.density})
-                starts[name] = (rho, cands["network"].hamiltonian, (cands["network"].output, cands["network"].fermi_ev))
-                starts["krylov"] = (ks.density, cands["krylov"].hamiltonian, (cands["krylov"].output, cands["krylov"].fermi_ev))
-                c = cands[kept]
-                starts[f"{name}:select"] = (c.density, c.hamiltonian, (c.output, c.fermi_ev))
+                net, kry, c = cands["network"], cands["krylov"], cands[kept]
+                other = cands["krylov" if kept == "network" else "network"]
+                starts[name] = (rho, net.hamiltonian, (net.output, net.fermi_ev), list(step.steps))
+                starts["krylov"] = (ks.density, kry.hamiltonian, (kry.output, kry.fermi_ev), list(ks.steps))
+                starts[f"{name}:select"] = (c.density, c.hamiltonian, (c.output, c.fermi_ev),
+                                            list(ks.steps) + [(other.density, other.output)])
             else:
-                starts[name] = (rho, sc.hamiltonian(rho), None)
-        for name, (rho, h_start, output) in starts.items():
+                starts[name] = (rho, sc.hamiltonian(rho), None, list(step.steps))
+        for name, (rho, h_start, output, prior) in starts.items():
             hams = {name: h_start}
             for beta, q0 in (mixes if steps > 0 else ()):
-                cfg = ScfSettings(tol=0.0, max_iter=steps, beta=beta, kerker_q0=q0)
+                cfg = ScfSettings(tol=0.0, max_iter=steps, beta=beta, kerker_q0=q0, prior_history=prior_history)
                 hams[step_name(name, steps, beta, q0)] = complete_scf(
                     system, settings=cfg, start_density=rho, consistency=sc, start_hamiltonian=h_start,
-                    start_output=output).hamiltonian
+                    start_output=output, prior=prior).hamiltonian
             for key, h in hams.items():
                 row = {"id": system.meta["id"], "formula": system.formula, "spin": system.spin_mode,
                        **evaluate(system, h)}
@@ -159,6 +165,8 @@ def main() -> None:
     e.add_argument("--steps", type=int, default=0, help="also score H after this many completion steps")
     e.add_argument("--mix", type=parse_mix, action="append", default=None,
                    help="β:q0 of the steps' mixing (repeatable; default the SCF's own)")
+    e.add_argument("--prior-history", action="store_true",
+                   help="start the steps' Pulay history with the prediction's own Kohn–Sham steps")
     e.add_argument("--select", action="store_true",
                    help="also the Krylov secant ('krylov') and each model's residual selection ('NAME:select')")
     s = sub.add_parser("summary", help="the metrics over every fold's eval JSON")
@@ -186,7 +194,7 @@ def main() -> None:
             models = {name: load_model(path)[0].double().eval() for name, path in pairs}
             mixes = tuple(args.mix or [(ScfSettings.beta, ScfSettings.kerker_q0)])
             rows = evaluate_fold(args.data, json.loads(Path(args.fold).read_text()), models, steps=args.steps,
-                                 mixes=mixes, select=args.select)
+                                 mixes=mixes, select=args.select, prior_history=args.prior_history)
         except (ValueError, NexthamError) as exc:
             sys.exit(f"error: {exc}")
         write_new(Path(args.json), json.dumps(rows, default=float))
