@@ -73,3 +73,41 @@ def test_local_bundled_card_matches_its_recipe():
     assert model_config_from_dict(card["model_config"]).local_potential == (0.3, 0.6, 1.2, 2.4)
     named = _named_files_exist(card["training"]["command"])
     assert {f"scripts/local_potential_recipe/stage{s}.yaml" for s in ("A", "A2", "B")} <= set(named)
+
+
+def test_card_route_records_a_route_from_benchmark_runs(tmp_path):
+    """scripts/density_recipe/card_route.py: the named summary row of each benchmark JSON goes under default_route,
+    with the seconds (the steps' too for a "steps" row) over ABACUS's; the rest of the card is kept; a missing row is
+    a one-line error that leaves the card as it was."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    card = tmp_path / "model.json"
+    card.write_text(json.dumps({"name": "m", "sha256": "abc", "test_metrics": {"predicted": {"x": 1.0}}}))
+
+    def bench(path, rows):
+        summary = {row: {"predicted": {"band_mae_shifted_mev": v}, "h0": {"band_mae_shifted_mev": 100.0}}
+                   for row, v in rows.items()}
+        cost = [{"density_s": 2.0, "steps_s": 1.0, "abacus_scf_s": 20.0}, {"density_s": 4.0, "steps_s": 3.0,
+                                                                           "abacus_scf_s": 40.0}]
+        path.write_text(json.dumps({"summary": summary, "cost": cost, "rows": {}, "model": "m"}))
+        return str(path)
+
+    val = bench(tmp_path / "val.json", {"density": 9.0, "steps": 3.0})
+    test = bench(tmp_path / "test.json", {"density": 4.5})
+    script = str(root / "scripts" / "density_recipe" / "card_route.py")
+    base = [sys.executable, script, str(card), "refined", "--rule", "r"]
+    bad = subprocess.run(base + ["--val", f"{val}:nope", "--test", f"{test}:density", "--held-out", f"{test}:density"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "nope" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert "default_route" not in json.loads(card.read_text())
+    ok = subprocess.run(base + ["--val", f"{val}:steps", "--test", f"{test}:density", "--held-out", f"{test}:density"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    out = json.loads(card.read_text())
+    route = out["default_route"]
+    assert out["sha256"] == "abc" and out["test_metrics"] == {"predicted": {"x": 1.0}}
+    assert route["name"] == "refined" and route["val_metrics"]["predicted"]["band_mae_shifted_mev"] == 3.0
+    assert route["val_cost"]["seconds_one_thread"] == pytest.approx(10.0)  # 2 + 1 + 4 + 3
+    assert route["test_cost"]["seconds_one_thread"] == pytest.approx(6.0) and route["test_cost"]["share_of_scf"] == pytest.approx(0.1)

@@ -4,10 +4,11 @@ The bundled density model (``--model density``) is the more accurate prediction 
 test split, bands 23.1 against 57.6 meV, H after μS 0.38 against 2.32 meV, 22 against 159 ghost states), but it
 builds H on a real-space grid from the pseudopotentials' atomic densities, so it serves only the runs the
 self-consistent completion serves (``compat.check_density_run``): UPF files with atomic densities, a functional
-``core.hxc`` implements, no collinear spin, non-magnetic. There the commands predict by residual selection between
-its prediction and the Krylov secant (``density_predict.predict_selected``, ``--model select``: bands 19.4 meV,
-H after μS 0.30 meV, 6 ghost states; the CLI decides that from the model this returns). Every other run the bundled
-correction ensemble (``--model bundled``, v8) predicts, as before, and the command says why.
+``core.hxc`` implements, no collinear spin, non-magnetic. There the commands add one Pulay step over the model's own
+Kohn–Sham steps to its prediction (``density_predict.predict_refined``, ``--model refined``: on the test split
+bands 4.79 meV, H after μS 0.158 meV, no ghost state; the CLI decides that from the model this returns,
+``cli._density_route``). Every other run the bundled correction ensemble (``--model bundled``, v8) predicts, as
+before, and the command says why.
 """
 
 from __future__ import annotations
