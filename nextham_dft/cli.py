@@ -479,12 +479,18 @@ def _load_model_for(system, model_path: str | None) -> tuple:
 @click.option("--device", default="auto", show_default=True)
 @friendly_errors
 def eval_cmd(model_path, data, split, json_out, device):
-    """Accuracy of MODEL on DATA (a training file or a run directory), beside the H(0) baseline."""
+    """Accuracy of MODEL on DATA (a training file or a run directory), beside the H(0) baseline. MODEL 'refined' or
+    'select' evaluates the bundled density model by that route (as predict --model does; 'refined' is predict's
+    default where the density model serves)."""
     from .dataset import iter_dataset, list_ids
     from .evaluation import evaluate, summarise
+    from .model.density_predict import ROUTES
     from .model.predict import predict_hamiltonian
 
-    model, card = _load_model(None if model_path == "bundled" else model_path)
+    model, card = _load_model(None if model_path == "bundled" else ROUTE_MODELS.get(model_path, model_path))
+    route = model_path if model_path in ROUTE_MODELS else None
+    if route:
+        card = {**card, "name": ROUTE_NAMES[route].format(card.get("name"))}
     dev = _device(device)
     p = Path(data)
     if p.is_dir():
@@ -505,7 +511,8 @@ def eval_cmd(model_path, data, split, json_out, device):
         if "H" not in s.matrices:
             raise NexthamError(f"{s.meta.get('id', data)}: no converged H to compare with")
         rows.append({"id": s.meta.get("id", Path(data).name), "formula": s.formula, "spin": s.spin_mode,
-                     **evaluate(s, predict_hamiltonian(model, s, dev))})
+                     **evaluate(s, ROUTES[route](model, s, dev).hamiltonian if route else
+                                predict_hamiltonian(model, s, dev))})
     summ = summarise(rows)
     keys = ["h_mae_mev", "h_mae_onsite_mev", "h_mae_offsite_mev", "h_mae_lt3A_mev", "h_mae_3to6A_mev",
             "h_mae_ge6A_mev", "h_mae_shifted_mev", "soc_mae_uev",

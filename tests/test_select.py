@@ -170,3 +170,18 @@ def test_the_refined_prediction_rotates_with_the_crystal():
     change = np.abs(a.aligned_to(s).data - si2.matrices["H0"].aligned_to(s).data).mean()
     assert change > 1e-3
     assert np.abs(b.aligned_to(s).data - expected.aligned_to(s).data).mean() < 1e-6 * change
+
+
+def test_eval_takes_the_density_routes(tiny_dataset, tmp_path):
+    """`nextham-dft eval refined DATA` scores predict's default route: bands far better than H(0)'s and than the
+    network alone (`eval density`), its name in the JSON; `eval select` runs the selection."""
+    scores = {}
+    for name in ("refined", "density", "select"):
+        out = tmp_path / f"{name}.json"
+        res = CliRunner().invoke(main, ["eval", name, str(tiny_dataset), "--split", "all", "--json", str(out)])
+        assert res.exit_code == 0, res.output
+        data = json.loads(out.read_text())
+        scores[name] = data["summary"]["predicted"]["band_mae_shifted_mev"]
+        assert data["summary"]["predicted"]["band_mae_shifted_mev"] < 0.05 * data["summary"]["h0"]["band_mae_shifted_mev"]
+        assert ("refined" in data["model"]) == (name == "refined") and ("select" in data["model"]) == (name == "select")
+    assert scores["refined"] < 0.7 * scores["density"]
