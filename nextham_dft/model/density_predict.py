@@ -5,6 +5,11 @@ two Gaussian fits' worth of grid work, the network (milliseconds) and one H[ρ] 
 the self-consistent completion, which needs seven or eight to converge. A model with a probe step
 (``DensityConfig.probe``) adds one H[ρ] and one diagonalisation, and keeps the part of its secant density
 that the Gaussians cannot hold.
+
+Routes (``ROUTES``; ``predict --model density | refined | select``): the prediction alone; the prediction and one
+Pulay step over the Kohn–Sham steps it took (:func:`predict_refined`, the CLI's default where a density model serves;
+one diagonalisation and one H[ρ] more); or the prediction or the Krylov secant, whichever has the smaller residual
+(:func:`predict_selected`).
 """
 
 from __future__ import annotations
@@ -186,7 +191,7 @@ def predict_selected(model: nn.Module, system, device: str = "cpu") -> DensityPr
     """``predict --model select``: the density model's prediction and the network-free Krylov secant
     (``core.krylov``, sharing the model's first step and probe; one more probe), each evaluated once; the one with
     the smaller residual ∫|ρ_out − ρ| / N_e (the SCF's convergence measure: no threshold, nothing fitted) is kept.
-    Cost over the model alone: one H[ρ] and three diagonalisations. ``probe`` adds ``selected`` ("network" or
+    Cost over the model alone: two H[ρ] and three diagonalisations (the second probe, both evaluations). ``probe`` adds ``selected`` ("network" or
     "krylov"), both ``residuals`` and the secant's ``krylov`` report; ``steps`` holds every step taken but the kept
     candidate's evaluation, which is ``output``."""
     from ..core.krylov import krylov_secant
