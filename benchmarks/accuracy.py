@@ -1,6 +1,9 @@
 """Accuracy of trained models on the held-out test split, beside the H(0) baseline (the `eval` table).
 
-Rows: the bundled (or given) model, the ablation trained without the k-space loss, H(0).
+Rows: the bundled (or given) model, the ablation trained without the k-space loss, H(0). ``--model refined`` (or
+``select``, and ``--compare LABEL=refined``) scores the bundled density model by that route of ``predict``
+(``density_predict.ROUTES``; 'refined' is predict's default where the density model serves; DATA then needs the
+atomic densities of ``nextham-dft dataset build``).
 Usage: python benchmarks/accuracy.py DATA.h5 [--model PATH] [--ablation PATH] [--split test] [--json out.json]
 """
 
@@ -13,6 +16,7 @@ from pathlib import Path
 
 from nextham_dft.dataset import iter_dataset, list_ids
 from nextham_dft.evaluation import evaluate, summarise
+from nextham_dft.model.density_predict import ROUTES
 from nextham_dft.model.predict import predict_hamiltonian
 from nextham_dft.model.store import bundled_model_path, load_model, resolve_model_path
 
@@ -22,7 +26,8 @@ KEYS = ["h_mae_mev", "h_mae_onsite_mev", "h_mae_offsite_mev", "h_mae_shifted_mev
 
 
 def run(model_path: str, data: str, split: str, held_only: bool = False) -> tuple[dict, list, float]:
-    model, card = load_model(resolve_model_path(model_path))
+    route = model_path if model_path in ("refined", "select") else None
+    model, card = load_model(resolve_model_path("density" if route else model_path))
     ids = set(card["split"][split]) if split != "all" else set(list_ids(data))
     held = set(card["split"].get("held_out_elements", []))
     ids &= set(list_ids(data))
@@ -35,7 +40,7 @@ def run(model_path: str, data: str, split: str, held_only: bool = False) -> tupl
         if not held_only and (set(s.elements) & held):
             continue
         rows.append({"id": s.meta["id"], "formula": s.formula, "spin": s.spin_mode,
-                     **evaluate(s, predict_hamiltonian(model, s))})
+                     **evaluate(s, ROUTES[route](model, s).hamiltonian if route else predict_hamiltonian(model, s))})
     return summarise(rows), rows, time.perf_counter() - t
 
 
