@@ -185,3 +185,16 @@ def test_eval_takes_the_density_routes(tiny_dataset, tmp_path):
         assert data["summary"]["predicted"]["band_mae_shifted_mev"] < 0.05 * data["summary"]["h0"]["band_mae_shifted_mev"]
         assert ("refined" in data["model"]) == (name == "refined") and ("select" in data["model"]) == (name == "select")
     assert scores["refined"] < 0.7 * scores["density"]
+
+
+def test_the_default_continues_with_completion_steps(tmp_path):
+    """`predict --scf-steps 2` without --model: the refined prediction, then two completion steps from its density
+    (start 'predicted density'); H after μS moves closer to the converged SCF's than the refined prediction alone."""
+    ex = str(need(EXAMPLE))
+    alone = CliRunner().invoke(main, ["predict", ex, "--out", str(tmp_path / "a"), "--no-native"])
+    steps = CliRunner().invoke(main, ["predict", ex, "--out", str(tmp_path / "s"), "--no-native", "--scf-steps", "2"])
+    assert alone.exit_code == 0 and steps.exit_code == 0, alone.output + steps.output
+    a = json.loads((tmp_path / "a" / "report.json").read_text())
+    s = json.loads((tmp_path / "s" / "report.json").read_text())
+    assert "refined" in s["model"] and s["scf"]["iterations"] == 2 and s["scf"]["start"] == "predicted density"
+    assert s["eval"]["predicted"]["h_mae_shifted_mev"] < a["eval"]["predicted"]["h_mae_shifted_mev"]
