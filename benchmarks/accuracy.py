@@ -16,7 +16,7 @@ from pathlib import Path
 
 from nextham_dft.dataset import iter_dataset, list_ids
 from nextham_dft.evaluation import evaluate, summarise
-from nextham_dft.model.density_predict import ROUTES
+from nextham_dft.model.density_predict import NAMED_ROUTES, ROUTES
 from nextham_dft.model.predict import predict_hamiltonian
 from nextham_dft.model.store import bundled_model_path, load_model, resolve_model_path
 
@@ -26,7 +26,7 @@ KEYS = ["h_mae_mev", "h_mae_onsite_mev", "h_mae_offsite_mev", "h_mae_shifted_mev
 
 
 def run(model_path: str, data: str, split: str, held_only: bool = False) -> tuple[dict, list, float]:
-    route = model_path if model_path in ("refined", "select") else None
+    route = model_path if model_path in NAMED_ROUTES else None
     model, card = load_model(resolve_model_path("density" if route else model_path))
     ids = set(card["split"][split]) if split != "all" else set(list_ids(data))
     held = set(card["split"].get("held_out_elements", []))

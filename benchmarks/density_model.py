@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from adapters.abacus.dojo_h5 import read_structure  # noqa: E402
 from nextham_dft.evaluation import evaluate, summarise  # noqa: E402
 from nextham_dft.core.scf import ScfSettings, complete_scf  # noqa: E402
-from nextham_dft.model.density_predict import predict_density, predict_krylov, predict_refined, predict_selected  # noqa: E402
+from nextham_dft.model.density_predict import NAMED_ROUTES, ROUTES, predict_krylov, route_name  # noqa: E402
 from nextham_dft.model.predict import predict_hamiltonian  # noqa: E402
 from nextham_dft.model.store import load_model, resolve_model_path  # noqa: E402
 
@@ -61,14 +61,11 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    krylov, select, refine = args.model == "krylov", args.model == "select", args.model == "refined"
-    model, card = load_model(resolve_model_path("density" if krylov or select or refine else args.model))
-    if krylov:
-        card = {**card, "name": "krylov-secant (no network)"}
-    if select:
-        card = {**card, "name": f"{card.get('name')} or the Krylov secant, by residual (select)"}
-    if refine:
-        card = {**card, "name": f"{card.get('name')} + one Pulay step (refined)"}
+    krylov = args.model == "krylov"
+    route = args.model if args.model in NAMED_ROUTES else "density"
+    select, refine = route == "select", route == "refined"
+    model, card = load_model(resolve_model_path("density" if krylov or args.model in NAMED_ROUTES else args.model))
+    card = {**card, "name": "krylov-secant (no network)" if krylov else route_name(route, card.get("name"))}
     other = None if args.compare == "none" else load_model(resolve_model_path(args.compare))[0]
     held = set(card["split"].get("held_out_elements", []))
     rows: dict[str, list] = {"density": [], "other": [], "steps": [], "scf": []}
@@ -78,8 +75,7 @@ def main() -> None:
         if bool(set(s.elements) & held) != args.held_out:
             continue
         t = time.perf_counter()
-        pred = (predict_krylov(s) if krylov else predict_selected(model, s) if select else
-                predict_refined(model, s) if refine else predict_density(model, s))
+        pred = predict_krylov(s) if krylov else ROUTES[route](model, s)
         h, stages = pred.hamiltonian, dict(pred.timings)
         if krylov:  # its three steps stand where a model's first step and network do
             stages["first_step_and_network_s"] = stages.pop("steps_s")

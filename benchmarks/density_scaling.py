@@ -31,13 +31,13 @@ def one(run: str, n: int, model_path: str) -> dict:
 
     from nextham_dft.core.supercell import make_supercell
     from nextham_dft.core.system import KPoints
-    from nextham_dft.model.density_predict import ROUTES
+    from nextham_dft.model.density_predict import NAMED_ROUTES, ROUTES
     from nextham_dft.model.store import load_model, resolve_model_path
     from nextham_dft.registry import read_run
 
     torch.set_num_threads(1)
     prim = read_run(run)
-    route = model_path if model_path in ("refined", "select") else "density"
+    route = model_path if model_path in NAMED_ROUTES else "density"
     model, _ = load_model(resolve_model_path("density" if route != "density" else model_path))
     system = make_supercell(prim, np.eye(3, dtype=int) * n)
     system.atomic_densities = prim.atomic_densities

@@ -421,20 +421,37 @@ def _density_route(model_path: str | None, model) -> str | None:
     (``model.default``), "select" for ``--model select``, "density" (the network alone) for ``--model density`` or a
     density model's file; None for a correction model."""
     from .model.density_net import is_density_model
+    from .model.density_predict import NAMED_ROUTES
 
     if not is_density_model(model):
         return None
-    if model_path in ("refined", "select"):
+    if model_path in NAMED_ROUTES:
         return model_path
     return "refined" if model_path is None else "density"
 
 
-#: the model file a density route loads, by the name ``--model`` gives it
-ROUTE_MODELS = {"refined": "density", "select": "density"}
+def _model_file(model_path: str | None) -> str | None:
+    """The model a ``--model`` value loads: the bundled density model for a route's name, else the value itself."""
+    from .model.density_predict import NAMED_ROUTES
 
-#: what a route adds to the model's name in report.json
-ROUTE_NAMES = {"refined": "{} + one Pulay step (refined)", "select": "{} or the Krylov secant, by residual (select)",
-               "density": "{}"}
+    return "density" if model_path in NAMED_ROUTES else model_path
+
+
+def _routed(model_path: str | None, model, card: dict) -> tuple[str | None, dict]:
+    """(the density route of ``model`` for ``model_path`` (:func:`_density_route`), ``card`` with the route in its
+    name)."""
+    from .model.density_predict import route_name
+
+    route = _density_route(model_path, model)
+    return route, ({**card, "name": route_name(route, card.get("name"))} if route else card)
+
+
+def _route_hamiltonian(route: str | None, model, system, device: str):
+    """H (eV) of ``system`` by ``route`` (a density route) or, for a correction model (None), its prediction."""
+    from .model.density_predict import ROUTES
+    from .model.predict import predict_hamiltonian
+
+    return ROUTES[route](model, system, device).hamiltonian if route else predict_hamiltonian(model, system, device)
 
 
 def _load_model_for(system, model_path: str | None) -> tuple:
@@ -484,13 +501,9 @@ def eval_cmd(model_path, data, split, json_out, device):
     default where the density model serves)."""
     from .dataset import iter_dataset, list_ids
     from .evaluation import evaluate, summarise
-    from .model.density_predict import ROUTES
-    from .model.predict import predict_hamiltonian
 
-    model, card = _load_model(None if model_path == "bundled" else ROUTE_MODELS.get(model_path, model_path))
-    route = model_path if model_path in ROUTE_MODELS else None
-    if route:
-        card = {**card, "name": ROUTE_NAMES[route].format(card.get("name"))}
+    model, card = _load_model(None if model_path == "bundled" else _model_file(model_path))
+    route, card = _routed(model_path, model, card)
     dev = _device(device)
     p = Path(data)
     if p.is_dir():
@@ -511,8 +524,7 @@ def eval_cmd(model_path, data, split, json_out, device):
         if "H" not in s.matrices:
             raise NexthamError(f"{s.meta.get('id', data)}: no converged H to compare with")
         rows.append({"id": s.meta.get("id", Path(data).name), "formula": s.formula, "spin": s.spin_mode,
-                     **evaluate(s, ROUTES[route](model, s, dev).hamiltonian if route else
-                                predict_hamiltonian(model, s, dev))})
+                     **evaluate(s, _route_hamiltonian(route, model, s, dev))})
     summ = summarise(rows)
     keys = ["h_mae_mev", "h_mae_onsite_mev", "h_mae_offsite_mev", "h_mae_lt3A_mev", "h_mae_3to6A_mev",
             "h_mae_ge6A_mev", "h_mae_shifted_mev", "soc_mae_uev",
@@ -603,12 +615,10 @@ def predict(run_dir, out_dir, model_path, device, force, no_native, scf, scf_tol
         density = True
     else:
         t = time.perf_counter()
-        model, card, warnings = _load_model_for(system, ROUTE_MODELS.get(model_path, model_path))
+        model, card, warnings = _load_model_for(system, _model_file(model_path))
         timings["load_model_s"] = time.perf_counter() - t
-        route = _density_route(model_path, model)
+        route, card = _routed(model_path, model, card)
         density = route is not None
-        if density:
-            card = {**card, "name": ROUTE_NAMES[route].format(card.get("name"))}
     dev = _device(device)
     if not without_model:
         t = time.perf_counter()
@@ -779,13 +789,9 @@ def _source_matrix(system, source: str, model_path: str | None) -> str:
             click.echo(f"warning: {KRYLOV_WARNING}", err=True)
             system.matrices["HP"] = predict_krylov(system).hamiltonian
         else:
-            from .model.density_predict import ROUTES
-            from .model.predict import predict_hamiltonian
-
-            model, _card, _warnings = _load_model_for(system, ROUTE_MODELS.get(model_path, model_path))
-            route = _density_route(model_path, model)
-            system.matrices["HP"] = (ROUTES[route](model, system, _device("auto")).hamiltonian if route else
-                                     predict_hamiltonian(model, system, _device("auto")))
+            model, _card, _warnings = _load_model_for(system, _model_file(model_path))
+            system.matrices["HP"] = _route_hamiltonian(_density_route(model_path, model), model, system,
+                                                       _device("auto"))
     system.hamiltonian(tag)
     return tag
 

@@ -13,6 +13,22 @@ FIXTURES = SHARED / "fixtures"
 EXAMPLE = ROOT / "examples" / "abacus-si2"
 
 
+def assert_rotates_with_crystal(predict, system, q, rel: float) -> None:
+    """predict(rotate(system, q)) equals rotate(predict(system), q) on S's blocks: the mean deviation below ``rel``
+    times the mean change the prediction makes to H(0) (which must be a real change, so the check can fail)."""
+    import numpy as np
+
+    from nextham_dft.testing import rotate_matrix, rotate_system
+
+    a = predict(system)
+    b = predict(rotate_system(system, q))
+    expected = rotate_matrix(a, system.kinds, system.bases, q)
+    s = system.matrices["S"]
+    change = np.abs(a.aligned_to(s).data - system.matrices["H0"].aligned_to(s).data).mean()
+    assert change > 1e-3  # the prediction moved H, so the comparison can fail
+    assert np.abs(b.aligned_to(s).data - expected.aligned_to(s).data).mean() < rel * change
+
+
 def need(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is not available (../shared is absent in a fresh clone)")

@@ -207,15 +207,11 @@ def test_the_scf_rotates_with_the_crystal(si2):
     from scipy.spatial.transform import Rotation
 
     from nextham_dft.core.scf import complete_scf
-    from nextham_dft.testing import rotate_matrix, rotate_system
+
+    from .conftest import assert_rotates_with_crystal
 
     q = -Rotation.random(random_state=3).as_matrix()  # a rotation times inversion
-    a = complete_scf(si2).hamiltonian
-    b = complete_scf(rotate_system(si2, q)).hamiltonian
-    expected = rotate_matrix(a, si2.kinds, si2.bases, q)
-    s = si2.matrices["S"]
-    change = np.abs(a.aligned_to(s).data - si2.matrices["H0"].aligned_to(s).data).mean()
-    assert np.abs(b.aligned_to(s).data - expected.aligned_to(s).data).mean() < 1e-8 * change
+    assert_rotates_with_crystal(lambda system: complete_scf(system).hamiltonian, si2, q, 1e-8)
 
 
 def test_the_scf_needs_the_pseudopotential_densities(si2):

@@ -158,18 +158,13 @@ def test_the_refined_prediction_rotates_with_the_crystal():
     from adapters.abacus import AbacusAdapter
     from nextham_dft.model.density_predict import predict_refined
     from nextham_dft.model.store import bundled_model_path, load_model
-    from nextham_dft.testing import rotate_matrix, rotate_system
+
+    from .conftest import assert_rotates_with_crystal
 
     si2 = AbacusAdapter().read_run(need(EXAMPLE))
     model = load_model(bundled_model_path("density"))[0].double().eval()
     q = -Rotation.random(random_state=11).as_matrix()
-    a = predict_refined(model, si2).hamiltonian
-    b = predict_refined(model, rotate_system(si2, q)).hamiltonian
-    expected = rotate_matrix(a, si2.kinds, si2.bases, q)
-    s = si2.matrices["S"]
-    change = np.abs(a.aligned_to(s).data - si2.matrices["H0"].aligned_to(s).data).mean()
-    assert change > 1e-3
-    assert np.abs(b.aligned_to(s).data - expected.aligned_to(s).data).mean() < 1e-6 * change
+    assert_rotates_with_crystal(lambda system: predict_refined(model, system).hamiltonian, si2, q, 1e-6)
 
 
 def test_eval_takes_the_density_routes(tiny_dataset, tmp_path):
@@ -198,3 +193,15 @@ def test_the_default_continues_with_completion_steps(tmp_path):
     s = json.loads((tmp_path / "s" / "report.json").read_text())
     assert "refined" in s["model"] and s["scf"]["iterations"] == 2 and s["scf"]["start"] == "predicted density"
     assert s["eval"]["predicted"]["h_mae_shifted_mev"] < a["eval"]["predicted"]["h_mae_shifted_mev"]
+
+
+def test_a_completion_keeps_only_pulays_history(si2_step):
+    """ScfResult.steps holds the last ``history`` (ρ_in, ρ_out) pairs, the last one the input of the final
+    diagonalisation, so a long SCF on a big grid keeps no more densities than Pulay does."""
+    from nextham_dft.core.scf import ScfSettings, complete_scf
+
+    system, sc, _, _ = si2_step
+    res = complete_scf(system, settings=ScfSettings(tol=0.0, max_iter=3, history=2), consistency=sc)
+    assert res.iterations == 3 and len(res.steps) == 2
+    out, _ = sc.density(sc.hamiltonian(res.steps[-1][0]))
+    assert sc.residual_norm(out - res.steps[-1][0]) == pytest.approx(res.residuals[-1], rel=1e-10)

@@ -48,6 +48,10 @@ class KrylovSecant:
     form: str
     steps: tuple[tuple[np.ndarray, np.ndarray], ...]
 
+    def report(self) -> dict:
+        """{form, coefficients, nodes}: what a prediction's report.json says of the secant."""
+        return {"form": self.form, "coefficients": list(self.coefficients), "nodes": list(self.nodes)}
+
 
 def radau_factor(du: float, uu: float, beta: float) -> float | None:
     """b of the secant density Δρ1 + b·u for a spectrum of two nodes, one at 0 and λ1 = m2/m1 = ⟨u, u⟩/(β⟨Δρ1, u⟩),

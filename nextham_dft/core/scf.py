@@ -63,7 +63,8 @@ class ScfResult:
     """hamiltonian: the self-consistent H on H(0)'s and S's blocks, in H(0)'s spin layout (eV); converged: the
     residual fell below the threshold; residuals: ∫|ρ_out − ρ_in| / N_e per iteration; fermi_ev: E_F of
     the last diagonalisation; seconds: wall time; density: the input density of ``hamiltonian`` (e/Å³ on the
-    grid); steps: the (ρ_in, ρ_out) pairs of the iterations' diagonalisations."""
+    grid); steps: the (ρ_in, ρ_out) pairs of the last ``ScfSettings.history`` iterations' diagonalisations (those
+    Pulay's history holds: a long SCF on a big grid keeps no more)."""
 
     hamiltonian: BlockSparse
     converged: bool
@@ -269,7 +270,7 @@ def complete_scf(system, start: BlockSparse | None = None, settings: ScfSettings
     for it in range(cfg.max_iter):
         rho_out, ef = start_output if (it == 0 and start_output is not None) else sc.density(h)
         r = rho_out - rho_in
-        taken.append((rho_in, rho_out))
+        taken = (taken + [(rho_in, rho_out)])[-cfg.history:]
         norms.append(sc.residual_norm(r))
         if progress is not None:
             progress(it + 1, norms[-1])

@@ -13,23 +13,20 @@ before, and the command says why.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..core.system import System
 from ..errors import NexthamError
 from .compat import check_density_run
-from .store import bundled_model_path
+from .store import bundled_model_path, read_card
 
 
 def default_model(system: System) -> tuple[Path, str | None]:
     """(model file, why): the bundled density model when ``system`` suits it (why None), else the bundled
     correction ensemble and, in one line, why the density model does not serve the run."""
     density = bundled_model_path("density")
-    card_path = density.with_suffix(".json")
-    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     try:
-        check_density_run(system, card)
+        check_density_run(system, read_card(density))
     except NexthamError as why:
         return bundled_model_path("bundled"), str(why)
     return density, None

@@ -214,7 +214,7 @@ def predict_selected(model: nn.Module, system, device: str = "cpu") -> DensityPr
     best = candidates[kept]
     probe = {**(probe_report(cfg, step, info) or {}), "selected": kept,
              "residuals": {name: cand.residual for name, cand in candidates.items()},
-             "krylov": {"form": ks.form, "coefficients": list(ks.coefficients), "nodes": list(ks.nodes)}}
+             "krylov": ks.report()}
     # every step taken but the kept candidate's own, which a completion starts from (complete_scf adds it)
     steps = list(ks.steps) + [(cand.density, cand.output) for name, cand in candidates.items() if name != kept]
     return DensityPrediction(best.hamiltonian, best.density, sc,
@@ -243,8 +243,7 @@ def predict_krylov(system, spacing: float = 0.15, beta: float = 0.3) -> DensityP
     t2 = time.perf_counter()
     h = sc.hamiltonian(ks.density)
     t3 = time.perf_counter()
-    probe = {"krylov": {"probe": beta, "form": ks.form, "coefficients": list(ks.coefficients),
-                        "nodes": list(ks.nodes)}}
+    probe = {"krylov": {"probe": beta, **ks.report()}}
     return DensityPrediction(h, ks.density, sc, {"grid_setup_s": t1 - t0, "steps_s": t2 - t1, "hamiltonian_s": t3 - t2},
                              probe, list(ks.steps))
 
@@ -274,3 +273,15 @@ def predict_refined(model: nn.Module, system, device: str = "cpu") -> DensityPre
 
 #: how a density model predicts, by route name (``predict --model density | refined | select``)
 ROUTES: dict[str, Callable] = {"density": predict_density, "refined": predict_refined, "select": predict_selected}
+
+#: the routes a ``--model`` value names by themselves; each predicts with the bundled density model
+NAMED_ROUTES = ("refined", "select")
+
+#: what a route adds to its model's name (report.json, eval tables, benchmarks)
+ROUTE_NAMES = {"density": "{}", "refined": "{} + one Pulay step (refined)",
+               "select": "{} or the Krylov secant, by residual (select)"}
+
+
+def route_name(route: str, model_name: str | None) -> str:
+    """The name of ``model_name``'s prediction by ``route`` (:data:`ROUTE_NAMES`)."""
+    return ROUTE_NAMES[route].format(model_name)

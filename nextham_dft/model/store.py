@@ -58,6 +58,12 @@ def save_model(path: str | Path, model: HamiltonianCorrection | ModelEnsemble, c
     card_path.with_suffix(".json.tmp").replace(card_path)
 
 
+def read_card(path: str | Path) -> dict:
+    """The model card beside a model file (``path`` with .json), {} where there is none."""
+    card_path = Path(path).with_suffix(".json")
+    return json.loads(card_path.read_text()) if card_path.is_file() else {}
+
+
 def load_model(path: str | Path) -> tuple[HamiltonianCorrection | ModelEnsemble, dict]:
     """Load a model (a single network or an ensemble) and its card; the checksum in the card must
     match the weights file."""
@@ -67,8 +73,7 @@ def load_model(path: str | Path) -> tuple[HamiltonianCorrection | ModelEnsemble,
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
     data = path.read_bytes()
-    card_path = path.with_suffix(".json")
-    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    card = read_card(path)
     if card.get("sha256") and card["sha256"] != hashlib.sha256(data).hexdigest():
         raise ModelFileError(f"{path}: checksum does not match its model card (corrupted or replaced file)")
     try:
